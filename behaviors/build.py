@@ -1,0 +1,67 @@
+"""Build a :class:`~behaviors.context.BehaviorContext` from manifests (for steps and for standalone runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
+from pipeline.compose import compose
+from pipeline.data import UmeData, open_data
+from pipeline.lineage import version_lineage
+from pipeline.manifest import Manifest
+from pipeline.workspace import Workspace
+
+
+def model_under_test(ws: Workspace, name: str, manifest: Manifest, version: int | None) -> ModelUnderTest:
+    """Compose ``manifest`` and wrap it for specs."""
+    return ModelUnderTest(name=name, version=version, net=compose(manifest, ws.components), description=manifest.describe())
+
+
+def build_context(
+    ws: Workspace,
+    *,
+    candidate: ModelUnderTest,
+    candidate_manifest: Manifest,
+    champion: ModelUnderTest | None,
+    champion_manifest: Manifest | None,
+    step: dict[str, Any],
+    data: UmeData | None = None,
+) -> BehaviorContext:
+    """Reference sets come from the data layer (deleted samples are already gone).
+
+    ``retain`` is what the champion was trained on (what a change must not lose); without a
+    champion it is what the candidate was trained on.
+    """
+    data = data or open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
+    reference = champion_manifest or candidate_manifest
+    retain = data.select("retain", hashed_ids=version_lineage(reference, ws.components))
+    splits = Splits(test=data.split("test"), canary=data.split("canary"), retain=retain)
+    return BehaviorContext(
+        candidate=candidate,
+        champion=champion,
+        splits=splits,
+        thresholds=merged_thresholds(ws.params.behaviors.thresholds),
+        data=data,
+        step=step,
+        num_classes=ws.params.model.num_classes,
+    )
+
+
+def standalone_context(ws: Workspace, version: int | None) -> BehaviorContext:
+    """For ``pytest behaviors/``: the candidate is ``version`` (default: the champion), against the champion."""
+    champion_version = ws.registry.champion()
+    if champion_version is None:
+        raise RuntimeError("no champion yet: run `dvc repro` (or `make demo`) first")
+    target = version or champion_version
+    champion_manifest = ws.manifest_of(champion_version)
+    candidate_manifest = ws.manifest_of(target)
+    candidate = model_under_test(ws, f"v{target}", candidate_manifest, target)
+    champion = model_under_test(ws, f"v{champion_version}", champion_manifest, champion_version)
+    return build_context(
+        ws,
+        candidate=candidate,
+        candidate_manifest=candidate_manifest,
+        champion=champion,
+        champion_manifest=champion_manifest,
+        step={"id": "standalone", "kind": "check", "version": target},
+    )

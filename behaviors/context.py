@@ -1,0 +1,80 @@
+"""What a behaviour run looks at: the candidate, the champion, the data splits and the thresholds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.data import SampleSet, UmeData
+from pipeline.model import predict_logits
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "min_test_accuracy": 0.90,
+    "max_test_accuracy_drop": 0.02,
+    "max_retained_accuracy_drop": 0.02,
+    "max_class_recall_drop": 0.10,
+    "min_canary_agreement": 0.90,
+    "max_calibration_error_increase": 0.05,
+    "brightness_delta": 0.03,
+    "min_brightness_agreement": 0.95,
+}
+
+
+@dataclass
+class ModelUnderTest:
+    """A composed version with a prediction cache (one forward pass per split)."""
+
+    name: str
+    version: int | None
+    net: nn.Module
+    description: str = ""
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def logits(self, samples: SampleSet) -> torch.Tensor:
+        """Cached logits on a named sample set."""
+        key = f"{samples.name}:{len(samples)}"
+        if key not in self._cache:
+            self._cache[key] = predict_logits(self.net, samples.x)
+        return self._cache[key]
+
+    def predictions(self, samples: SampleSet) -> torch.Tensor:
+        """Cached arg-max predictions."""
+        return self.logits(samples).argmax(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Uncached logits for arbitrary inputs (for property-based specs)."""
+        return predict_logits(self.net, x)
+
+
+@dataclass
+class Splits:
+    """The reference sets, already filtered by the deleted set."""
+
+    test: SampleSet
+    canary: SampleSet
+    retain: SampleSet
+    extra: dict[str, SampleSet] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> SampleSet:
+        return {"test": self.test, "canary": self.canary, "retain": self.retain, **self.extra}[name]
+
+
+@dataclass
+class BehaviorContext:
+    """Everything the fixtures hand to specs."""
+
+    candidate: ModelUnderTest
+    champion: ModelUnderTest | None
+    splits: Splits
+    thresholds: dict[str, float]
+    data: UmeData
+    step: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 10
+
+
+def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:
+    """Defaults updated with ``params.yaml``'s ``behaviors.thresholds``."""
+    return {**DEFAULT_THRESHOLDS, **overrides}

@@ -1,0 +1,11 @@
+"""Operators that change a model: learn, edit, forget, compress, merge. One small file per method.
+
+Every method has the same shape: a typed config dataclass and one function
+``(net, data, config, env) -> list[ComponentDraft]``, registered with :func:`register_method`
+(like timm's ``@register_model``). Operators never touch the registry, the ledger or the gate, and
+read samples only through the data layer.
+"""
+
+from edits.registry import Method, OperatorEnv, get_method, list_methods, register_method
+
+__all__ = ["Method", "OperatorEnv", "get_method", "list_methods", "register_method"]

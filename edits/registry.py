@@ -1,0 +1,82 @@
+"""The method registry: ``@register_method("learn", "lora", LoraLearnConfig)``; a tiny public API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from pipeline.components import ComponentDraft
+from pipeline.config import parse_dataclass
+from pipeline.data import UmeData
+from pipeline.errors import ConfigError
+
+Operator = Callable[[nn.Module, UmeData, Any, "OperatorEnv"], list[ComponentDraft]]
+
+
+@dataclass
+class OperatorEnv:
+    """What an operator may use besides the model, the data and its config."""
+
+    step: str
+    seed: int
+    make_trainer: Callable[[int], L.Trainer]
+    champion_lineage: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its step kind, name, config class and the function that does the work."""
+
+    kind: str
+    name: str
+    config_cls: type
+    fn: Operator
+
+    @property
+    def doc(self) -> str:
+        """First line of the function's docstring."""
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+
+    def parse_config(self, options: dict[str, Any], *, where: str, file: str) -> Any:
+        """Validate a step's options against this method's config dataclass."""
+        return parse_dataclass(self.config_cls, options, where=where, file=file)
+
+
+_METHODS: dict[tuple[str, str], Method] = {}
+DEFAULT_METHOD: dict[str, str] = {"learn": "lora"}
+
+
+def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operator], Operator]:
+    """Decorator registering ``fn`` as method ``name`` of step kind ``kind``."""
+
+    def wrap(fn: Operator) -> Operator:
+        if (kind, name) in _METHODS:
+            raise ValueError(f"method {kind}/{name} registered twice")
+        _METHODS[(kind, name)] = Method(kind, name, config_cls, fn)
+        return fn
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    import edits.learn  # noqa: F401  (registers its methods)
+
+
+def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where: str = "method") -> Method:
+    """The method, or a clear error listing the ones that exist."""
+    _load_builtin()
+    name = name or DEFAULT_METHOD.get(kind)
+    if name is None or (kind, name) not in _METHODS:
+        known = ", ".join(n for k, n in sorted(_METHODS) if k == kind) or "none yet"
+        raise ConfigError(f"unknown {kind} method {name!r} (available: {known})", file=file, field=where)
+    return _METHODS[(kind, name)]
+
+
+def list_methods(kind: str | None = None) -> list[Method]:
+    """Registered methods, optionally of one kind."""
+    _load_builtin()
+    return [m for (k, _), m in sorted(_METHODS.items()) if kind in (None, k)]

@@ -1,0 +1,75 @@
+"""``ume audit``: the ledger's chain verifies and the MLflow registry agrees with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.errors import LedgerError
+from pipeline.gate import PROMOTED, ledger_champion
+from pipeline.ledger import Ledger
+from pipeline.registry import Registry
+
+
+@dataclass
+class AuditReport:
+    """Problems found (empty when everything holds) and what was checked."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the audit passed."""
+        return not self.problems
+
+
+def audit(ledger: Ledger, registry: Registry) -> AuditReport:
+    """Verify the chain, every version against its ledger entries, and the champion alias."""
+    report = AuditReport()
+    try:
+        entries = ledger.verify()
+    except LedgerError as exc:
+        report.problems.append(f"ledger chain broken: {exc}")
+        return report
+    report.checked.append(f"ledger chain: {len(entries)} entries verify")
+
+    candidates = {e.data["version"]: e for e in entries if e.type == "candidate"}
+    decisions: dict[int, str] = {}
+    promoted_ever: set[int] = set()
+    for e in entries:
+        if e.type == "decision":
+            if e.data.get("mode", "gate") == "gate":
+                decisions[e.data["version"]] = e.data["decision"]
+            if e.data["decision"] == PROMOTED:
+                promoted_ever.add(e.data["version"])
+
+    versions = {v.version: v for v in registry.versions()}
+    for number, info in versions.items():
+        entry = candidates.get(number)
+        if entry is None:
+            report.problems.append(f"registry version {number} has no candidate entry in the ledger")
+            continue
+        if info.manifest_hash != entry.data["manifest_hash"]:
+            report.problems.append(
+                f"registry version {number} has manifest {info.manifest_hash} but the ledger recorded {entry.data['manifest_hash']}"
+            )
+        tag = info.tags.get("ume.decision")
+        if number in decisions and tag != decisions[number]:
+            report.problems.append(f"registry version {number} is tagged {tag!r} but the ledger decided {decisions[number]!r}")
+    for number in candidates:
+        if number not in versions:
+            report.problems.append(f"ledger candidate version {number} is missing from the registry")
+    report.checked.append(f"registry: {len(versions)} versions match their ledger entries")
+
+    expected = ledger_champion(ledger)
+    actual = registry.champion()
+    if expected != actual:
+        report.problems.append(
+            f"champion alias points at version {actual} but the ledger's last alias move is to version {expected}"
+            " (moved outside ume, or a promotion was interrupted: rerun `dvc repro`)"
+        )
+    elif actual is not None and actual not in promoted_ever:
+        report.problems.append(f"champion version {actual} never passed the gate")
+    else:
+        report.checked.append(f"champion alias: version {actual} matches the ledger")
+    return report

@@ -1,0 +1,194 @@
+"""``ume``: the command line. Stages (``prepare``, ``base``, ``step``) are what ``dvc.yaml`` runs.
+
+Every user-facing error is one line on stderr (``ume: error: <file>: field '<f>': <what>``) and
+exit code 2; nothing is written before the whole of ``params.yaml`` validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import ConfigError, UmeError
+
+EXIT_USER_ERROR = 2
+EXIT_CHECK_FAILED = 1
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from pipeline.runner import open_workspace, run_prepare
+
+    ws = open_workspace(args.params)
+    info = run_prepare(ws)
+    print(f"prepared {info['samples']} samples: slices {info['slices']}, groups {info['groups']}")
+    return 0
+
+
+def _cmd_base(args: argparse.Namespace) -> int:
+    from pipeline.runner import open_workspace, run_base
+
+    ws = open_workspace(args.params)
+    outcome = run_base(ws)
+    _print_outcome(outcome.record)
+    return 0
+
+
+def _cmd_step(args: argparse.Namespace) -> int:
+    from pipeline.runner import open_workspace, run_step
+
+    ws = open_workspace(args.params)
+    ws.params.step(args.step_id)
+    outcome = run_step(ws, args.step_id)
+    _print_outcome(outcome.record)
+    return 0
+
+
+def _print_outcome(record: dict) -> None:
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(record["metrics"].items()))
+    print(f"[{record['id']}] {record['decision'].upper()} v{record['version']} ({record['composition']}): {record['reason']}")
+    print(f"[{record['id']}] {metrics}")
+    print(f"[{record['id']}] champion: v{record['champion_after']}  ({record['seconds']} s)")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import collect_status, render_status
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(args.params)
+    status = collect_status(ws)
+    print(json.dumps(status, indent=1) if args.json else render_status(status))
+    if args.check:
+        blocked = [s["id"] for s in status["steps"] if s["decision"] == "blocked"]
+        pending = [s["id"] for s in status["steps"] if s["decision"] == "pending"]
+        if blocked or pending:
+            what = "; ".join(p for p in (f"blocked: {', '.join(blocked)}" if blocked else "", f"pending: {', '.join(pending)}" if pending else "") if p)
+            print(f"ume status --check: {what}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(args.params)
+    report = audit(ws.ledger, ws.registry)
+    for line in report.checked:
+        print(f"ok: {line}")
+    for line in report.problems:
+        print(f"FAIL: {line}", file=sys.stderr)
+    print("audit passed" if report.ok else f"audit failed: {len(report.problems)} problem(s)")
+    return 0 if report.ok else EXIT_CHECK_FAILED
+
+
+STREAM_LINE = re.compile(r"^stream:\s*(#.*)?$")
+
+
+def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
+    """Append one step to ``stream:`` keeping the file's comments; ``stream`` must be the last section."""
+    text = params_path.read_text()
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if STREAM_LINE.match(line)]
+    if not starts:
+        raise ConfigError("cannot append a step: no block-style 'stream:' section", file=str(params_path), field="stream")
+    later = [line for line in lines[starts[0] + 1 :] if line and not line[0].isspace() and not line.startswith("#")]
+    if later:
+        raise ConfigError("cannot append a step: 'stream' must be the last section of the file", file=str(params_path), field="stream")
+    block = yaml.safe_dump({key: entry}, sort_keys=False, default_flow_style=False)
+    new_text = text.rstrip("\n") + "\n" + "".join(f"  {line}\n" for line in block.splitlines())
+    from pipeline.config import parse_params
+
+    parse_params(yaml.safe_load(new_text), file=str(params_path))
+    tmp = params_path.with_name(f".{params_path.name}.tmp")
+    tmp.write_text(new_text)
+    os.replace(tmp, params_path)
+
+
+def _run_appended_step(params_path: Path, key: str) -> int:
+    """Run a freshly appended step through DVC (so dvc.lock records it), or in-process without DVC."""
+    dvc = shutil.which("dvc")
+    if dvc and Path("dvc.yaml").exists() and params_path.resolve() == Path("params.yaml").resolve():
+        return subprocess.call([dvc, "repro", "--single-item", f"step@{key}"])
+    from pipeline.runner import open_workspace, run_step
+
+    outcome = run_step(open_workspace(params_path), key)
+    _print_outcome(outcome.record)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from pipeline.runner import open_workspace, validate_params
+
+    params_path = Path(args.params)
+    ws = open_workspace(params_path)
+    stream = ws.params.stream
+    parent = list(stream)[-1] if stream else "base"
+    if args.to is not None:
+        if args.to not in {v.version for v in ws.registry.versions()}:
+            raise ConfigError(f"model {ws.params.registry.model_name!r} has no version {args.to}", field="--to")
+        entry: dict = {"kind": "rollback", "parent": parent, "to": args.to}
+    else:
+        if args.drop not in stream:
+            raise ConfigError(f"unknown step {args.drop!r} (stream: {', '.join(stream) or 'empty'})", field="--drop")
+        entry = {"kind": "rollback", "parent": parent, "drop": args.drop}
+    if args.reason:
+        entry["reason"] = args.reason
+    key = f"rollback-{len(stream) + 1:02d}"
+    while key in stream:
+        key += "x"
+    original = params_path.read_text()
+    append_stream_step(params_path, key, entry)
+    try:
+        validate_params(open_workspace(params_path).params)
+    except UmeError:
+        params_path.write_text(original)
+        raise
+    print(f"appended stream step {key}: {entry}")
+    return _run_appended_step(params_path, key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used for ``--help`` in the README)."""
+    parser = argparse.ArgumentParser(prog="ume", description="Change a deployed image classifier safely.")
+    parser.add_argument("--params", default="params.yaml", help="path of params.yaml (default: ./params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="build the sample table into store/data (DVC stage 'prepare')").set_defaults(fn=_cmd_prepare)
+    sub.add_parser("base", help="train, gate and register the clean base (DVC stage 'base')").set_defaults(fn=_cmd_base)
+    p = sub.add_parser("step", help="run one stream step: operator, behaviours, gate (DVC stage 'step@ID')")
+    p.add_argument("step_id")
+    p.set_defaults(fn=_cmd_step)
+    p = sub.add_parser("status", help="champion, steps and decisions, deleted samples")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true", help="exit 1 when any stream step is blocked or pending")
+    p.set_defaults(fn=_cmd_status)
+    sub.add_parser("audit", help="verify the ledger's hash chain and that the registry agrees").set_defaults(fn=_cmd_audit)
+    p = sub.add_parser("rollback", help="append a rollback step to the stream and run it now")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--to", type=int, help="an earlier promoted version to make champion again")
+    group.add_argument("--drop", help="a step id whose overlay to remove (the result goes through the gate)")
+    p.add_argument("--reason", help="why (recorded in params.yaml and the ledger)")
+    p.set_defaults(fn=_cmd_rollback)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ume`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.fn(args)
+    except UmeError as exc:
+        print(f"ume: error: {exc}", file=sys.stderr)
+        code = EXIT_USER_ERROR
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

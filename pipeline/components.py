@@ -1,0 +1,132 @@
+"""Components: the clean base checkpoint or one overlay, each a safetensors file plus a JSON sidecar.
+
+The sidecar records ``kind`` (``base``, ``lora``...), ``parent`` (the manifest hash of the version it
+was trained on, ``None`` for the base), ``sha256`` (of the safetensors file), ``lineage`` (hashed ids
+of the samples that influenced it) and ``meta`` (method settings, architecture). Components are
+content-addressed: the id is ``<kind>-<first 16 hex of sha256>``, so the same weights always get the
+same id and a file never changes under its name. Loading verifies the hash; weights are only ever
+read with safetensors (never pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from pipeline.errors import ComponentError
+
+COMPONENT_KINDS = ("base", "lora", "delta", "mask", "transform")
+
+
+@dataclass(frozen=True)
+class Component:
+    """The sidecar of one component."""
+
+    id: str
+    kind: str
+    parent: str | None
+    sha256: str
+    lineage: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar as a JSON-ready mapping."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ComponentDraft:
+    """What an operator returns: tensors and sidecar fields, not yet stored."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    lineage: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ComponentStore:
+    """Content-addressed component files under ``root`` (``<id>.safetensors`` + ``<id>.json``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def weights_path(self, component_id: str) -> Path:
+        """Path of the safetensors file of ``component_id``."""
+        return self.root / f"{component_id}.safetensors"
+
+    def sidecar_path(self, component_id: str) -> Path:
+        """Path of the JSON sidecar of ``component_id``."""
+        return self.root / f"{component_id}.json"
+
+    def save(self, draft: ComponentDraft, *, parent: str | None) -> Component:
+        """Store a draft; idempotent (same tensors and sidecar give the same id and files)."""
+        if draft.kind not in COMPONENT_KINDS:
+            raise ComponentError(f"unknown component kind {draft.kind!r}", field="kind")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in sorted(draft.tensors.items())}
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ComponentError(f"tensor {name!r} has NaN or infinite values; refusing to store it", field=name)
+        blob = save(tensors, metadata={"kind": draft.kind})
+        sha = hashlib.sha256(blob).hexdigest()
+        component = Component(
+            id=f"{draft.kind}-{sha[:16]}",
+            kind=draft.kind,
+            parent=parent,
+            sha256=sha,
+            lineage=sorted(set(draft.lineage)),
+            meta=draft.meta,
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.weights_path(component.id), blob)
+        _atomic_write(self.sidecar_path(component.id), json.dumps(component.to_json(), indent=1, sort_keys=True).encode())
+        return component
+
+    def sidecar(self, component_id: str) -> Component:
+        """Read and check one sidecar."""
+        path = self.sidecar_path(component_id)
+        if not path.exists():
+            raise ComponentError("component sidecar not found", file=str(path))
+        try:
+            raw = json.loads(path.read_text())
+            component = Component(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ComponentError(f"malformed sidecar ({exc})", file=str(path)) from None
+        if component.id != component_id:
+            raise ComponentError(f"sidecar id {component.id!r} does not match its file name", file=str(path), field="id")
+        return component
+
+    def load(self, component_id: str) -> tuple[dict[str, torch.Tensor], Component]:
+        """Tensors and sidecar of ``component_id``, after checking the file's SHA-256."""
+        component = self.sidecar(component_id)
+        path = self.weights_path(component_id)
+        if not path.exists():
+            raise ComponentError("component weights not found", file=str(path))
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != component.sha256:
+            raise ComponentError("weights do not match the sha256 in their sidecar (corrupt or replaced)", file=str(path))
+        try:
+            tensors = load_file(str(path))
+        except SafetensorError as exc:
+            raise ComponentError(f"not a valid safetensors file ({exc})", file=str(path)) from None
+        return tensors, component
+
+    def exists(self, component_id: str) -> bool:
+        """Whether both files of ``component_id`` are present."""
+        return self.weights_path(component_id).exists() and self.sidecar_path(component_id).exists()

@@ -1,0 +1,351 @@
+"""``params.yaml``: the single place a user configures a run, parsed into typed dataclasses.
+
+Every field is checked: unknown keys, wrong types, unknown parents and bad values raise one
+:class:`~pipeline.errors.ConfigError` naming the file and the dotted field. Nothing is written
+before the whole file has been validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+T = TypeVar("T")
+
+STEP_KINDS = ("learn", "edit", "forget", "compress", "merge", "retrain", "rollback")
+STEP_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+BASE_STEP = "base"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where ume keeps its state, relative to the project root."""
+
+    store: str = "store"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow tracking + model registry. Any tracking URI works; sqlite is the default."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ume"
+    model_name: str = "ume-classifier"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The sample table: the embedded digits default, or an image folder plus a manifest CSV."""
+
+    source: str = "digits"
+    folder: str | None = None
+    manifest: str | None = None
+    image_size: int = 16
+    channels: int = 1
+    test_fraction: float = 0.2
+    canary_fraction: float = 0.1
+    base_fraction: float = 0.55
+    update_slices: int = 3
+    owner_size_min: int = 15
+    owner_size_max: int = 25
+    minority_fraction: float = 0.1
+    corrupt_labels: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Any timm architecture, always created with ``pretrained=False``."""
+
+    arch: str = "test_resnet"
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """Training of the clean base checkpoint."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.003
+    weight_decay: float = 0.0001
+    augment_shift: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Lightning Trainer settings shared by every training loop (scale out here)."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    progress_bar: bool = True
+    base: BaseTrainConfig = field(default_factory=BaseTrainConfig)
+
+
+@dataclass(frozen=True)
+class BehaviorsConfig:
+    """The behaviour suite: where the specs live and the thresholds they read."""
+
+    path: str = "behaviors"
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One entry of the stream. ``options`` holds the method's own fields, checked by the method."""
+
+    key: str
+    kind: str
+    parent: str
+    method: str | None
+    options: dict[str, Any]
+
+    def params_hash(self) -> str:
+        """A stable hash of this step's parameters (used to recognise a rerun of the same step)."""
+        payload = {"kind": self.kind, "parent": self.parent, "method": self.method, **self.options}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``."""
+
+    file: str
+    seed: int
+    paths: PathsConfig
+    registry: RegistryConfig
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    behaviors: BehaviorsConfig
+    stream: dict[str, StepConfig]
+
+    @property
+    def store(self) -> Path:
+        """The state directory (components, ledger, step records, prepared data)."""
+        return Path(self.paths.store)
+
+    def step(self, key: str) -> StepConfig:
+        """The stream step ``key``; a clear error when there is none."""
+        if key not in self.stream:
+            known = ", ".join(self.stream) or "(empty stream)"
+            raise ConfigError(f"no such step; the stream has: {known}", file=self.file, field=f"stream.{key}")
+        return self.stream[key]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _check_value(value: Any, tp: Any, where: str, file: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float only)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, where, file)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise ConfigError(f"expected {names}, got {type(value).__name__} {value!r}", file=file, field=where)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"expected null, got {value!r}", file=file, field=where)
+        return None
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", file=file, field=where)
+        return {
+            _check_value(k, key_tp, f"{where}.{k}", file): _check_value(v, val_tp, f"{where}.{k}", file)
+            for k, v in value.items()
+        }
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", file=file, field=where)
+        return [_check_value(v, item_tp, f"{where}[{i}]", file) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return parse_dataclass(tp, value, where=where, file=file)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", file=file, field=where)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {type(value).__name__} {value!r}", file=file, field=where)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", file=file, field=where)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"expected a finite number, got {value!r}", file=file, field=where)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {type(value).__name__} {value!r}", file=file, field=where)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def parse_dataclass(cls: type[T], data: Any, *, where: str, file: str) -> T:
+    """Build dataclass ``cls`` from a YAML mapping, rejecting unknown keys and wrong types.
+
+    ``where`` is the dotted path of ``data`` inside the file, used in error messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", file=file, field=where or "(top level)")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key (allowed: {allowed})", file=file, field=f"{prefix}{key}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], f"{prefix}{name}", file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError("required field is missing", file=file, field=f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _check_fraction(value: float, where: str, file: str, *, upper: float = 1.0) -> None:
+    if not 0.0 <= value <= upper:
+        raise ConfigError(f"expected a fraction in [0, {upper}], got {value}", file=file, field=where)
+
+
+def _validate_data(data: DataConfig, file: str) -> None:
+    if data.source not in ("digits", "folder"):
+        raise ConfigError(f"expected 'digits' or 'folder', got {data.source!r}", file=file, field="data.source")
+    if data.source == "folder":
+        for name in ("folder", "manifest"):
+            if not getattr(data, name):
+                raise ConfigError("required when data.source is 'folder'", file=file, field=f"data.{name}")
+    if data.image_size < 8 or data.image_size > 512:
+        raise ConfigError(f"expected 8..512, got {data.image_size}", file=file, field="data.image_size")
+    if data.channels not in (1, 3):
+        raise ConfigError(f"expected 1 or 3, got {data.channels}", file=file, field="data.channels")
+    _check_fraction(data.test_fraction, "data.test_fraction", file, upper=0.5)
+    _check_fraction(data.canary_fraction, "data.canary_fraction", file, upper=0.5)
+    _check_fraction(data.base_fraction, "data.base_fraction", file)
+    _check_fraction(data.minority_fraction, "data.minority_fraction", file, upper=0.5)
+    if data.update_slices < 0 or data.update_slices > 50:
+        raise ConfigError(f"expected 0..50, got {data.update_slices}", file=file, field="data.update_slices")
+    if not 1 <= data.owner_size_min <= data.owner_size_max:
+        raise ConfigError(
+            f"expected 1 <= owner_size_min <= owner_size_max, got {data.owner_size_min}..{data.owner_size_max}",
+            file=file,
+            field="data.owner_size_min",
+        )
+    for slice_name, share in data.corrupt_labels.items():
+        _check_fraction(share, f"data.corrupt_labels.{slice_name}", file)
+
+
+def _validate_train(train: TrainConfig, file: str) -> None:
+    base = train.base
+    for name in ("epochs", "batch_size"):
+        if getattr(base, name) < 1:
+            raise ConfigError("expected a positive integer", file=file, field=f"train.base.{name}")
+    if base.lr <= 0:
+        raise ConfigError(f"expected a positive learning rate, got {base.lr}", file=file, field="train.base.lr")
+    if train.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
+        raise ConfigError(f"unknown accelerator {train.accelerator!r}", file=file, field="train.accelerator")
+
+
+def _parse_stream(raw: Any, file: str) -> dict[str, StepConfig]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of step id -> step, got {type(raw).__name__}", file=file, field="stream")
+    steps: dict[str, StepConfig] = {}
+    for key, entry in raw.items():
+        where = f"stream.{key}"
+        if not isinstance(key, str) or not STEP_KEY_PATTERN.match(key) or key == BASE_STEP:
+            raise ConfigError(
+                "step ids are 1-64 letters, digits, '_' or '-' and not 'base'", file=file, field=where
+            )
+        if not isinstance(entry, dict):
+            raise ConfigError(f"expected a mapping, got {type(entry).__name__}", file=file, field=where)
+        entry = dict(entry)
+        kind = entry.pop("kind", None)
+        if kind not in STEP_KINDS:
+            raise ConfigError(f"expected one of {', '.join(STEP_KINDS)}, got {kind!r}", file=file, field=f"{where}.kind")
+        parent = entry.pop("parent", None)
+        if not isinstance(parent, str):
+            raise ConfigError("every step names its parent step (or 'base')", file=file, field=f"{where}.parent")
+        if parent != BASE_STEP and parent not in steps:
+            known = ", ".join([BASE_STEP, *steps])
+            raise ConfigError(
+                f"unknown parent {parent!r}: it must be 'base' or a step listed before this one ({known})",
+                file=file,
+                field=f"{where}.parent",
+            )
+        method = entry.pop("method", None)
+        if method is not None and not isinstance(method, str):
+            raise ConfigError(f"expected a string, got {method!r}", file=file, field=f"{where}.method")
+        steps[key] = StepConfig(key=key, kind=kind, parent=parent, method=method, options=entry)
+    return steps
+
+
+def parse_params(raw: Any, file: str = "params.yaml") -> Params:
+    """Validate a loaded ``params.yaml`` mapping and return typed :class:`Params`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping at the top level", file=file)
+    sections = {
+        "seed": int,
+        "paths": PathsConfig,
+        "registry": RegistryConfig,
+        "data": DataConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "behaviors": BehaviorsConfig,
+        "stream": None,
+    }
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"unknown key (allowed: {', '.join(sections)})", file=file, field=str(key))
+    seed = _check_value(raw.get("seed", 0), int, "seed", file)
+    parsed: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if cls in (None, int):
+            continue
+        parsed[name] = parse_dataclass(cls, raw.get(name), where=name, file=file)
+    _validate_data(parsed["data"], file)
+    _validate_train(parsed["train"], file)
+    if parsed["model"].num_classes < 2:
+        raise ConfigError("expected at least 2 classes", file=file, field="model.num_classes")
+    return Params(file=file, seed=seed, stream=_parse_stream(raw.get("stream"), file), **parsed)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; every problem is a :class:`ConfigError` naming the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("file not found (run ume from the project root, or pass --params)", file=str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+    return parse_params(raw, file=str(path))

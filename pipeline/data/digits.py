@@ -1,0 +1,108 @@
+"""The embedded default: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, no download).
+
+Each image is upsampled to ``image_size``. A ``minority_fraction`` of the samples, spread over
+every class and slice, is re-rendered as if from a second scanner (thicker strokes, lower contrast,
+grey background) and marked ``group=scanner_b``; the rest are ``scanner_a``. Owners are simulated
+contributors of ``owner_size_min..owner_size_max`` samples each; an owner's samples arrive together
+in one slice, as an upload would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import DataConfig
+from pipeline.data.table import SampleTable, assign_content_ids
+
+MAJORITY_GROUP = "scanner_a"
+MINORITY_GROUP = "scanner_b"
+
+
+def render(images8: np.ndarray, image_size: int, channels: int, minority: np.ndarray) -> torch.Tensor:
+    """Digits (N x 8 x 8, values 0..16) -> uint8 N x C x S x S, the minority with the second scanner's look."""
+    x = torch.from_numpy(images8.astype(np.float32) / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if minority.any():
+        sel = torch.from_numpy(minority)
+        thick = F.max_pool2d(x[sel], kernel_size=3, stride=1, padding=1)
+        x[sel] = 0.25 + 0.45 * thick
+    x = (x * 255).round().to(torch.uint8)
+    return x.repeat(1, channels, 1, 1) if channels == 3 else x
+
+
+def _assign_owners(indices: np.ndarray, rng: np.random.Generator, lo: int, hi: int, start: int) -> tuple[dict[int, str], int]:
+    owners: dict[int, str] = {}
+    pos, number = 0, start
+    while pos < len(indices):
+        size = int(rng.integers(lo, hi + 1))
+        if len(indices) - (pos + size) < lo:
+            size = len(indices) - pos
+        for i in indices[pos : pos + size]:
+            owners[int(i)] = f"w{number:03d}"
+        pos += size
+        number += 1
+    return owners, number
+
+
+def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict[str, object]]:
+    """The default sample table, deterministic in ``seed``; also returns what was done to it."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images8 = digits.images
+    labels = digits.target.astype(np.int64)
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+
+    n_test = int(round(config.test_fraction * n))
+    n_canary = int(round(config.canary_fraction * n))
+    test_idx, canary_idx, pool_idx = order[:n_test], order[n_test : n_test + n_canary], order[n_test + n_canary :]
+
+    slice_of = np.empty(n, dtype=object)
+    slice_of[test_idx] = "test"
+    slice_of[canary_idx] = "canary"
+    owner_of: dict[int, str] = {}
+    next_owner = 1
+    pool_owners, next_owner = _assign_owners(pool_idx, rng, config.owner_size_min, config.owner_size_max, next_owner)
+    owner_of.update(pool_owners)
+    owner_names = list(dict.fromkeys(pool_owners[int(i)] for i in pool_idx))
+    n_base = int(round(config.base_fraction * len(owner_names)))
+    update_names = [f"u{k + 1}" for k in range(config.update_slices)]
+    slice_of_owner = {o: "base" for o in owner_names[:n_base]}
+    rest = owner_names[n_base:]
+    for k, owner in enumerate(rest):
+        slice_of_owner[owner] = update_names[k * len(update_names) // len(rest)] if update_names else "base"
+    for i in pool_idx:
+        slice_of[i] = slice_of_owner[pool_owners[int(i)]]
+    for split_idx in (test_idx, canary_idx):
+        split_owners, next_owner = _assign_owners(split_idx, rng, config.owner_size_min, config.owner_size_max, next_owner)
+        owner_of.update(split_owners)
+
+    minority = np.zeros(n, dtype=bool)
+    minority[rng.permutation(n)[: int(round(config.minority_fraction * n))]] = True
+
+    noted: dict[str, object] = {}
+    for slice_name, share in sorted(config.corrupt_labels.items()):
+        members = np.flatnonzero(slice_of == slice_name)
+        chosen = rng.permutation(members)[: int(round(share * len(members)))]
+        shift = rng.integers(1, 10, size=len(chosen))
+        labels[chosen] = (labels[chosen] + shift) % 10
+        noted[slice_name] = {"samples": int(len(members)), "labels_corrupted": int(len(chosen))}
+
+    images = render(images8, config.image_size, config.channels, minority)
+    ids = assign_content_ids(images.numpy(), labels)
+    rows = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "label": labels,
+            "group": np.where(minority, "scanner_b", "scanner_a"),
+            "owner": [owner_of[i] for i in range(n)],
+            "slice": slice_of.astype(str),
+        }
+    )
+    table = SampleTable(rows=rows, images=images, classes=[str(c) for c in range(10)])
+    return table, {"source": "sklearn.datasets.load_digits", "corrupt_labels": noted}

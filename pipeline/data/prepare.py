@@ -1,0 +1,28 @@
+"""``ume prepare``: build the sample table from the configured source and write ``store/data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.data.digits import build_digits_table
+from pipeline.data.folder import build_folder_table
+from pipeline.errors import DataError
+
+
+def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
+    """Build and save the table; returns ``dataset.json``'s content."""
+    if params.data.source == "digits":
+        table, notes = build_digits_table(params.data, params.seed)
+    else:
+        table, notes = build_folder_table(params.data, params.seed)
+    if len(table.classes) != params.model.num_classes:
+        raise DataError(
+            f"the data has {len(table.classes)} classes but model.num_classes is {params.model.num_classes}",
+            file=params.file,
+            field="model.num_classes",
+        )
+    for split in ("base", "test", "canary"):
+        if not (table.rows["slice"] == split).any():
+            raise DataError(f"the data has no '{split}' samples", file=params.file, field="data")
+    return table.save(out_dir, extra=notes)

@@ -1,0 +1,101 @@
+"""The sample table: one row per sample (id, label, group, owner, slice) plus a uint8 image tensor.
+
+Stored in a prepared directory as ``samples.csv``, ``images.safetensors`` (N x C x H x W, uint8)
+and ``dataset.json`` (counts and the content hash of the whole table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import DataError
+
+COLUMNS = ("sample_id", "label", "group", "owner", "slice")
+EVAL_SLICES = ("test", "canary")
+
+
+def content_sample_id(image: np.ndarray, label: int, occurrence: int = 0) -> str:
+    """Stable id from the image bytes and label; ``occurrence`` separates exact duplicates."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(f"|{int(label)}|{occurrence}".encode())
+    return digest.hexdigest()[:16]
+
+
+def assign_content_ids(images: np.ndarray, labels: np.ndarray) -> list[str]:
+    """Content-hash ids for every sample, unique even for exact duplicate images."""
+    seen: dict[str, int] = {}
+    ids = []
+    for image, label in zip(images, labels, strict=True):
+        base = content_sample_id(image, int(label))
+        occurrence = seen.get(base, 0)
+        seen[base] = occurrence + 1
+        ids.append(base if occurrence == 0 else content_sample_id(image, int(label), occurrence))
+    return ids
+
+
+@dataclass
+class SampleTable:
+    """Rows (a DataFrame with :data:`COLUMNS`) aligned with ``images`` (uint8, N x C x H x W)."""
+
+    rows: pd.DataFrame
+    images: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.images):
+            raise DataError(f"{len(self.rows)} rows but {len(self.images)} images")
+        if self.rows["sample_id"].duplicated().any():
+            dup = self.rows.loc[self.rows["sample_id"].duplicated(), "sample_id"].iloc[0]
+            raise DataError(f"duplicate sample_id {dup!r}", field="sample_id")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def content_hash(self) -> str:
+        """SHA-256 over rows and image bytes: the dataset's identity in the ledger."""
+        digest = hashlib.sha256()
+        digest.update(self.rows[list(COLUMNS)].to_csv(index=False).encode())
+        digest.update(self.images.numpy().tobytes())
+        return digest.hexdigest()
+
+    def summary(self) -> dict[str, object]:
+        """Counts per slice and group, for ``dataset.json`` and the README."""
+        return {
+            "samples": len(self),
+            "classes": self.classes,
+            "image_shape": list(self.images.shape[1:]),
+            "slices": {k: int(v) for k, v in self.rows["slice"].value_counts().sort_index().items()},
+            "groups": {k: int(v) for k, v in self.rows["group"].value_counts().sort_index().items()},
+            "owners": int(self.rows["owner"].nunique()),
+        }
+
+    def save(self, directory: str | Path, extra: dict[str, object] | None = None) -> dict[str, object]:
+        """Write the prepared directory; returns the ``dataset.json`` content."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.rows[list(COLUMNS)].to_csv(directory / "samples.csv", index=False)
+        save_file({"images": self.images.contiguous()}, str(directory / "images.safetensors"))
+        info = {**self.summary(), "content_hash": self.content_hash(), **(extra or {})}
+        (directory / "dataset.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+        return info
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SampleTable:
+        """Read a prepared directory written by :meth:`save`."""
+        directory = Path(directory)
+        csv_path = directory / "samples.csv"
+        if not csv_path.exists():
+            raise DataError("prepared data not found; run `ume prepare` (or `dvc repro`) first", file=str(csv_path))
+        rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str})
+        images = load_file(str(directory / "images.safetensors"))["images"]
+        info = json.loads((directory / "dataset.json").read_text())
+        return cls(rows=rows, images=images, classes=list(info["classes"]))

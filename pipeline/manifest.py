@@ -1,0 +1,101 @@
+"""Version manifests: base + an ordered list of overlays + export transforms.
+
+A manifest is plain data; its hash (SHA-256 of the canonical JSON) names the version everywhere:
+in the ledger, in MLflow tags and in step records. Composing the same manifest always gives
+bit-identical weights (see :mod:`pipeline.compose`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ComponentError
+from pipeline.ledger import canonical_json
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a version is made of, in application order."""
+
+    base: str
+    overlays: tuple[str, ...] = ()
+    transforms: tuple[str, ...] = ()
+    overlay_steps: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready mapping (tuples become lists)."""
+        raw = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON: the version's identity."""
+        return hashlib.sha256(canonical_json(self.to_json()).encode()).hexdigest()
+
+    def with_overlay(self, component_id: str, step: str) -> Manifest:
+        """A new manifest with one more overlay on top, produced by ``step``."""
+        return Manifest(
+            base=self.base,
+            overlays=(*self.overlays, component_id),
+            transforms=self.transforms,
+            overlay_steps=(*self.overlay_steps, step),
+        )
+
+    def without_step(self, step: str) -> Manifest:
+        """A new manifest without the overlays that ``step`` produced."""
+        kept = [(c, s) for c, s in zip(self.overlays, self.overlay_steps, strict=True) if s != step]
+        return Manifest(
+            base=self.base,
+            overlays=tuple(c for c, _ in kept),
+            transforms=self.transforms,
+            overlay_steps=tuple(s for _, s in kept),
+        )
+
+    def describe(self) -> str:
+        """``base + s1 + s2`` style one-liner."""
+        return " + ".join(["base", *self.overlay_steps, *(f"[{t}]" for t in self.transforms)])
+
+    @classmethod
+    def from_json(cls, raw: Any, *, file: str = "manifest") -> Manifest:
+        """Parse a manifest mapping, with a clear error when it is malformed."""
+        if not isinstance(raw, dict) or "base" not in raw:
+            raise ComponentError("a manifest needs at least a 'base'", file=file, field="base")
+        overlays = tuple(raw.get("overlays", ()))
+        steps = tuple(raw.get("overlay_steps", ()))
+        if len(overlays) != len(steps):
+            raise ComponentError("overlays and overlay_steps differ in length", file=file, field="overlay_steps")
+        return cls(base=raw["base"], overlays=overlays, transforms=tuple(raw.get("transforms", ())), overlay_steps=steps)
+
+
+class VersionStore:
+    """Manifests by hash under ``root`` (``<hash>.json``), written atomically."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def save(self, manifest: Manifest) -> str:
+        """Store ``manifest``; returns its hash."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{manifest.hash}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
+        os.replace(tmp, path)
+        return manifest.hash
+
+    def load(self, manifest_hash: str) -> Manifest:
+        """The manifest with this hash; checks the content matches the name."""
+        path = self.root / f"{manifest_hash}.json"
+        if not path.exists():
+            raise ComponentError("version manifest not found", file=str(path))
+        try:
+            manifest = Manifest.from_json(json.loads(path.read_text()), file=str(path))
+        except json.JSONDecodeError as exc:
+            raise ComponentError(f"not JSON ({exc.msg})", file=str(path)) from None
+        if manifest.hash != manifest_hash:
+            raise ComponentError("manifest content does not match its hash (modified)", file=str(path))
+        return manifest

@@ -1,0 +1,139 @@
+"""The model: any timm architecture (``pretrained=False``) inside a LightningModule, and the Trainer.
+
+:class:`Classifier` trains whatever parameters of ``net`` require grad. For overlays trained on top
+of a composed model, ``freeze_norm_stats=True`` keeps BatchNorm running statistics fixed, so the
+overlay's tensors are the *only* thing that changes and composing base + overlay reproduces the
+trained model exactly. ``extra_loss`` lets an operator add a term (e.g. a KL locality penalty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import Params, TrainConfig
+from pipeline.errors import ConfigError
+
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_arch(arch: str, file: str = "params.yaml") -> None:
+    """Fail with a clear error when ``arch`` is not a timm model name."""
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ConfigError(f"unknown timm architecture {arch!r}{hint}", file=file, field="model.arch")
+
+
+def create_net(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    """A freshly initialised timm network; weights come only from our safetensors components."""
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Shift each image by up to ``pixels`` in x and y (zero-padded edges are the background -1)."""
+    if pixels <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels), value=-1.0)
+    dx = torch.randint(0, 2 * pixels + 1, (n,))
+    dy = torch.randint(0, 2 * pixels + 1, (n,))
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def set_norm_eval(net: nn.Module) -> None:
+    """Put every normalisation layer in eval mode (running statistics stay fixed)."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy training of ``net`` with AdamW and a cosine schedule; logs loss and accuracy."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        epochs: int = 1,
+        augment_shift: int = 0,
+        freeze_norm_stats: bool = False,
+        extra_loss: ExtraLoss | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.augment_shift = augment_shift
+        self.freeze_norm_stats = freeze_norm_stats
+        self.extra_loss = extra_loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Lightning calls this each epoch; norm statistics stay frozen when asked."""
+        super().train(mode)
+        if mode and self.freeze_norm_stats:
+            set_norm_eval(self.net)
+        return self
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step on a batch."""
+        x, y = batch
+        x = random_shift(x, self.augment_shift)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(self.net, x, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train_acc", acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """AdamW over the trainable parameters, cosine-annealed over the run."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None) -> L.Trainer:
+    """A real Lightning Trainer with its progress bar; scale out by changing ``train`` in params.yaml."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,
+        precision=train.precision,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=train.progress_bar,
+        deterministic=True,
+        log_every_n_steps=1,
+    )
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``net`` in eval mode for a tensor of inputs (float32, on CPU)."""
+    net.eval()
+    outs = [net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def in_chans(params: Params) -> int:
+    """Input channels of the configured data."""
+    return params.data.channels

@@ -1,0 +1,156 @@
+"""The MLflow side: one run per step, one registered model version per candidate, the ``champion`` alias.
+
+Works with any tracking URI: ``sqlite:///mlflow.db`` by default, or an MLflow server backed by
+PostgreSQL. Versions carry the tags ``ume.step``, ``ume.manifest_hash``, ``ume.decision`` and a
+behaviour summary; runs carry behaviour metrics and the report artifacts. Only :mod:`pipeline.gate`
+moves the alias (through :meth:`Registry.set_champion`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RegistryConfig
+from pipeline.errors import RegistryError
+
+CHAMPION = "champion"
+logging.getLogger("alembic").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version as ume sees it."""
+
+    version: int
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    source: str
+
+    @property
+    def manifest_hash(self) -> str | None:
+        """The ``ume.manifest_hash`` tag."""
+        return self.tags.get("ume.manifest_hash")
+
+
+class Registry:
+    """A thin, typed wrapper over :class:`mlflow.MlflowClient` for one registered model."""
+
+    def __init__(self, config: RegistryConfig) -> None:
+        from mlflow import MlflowClient
+
+        self.config = config
+        self.model_name = config.model_name
+        self.client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where runs go."""
+        return self.config.tracking_uri
+
+    def experiment_id(self) -> str:
+        """The experiment's id, created on first use."""
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.config.experiment)
+            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.config.experiment)
+        return self._experiment_id
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        """Create a run for a step; returns its id."""
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark a run finished (or FAILED)."""
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log flat parameters (values stringified, truncated to MLflow's limit)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Log numeric metrics in one batch."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on a run."""
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
+        """Upload a directory of artifacts under ``artifact_path``."""
+        self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def artifact_uri(self, run_id: str) -> str:
+        """The run's artifact root URI."""
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Register a model version whose files are the run's ``artifact_path``; returns its number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(
+                self.model_name, description="Managed by ume: base + overlays, promoted through the behaviour gate."
+            )
+        source = f"{self.artifact_uri(run_id)}/{artifact_path}"
+        mv = self.client.create_model_version(self.model_name, source=source, run_id=run_id, tags=tags)
+        return int(mv.version)
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        """Set tags on a model version."""
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), k, v)
+
+    def champion(self) -> int | None:
+        """The version the ``champion`` alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(self.model_name, CHAMPION).version)
+        except MlflowException:
+            return None
+
+    def set_champion(self, version: int) -> None:
+        """Move the ``champion`` alias (only the gate calls this)."""
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+
+    def version(self, version: int) -> VersionInfo:
+        """One version; :class:`RegistryError` if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            raise RegistryError(f"model {self.model_name!r} has no version {version}", field="version") from None
+        return VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source)
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version of the model, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{self.model_name}'", max_results=10000)
+        except MlflowException:
+            return []
+        out = [VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source) for mv in found]
+        return sorted(out, key=lambda v: v.version)

@@ -1,0 +1,398 @@
+"""The stream runner: ``prepare``, ``base`` and one ``step`` per stream entry, each one process.
+
+A step takes the champion, asks an operator in ``edits/`` for new component(s), composes the
+candidate, runs the behaviour suite in-process, registers the candidate in MLflow and hands the
+results to the gate. Every stage writes its record (``store/steps/<id>.json``, the DVC output)
+last, atomically, so DVC reruns a stage that did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from behaviors.build import build_context, model_under_test
+from behaviors.report import write_report
+from behaviors.suite import BehaviorResult, run_suite
+from edits import OperatorEnv, get_method
+from pipeline import gate
+from pipeline.compose import compose
+from pipeline.components import Component, ComponentDraft
+from pipeline.config import BASE_STEP, Params, StepConfig
+from pipeline.data import UmeData, open_data, prepare_data
+from pipeline.errors import ConfigError, DataError, UmeError
+from pipeline.lineage import hash_sample_ids, version_lineage
+from pipeline.manifest import Manifest
+from pipeline.model import Classifier, check_arch, create_net, make_trainer
+from pipeline.workspace import Workspace
+
+KEY_METRICS = ("test_accuracy", "retained_accuracy", "canary_agreement", "max_class_recall_drop")
+
+
+def validate_params(params: Params) -> None:
+    """Everything that can be checked before any write: the arch, every step's method and options."""
+    check_arch(params.model.arch, params.file)
+    for key, step in params.stream.items():
+        if step.kind == "rollback":
+            _rollback_target(step, params)
+            continue
+        method = get_method(step.kind, step.method, file=params.file, where=f"stream.{key}.method")
+        method.parse_config(step.options, where=f"stream.{key}", file=params.file)
+
+
+def _rollback_target(step: StepConfig, params: Params) -> tuple[str, Any]:
+    opts = step.options
+    where = f"stream.{step.key}"
+    unknown = set(opts) - {"to", "drop", "reason"}
+    if unknown:
+        raise ConfigError("unknown key (allowed: to, drop, reason)", file=params.file, field=f"{where}.{sorted(unknown)[0]}")
+    if ("to" in opts) == ("drop" in opts):
+        raise ConfigError("a rollback names exactly one of 'to' (a version) or 'drop' (a step id)", file=params.file, field=where)
+    if "to" in opts:
+        if isinstance(opts["to"], bool) or not isinstance(opts["to"], int) or opts["to"] < 1:
+            raise ConfigError(f"expected a version number >= 1, got {opts['to']!r}", file=params.file, field=f"{where}.to")
+        return "to", opts["to"]
+    if opts["drop"] not in params.stream or opts["drop"] == step.key:
+        raise ConfigError(f"unknown step {opts['drop']!r}", file=params.file, field=f"{where}.drop")
+    return "drop", opts["drop"]
+
+
+def open_workspace(params_path: str | Path = "params.yaml") -> Workspace:
+    """Load, fully validate and open; raises before anything is written."""
+    ws = Workspace.open(params_path)
+    validate_params(ws.params)
+    return ws
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _trainer_factory(ws: Workspace, run_id: str):
+    def make(max_epochs: int) -> L.Trainer:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(
+            experiment_name=ws.params.registry.experiment,
+            tracking_uri=ws.params.registry.tracking_uri,
+            run_id=run_id,
+            log_model=False,
+        )
+        return make_trainer(ws.params.train, max_epochs=max_epochs, logger=logger)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------- prepare
+
+
+def run_prepare(ws: Workspace) -> dict[str, Any]:
+    """Build the sample table into ``store/data`` and record its hash in the ledger."""
+    if ws.data_dir.exists():
+        shutil.rmtree(ws.data_dir)
+    info = prepare_data(ws.params, ws.data_dir)
+    ws.ledger.append("prepare", {"content_hash": info["content_hash"], "slices": info["slices"], "groups": info["groups"]})
+    return info
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class StepOutcome:
+    """What a stage produced."""
+
+    record: dict[str, Any]
+    results: list[BehaviorResult]
+
+
+def _metrics(results: list[BehaviorResult]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        for check in r.checks:
+            out[check["name"]] = check["value"]
+    return out
+
+
+def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
+    for component_id in (manifest.base, *manifest.overlays):
+        for src in (ws.components.weights_path(component_id), ws.components.sidecar_path(component_id)):
+            shutil.copy2(src, directory / src.name)
+
+
+def evaluate_and_gate(
+    ws: Workspace,
+    *,
+    step: StepConfig | None,
+    key: str,
+    kind: str,
+    manifest: Manifest,
+    champion_version: int | None,
+    champion_manifest: Manifest | None,
+    run_id: str,
+    data: UmeData,
+    started: float,
+    existing_version: int | None = None,
+) -> StepOutcome:
+    """Run the behaviour suite on ``manifest``, register it, gate it and write the step record."""
+    ws.versions.save(manifest)
+    candidate = model_under_test(ws, "candidate", manifest, existing_version)
+    champion = model_under_test(ws, "champion", champion_manifest, champion_version) if champion_manifest else None
+    step_info = {
+        "id": key,
+        "kind": kind,
+        "candidate": manifest.describe(),
+        "champion": f"v{champion_version}: {champion_manifest.describe()}" if champion_manifest else "none",
+    }
+    context = build_context(
+        ws,
+        candidate=candidate,
+        candidate_manifest=manifest,
+        champion=champion,
+        champion_manifest=champion_manifest,
+        step=step_info,
+        data=data,
+    )
+    report_dir = ws.reports_dir / key
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    results = run_suite([ws.params.behaviors.path], context, junit_xml=report_dir / "junit.xml")
+    decision = gate.decide(results)
+    mode = "gate"
+    if kind == "rollback" and existing_version is not None:
+        # Rolling back to a version that already passed its gate: the suite runs for the record.
+        decision = gate.Decision(True, f"rollback to version {existing_version}, which passed its gate earlier", [], [
+            r.name for r in results if r.outcome == "failed"
+        ])
+        mode = "rollback"
+    decision_info = {"label": decision.label, "reason": decision.reason, "failing": decision.failing}
+    write_report(report_dir, step_info, decision_info, results)
+    metrics = _metrics(results)
+    registry = ws.registry
+    registry.log_metrics(run_id, {f"behavior.{k}": v for k, v in metrics.items()})
+    registry.log_metrics(
+        run_id,
+        {f"passed.{r.short_name}": float(r.outcome != "failed") for r in results},
+    )
+    registry.log_artifacts(run_id, report_dir, "behaviors")
+    summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in KEY_METRICS if k in metrics)
+    if existing_version is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            _version_artifacts(ws, manifest, Path(tmp))
+            registry.log_artifacts(run_id, tmp, "version")
+        version = registry.register(
+            run_id,
+            "version",
+            {
+                "ume.step": key,
+                "ume.kind": kind,
+                "ume.manifest_hash": manifest.hash,
+                "ume.composition": manifest.describe(),
+                "ume.behaviors": summary[:5000],
+                "ume.decision": "pending",
+            },
+        )
+        ws.ledger.append(
+            "candidate",
+            {"version": version, "manifest_hash": manifest.hash, "manifest": manifest.to_json(), "run_id": run_id},
+            step=key,
+        )
+    else:
+        version = existing_version
+    gate.apply_decision(
+        decision,
+        ledger=ws.ledger,
+        registry=registry,
+        step=key,
+        version=version,
+        manifest_hash=manifest.hash,
+        champion_before=champion_version,
+        mode=mode,
+    )
+    champion_after = registry.champion()
+    registry.set_run_tags(run_id, {"ume.decision": decision.label, "ume.version": str(version), "ume.reason": decision.reason[:5000]})
+    record = {
+        "id": key,
+        "kind": kind,
+        "parent": step.parent if step else None,
+        "params_hash": step.params_hash() if step else None,
+        "decision": decision.label,
+        "reason": decision.reason,
+        "failing": [f["name"].split("::")[-1] for f in decision.failing],
+        "version": version,
+        "manifest_hash": manifest.hash,
+        "composition": manifest.describe(),
+        "champion_before": champion_version,
+        "champion_after": champion_after,
+        "metrics": {k: round(v, 6) for k, v in metrics.items()},
+        "run_id": run_id,
+        "seconds": round(time.time() - started, 2),
+    }
+    registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
+    registry.end_run(run_id)
+    _write_json_atomic(ws.step_record_path(key), record)
+    return StepOutcome(record, results)
+
+
+# ------------------------------------------------------------------------------------------ base
+
+
+def run_base(ws: Workspace) -> StepOutcome:
+    """Train the clean base on the ``base`` slice, register it and gate it (absolute checks only)."""
+    started = time.time()
+    params = ws.params
+    gate.complete_pending_promotion(ws.ledger, ws.registry)
+    cfg = params.train.base
+    ws.ledger.append("step_started", {"kind": "base", "arch": params.model.arch}, step=BASE_STEP)
+    run_id = ws.registry.start_run(BASE_STEP, {"ume.step": BASE_STEP, "ume.kind": "base"})
+    ws.registry.log_params(run_id, {"arch": params.model.arch, **{f"train.{k}": v for k, v in vars(cfg).items()}})
+    data = open_data(ws.data_dir, ws.ledger, batch_size=cfg.batch_size, num_workers=params.train.num_workers, seed=params.seed)
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    train = data.split("base")
+    net = create_net(params.model.arch, params.model.num_classes, params.data.channels)
+    module = Classifier(net, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs, augment_shift=cfg.augment_shift)
+    _trainer_factory(ws, run_id)(cfg.epochs).fit(module, datamodule=data.use_for_training(train))
+    draft = ComponentDraft(
+        kind="base",
+        tensors=dict(net.state_dict()),
+        lineage=hash_sample_ids(train.sample_ids),
+        meta={
+            "method": "base",
+            "arch": params.model.arch,
+            "num_classes": params.model.num_classes,
+            "in_chans": params.data.channels,
+            "image_size": params.data.image_size,
+            "classes": data.classes,
+            "train": vars(cfg),
+        },
+    )
+    component = ws.components.save(draft, parent=None)
+    _record_component(ws, BASE_STEP, component)
+    manifest = Manifest(base=component.id)
+    return evaluate_and_gate(
+        ws,
+        step=None,
+        key=BASE_STEP,
+        kind="base",
+        manifest=manifest,
+        champion_version=None,
+        champion_manifest=None,
+        run_id=run_id,
+        data=data,
+        started=started,
+    )
+
+
+def _record_component(ws: Workspace, key: str, component: Component) -> None:
+    ws.ledger.append(
+        "component",
+        {
+            "id": component.id,
+            "kind": component.kind,
+            "sha256": component.sha256,
+            "parent": component.parent,
+            "lineage_count": len(component.lineage),
+            "lineage_hash": hash_sample_ids(component.lineage)[0] if component.lineage else None,
+        },
+        step=key,
+    )
+
+
+# ------------------------------------------------------------------------------------------ step
+
+
+def _current_champion(ws: Workspace) -> tuple[int, Manifest]:
+    version = ws.registry.champion()
+    if version is None:
+        raise UmeError("no champion yet: the base stage has not run (run `dvc repro`)", field="champion")
+    return version, ws.manifest_of(version)
+
+
+def run_step(ws: Workspace, key: str) -> StepOutcome:
+    """Run stream step ``key`` on top of the current champion."""
+    started = time.time()
+    step = ws.params.step(key)
+    gate.complete_pending_promotion(ws.ledger, ws.registry)
+    champion_version, champion_manifest = _current_champion(ws)
+    ws.ledger.append(
+        "step_started",
+        {"kind": step.kind, "method": step.method, "params_hash": step.params_hash(), "champion": champion_version},
+        step=key,
+    )
+    run_id = ws.registry.start_run(key, {"ume.step": key, "ume.kind": step.kind})
+    ws.registry.log_params(run_id, {"kind": step.kind, "method": step.method, "parent": step.parent, **step.options})
+    data = open_data(ws.data_dir, ws.ledger, num_workers=ws.params.train.num_workers, seed=ws.params.seed)
+    common = {
+        "step": step,
+        "key": key,
+        "kind": step.kind,
+        "champion_version": champion_version,
+        "champion_manifest": champion_manifest,
+        "run_id": run_id,
+        "data": data,
+        "started": started,
+    }
+    if step.kind == "rollback":
+        how, target = _rollback_target(step, ws.params)
+        if how == "to":
+            return _rollback_to(ws, int(target), common)
+        manifest = champion_manifest.without_step(str(target))
+        if manifest == champion_manifest:
+            raise ConfigError(
+                f"the champion (v{champion_version}: {champion_manifest.describe()}) has no overlay from step {target!r}",
+                file=ws.params.file,
+                field=f"stream.{key}.drop",
+            )
+        return evaluate_and_gate(ws, manifest=manifest, **common)
+
+    method = get_method(step.kind, step.method, file=ws.params.file, where=f"stream.{key}.method")
+    config = method.parse_config(step.options, where=f"stream.{key}", file=ws.params.file)
+    L.seed_everything(ws.params.seed, workers=True, verbose=False)
+    net = compose(champion_manifest, ws.components)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    env = OperatorEnv(
+        step=key,
+        seed=ws.params.seed,
+        make_trainer=_trainer_factory(ws, run_id),
+        champion_lineage=frozenset(version_lineage(champion_manifest, ws.components)),
+    )
+    try:
+        drafts = method.fn(net, data, config, env)
+    except DataError as exc:
+        if exc.file is None:
+            exc = DataError(exc.message, file=ws.params.file, field=f"stream.{key}.{exc.field or 'slice'}")
+        raise exc from None
+    manifest = champion_manifest
+    for draft in drafts:
+        component = ws.components.save(draft, parent=champion_manifest.hash)
+        _record_component(ws, key, component)
+        manifest = manifest.with_overlay(component.id, key)
+    return evaluate_and_gate(ws, manifest=manifest, **common)
+
+
+def _rollback_to(ws: Workspace, target: int, common: dict[str, Any]) -> StepOutcome:
+    key = common["key"]
+    promoted = {e.data["version"] for e in ws.ledger.of_type("decision") if e.data["decision"] == gate.PROMOTED}
+    if target not in promoted:
+        raise ConfigError(
+            f"version {target} was never promoted through the gate; only earlier champions can be rolled back to"
+            f" (promoted: {', '.join(map(str, sorted(promoted))) or 'none'})",
+            file=ws.params.file,
+            field=f"stream.{key}.to",
+        )
+    manifest = ws.manifest_of(target)
+    return evaluate_and_gate(ws, manifest=manifest, existing_version=target, **common)

@@ -1,0 +1,80 @@
+"""``ume status``: the champion, every stream step with its decision, and the deleted-sample count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import BASE_STEP
+from pipeline.data.module import deleted_hashed_ids
+from pipeline.workspace import Workspace
+
+
+def collect_status(ws: Workspace) -> dict[str, Any]:
+    """Status as a JSON-ready mapping (the same data ``--json`` prints)."""
+    champion_version = ws.registry.champion()
+    champion: dict[str, Any] | None = None
+    if champion_version is not None:
+        manifest = ws.manifest_of(champion_version)
+        champion = {
+            "version": champion_version,
+            "composition": manifest.describe(),
+            "base": manifest.base,
+            "overlays": [{"step": s, "component": c} for c, s in zip(manifest.overlays, manifest.overlay_steps, strict=True)],
+            "manifest_hash": manifest.hash,
+        }
+    steps = []
+    for key in [BASE_STEP, *ws.params.stream]:
+        record = ws.step_record(key)
+        kind = "base" if key == BASE_STEP else ws.params.stream[key].kind
+        if record is None:
+            steps.append({"id": key, "kind": kind, "decision": "pending"})
+            continue
+        steps.append(
+            {
+                "id": key,
+                "kind": kind,
+                "decision": record["decision"],
+                "version": record["version"],
+                "champion_after": record["champion_after"],
+                "reason": record["reason"],
+                "failing": record["failing"],
+                "metrics": record["metrics"],
+                "seconds": record.get("seconds"),
+            }
+        )
+    return {
+        "champion": champion,
+        "steps": steps,
+        "deleted_samples": len(deleted_hashed_ids(ws.ledger)),
+        "pending_requests": [],
+        "ledger_entries": len(ws.ledger.verify()),
+        "tracking_uri": ws.params.registry.tracking_uri,
+        "model_name": ws.params.registry.model_name,
+    }
+
+
+def _num(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """The human table printed at the end of ``make demo``."""
+    lines = []
+    champ = status["champion"]
+    if champ:
+        lines.append(f"champion: {status['model_name']} v{champ['version']} = {champ['composition']}")
+    else:
+        lines.append("champion: none yet (run `dvc repro`)")
+    lines.append(f"deleted samples: {status['deleted_samples']}   ledger entries: {status['ledger_entries']}")
+    lines.append("")
+    header = f"{'step':<18} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for s in status["steps"]:
+        m = s.get("metrics", {})
+        lines.append(
+            f"{s['id']:<18} {s['kind']:<9} {s['decision']:<9} {s.get('version', '-')!s:>4} {s.get('champion_after', '-')!s:>5} "
+            f"{_num(m, 'test_accuracy'):>8} {_num(m, 'retained_accuracy'):>8} {_num(m, 'canary_agreement'):>7} "
+            f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
+        )
+    return "\n".join(lines)
