@@ -103,7 +103,7 @@ def run_suite(
 ) -> list[BehaviorResult]:
     """Run every spec under ``spec_paths`` against ``context``; one result per spec."""
     collector = ResultCollector()
-    args = [str(p) for p in spec_paths] + ["-q", "-p", "no:cacheprovider", "--no-header", "-rN", *extra_args]
+    args = [str(p) for p in spec_paths] + ["-q", "-p", "no:cacheprovider", "--import-mode=importlib", "--no-header", "-rN", *extra_args]
     if junit_xml is not None:
         junit_xml.parent.mkdir(parents=True, exist_ok=True)
         args.append(f"--junitxml={junit_xml}")

@@ -125,19 +125,19 @@ def _run_appended_step(params_path: Path, key: str) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from pipeline.runner import open_workspace, validate_params
+    from pipeline.runner import check_rollback_drop, check_rollback_to, open_workspace, validate_params
 
     params_path = Path(args.params)
     ws = open_workspace(params_path)
     stream = ws.params.stream
     parent = list(stream)[-1] if stream else "base"
     if args.to is not None:
-        if args.to not in {v.version for v in ws.registry.versions()}:
-            raise ConfigError(f"model {ws.params.registry.model_name!r} has no version {args.to}", field="--to")
+        check_rollback_to(ws, args.to, field="--to")
         entry: dict = {"kind": "rollback", "parent": parent, "to": args.to}
     else:
         if args.drop not in stream:
             raise ConfigError(f"unknown step {args.drop!r} (stream: {', '.join(stream) or 'empty'})", field="--drop")
+        check_rollback_drop(ws, args.drop, field="--drop")
         entry = {"kind": "rollback", "parent": parent, "drop": args.drop}
     if args.reason:
         entry["reason"] = args.reason
@@ -152,7 +152,19 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
         params_path.write_text(original)
         raise
     print(f"appended stream step {key}: {entry}")
-    return _run_appended_step(params_path, key)
+    try:
+        code = _run_appended_step(params_path, key)
+    except UmeError:
+        code = EXIT_USER_ERROR
+        if not ws.ledger.of_type("step_started") or ws.ledger.of_type("step_started")[-1].step != key:
+            params_path.write_text(original)
+        raise
+    started = any(e.step == key for e in ws.ledger.of_type("step_started"))
+    if code != 0 and not started:
+        params_path.write_text(original)
+        print(f"removed stream step {key} again: it was refused before anything was written", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,7 @@ class Ledger:
     def _read_raw(self) -> list[str]:
         if not self.path.exists():
             return []
-        return [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
     def entries(self) -> list[Entry]:
         """Every entry, after verifying the whole chain (raises :class:`LedgerError` if broken)."""

@@ -8,6 +8,7 @@ trained model exactly. ``extra_loss`` lets an operator add a term (e.g. a KL loc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,10 @@ from torch import nn
 
 from pipeline.config import Params, TrainConfig
 from pipeline.errors import ConfigError
+
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -24,8 +24,8 @@ from behaviors.report import write_report
 from behaviors.suite import BehaviorResult, run_suite
 from edits import OperatorEnv, get_method
 from pipeline import gate
-from pipeline.compose import compose
 from pipeline.components import Component, ComponentDraft
+from pipeline.compose import compose
 from pipeline.config import BASE_STEP, Params, StepConfig
 from pipeline.data import UmeData, open_data, prepare_data
 from pipeline.errors import ConfigError, DataError, UmeError
@@ -326,7 +326,16 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     started = time.time()
     step = ws.params.step(key)
     gate.complete_pending_promotion(ws.ledger, ws.registry)
+    resumed = _resume_decided_step(ws, step)
+    if resumed is not None:
+        return resumed
     champion_version, champion_manifest = _current_champion(ws)
+    if step.kind == "rollback":  # refuse before anything is written
+        how, target = _rollback_target(step, ws.params)
+        if how == "to":
+            check_rollback_to(ws, int(target), field=f"stream.{key}.to")
+        else:
+            check_rollback_drop(ws, str(target), field=f"stream.{key}.drop")
     ws.ledger.append(
         "step_started",
         {"kind": step.kind, "method": step.method, "params_hash": step.params_hash(), "champion": champion_version},
@@ -349,13 +358,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         how, target = _rollback_target(step, ws.params)
         if how == "to":
             return _rollback_to(ws, int(target), common)
+        check_rollback_drop(ws, str(target), field=f"stream.{key}.drop")
         manifest = champion_manifest.without_step(str(target))
-        if manifest == champion_manifest:
-            raise ConfigError(
-                f"the champion (v{champion_version}: {champion_manifest.describe()}) has no overlay from step {target!r}",
-                file=ws.params.file,
-                field=f"stream.{key}.drop",
-            )
         return evaluate_and_gate(ws, manifest=manifest, **common)
 
     method = get_method(step.kind, step.method, file=ws.params.file, where=f"stream.{key}.method")
@@ -384,15 +388,72 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     return evaluate_and_gate(ws, manifest=manifest, **common)
 
 
-def _rollback_to(ws: Workspace, target: int, common: dict[str, Any]) -> StepOutcome:
-    key = common["key"]
+def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
+    """Refuse a rollback target that never passed the gate (or does not exist)."""
     promoted = {e.data["version"] for e in ws.ledger.of_type("decision") if e.data["decision"] == gate.PROMOTED}
     if target not in promoted:
         raise ConfigError(
             f"version {target} was never promoted through the gate; only earlier champions can be rolled back to"
             f" (promoted: {', '.join(map(str, sorted(promoted))) or 'none'})",
             file=ws.params.file,
-            field=f"stream.{key}.to",
+            field=field,
         )
+
+
+def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
+    """Refuse to drop a step whose overlay the champion does not carry."""
+    version, manifest = _current_champion(ws)
+    if step_id not in manifest.overlay_steps:
+        raise ConfigError(
+            f"the champion (v{version}: {manifest.describe()}) has no overlay from step {step_id!r}",
+            file=ws.params.file,
+            field=field,
+        )
+
+
+def _rollback_to(ws: Workspace, target: int, common: dict[str, Any]) -> StepOutcome:
+    check_rollback_to(ws, target, field=f"stream.{common['key']}.to")
     manifest = ws.manifest_of(target)
     return evaluate_and_gate(ws, manifest=manifest, existing_version=target, **common)
+
+
+def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
+    """A step whose decision is in the ledger but whose record is missing (crash) is finished, not redone.
+
+    Redoing it would build the step again on a champion that may already carry its overlay.
+    """
+    entries = [e for e in ws.ledger.verify() if e.step == step.key]
+    starts = [i for i, e in enumerate(entries) if e.type == "step_started"]
+    if not starts:
+        return None
+    last = entries[starts[-1]]
+    if last.data.get("params_hash") != step.params_hash():
+        return None
+    decisions = [e for e in entries[starts[-1] :] if e.type == "decision"]
+    if not decisions:
+        return None
+    decision = decisions[-1].data
+    report = ws.reports_dir / step.key / "results.json"
+    results_raw = json.loads(report.read_text())["results"] if report.exists() else []
+    results = [BehaviorResult(**r) for r in results_raw]
+    manifest = ws.versions.load(decision["manifest_hash"])
+    record = {
+        "id": step.key,
+        "kind": step.kind,
+        "parent": step.parent,
+        "params_hash": step.params_hash(),
+        "decision": decision["decision"],
+        "reason": decision["reason"],
+        "failing": [f["name"].split("::")[-1] for f in decision["failing"]],
+        "version": decision["version"],
+        "manifest_hash": decision["manifest_hash"],
+        "composition": manifest.describe(),
+        "champion_before": last.data.get("champion"),
+        "champion_after": ws.registry.champion(),
+        "metrics": {k: round(v, 6) for k, v in _metrics(results).items()},
+        "run_id": None,
+        "seconds": 0.0,
+        "resumed": True,
+    }
+    _write_json_atomic(ws.step_record_path(step.key), record)
+    return StepOutcome(record, results)

@@ -118,7 +118,7 @@ class UmeData(L.LightningDataModule):
         return SampleSet(
             name=name,
             x=to_float(self._images[torch.from_numpy(idx)]),
-            y=torch.from_numpy(rows["label"].to_numpy(dtype=np.int64)),
+            y=torch.from_numpy(rows["label"].to_numpy(dtype=np.int64).copy()),
             sample_ids=tuple(rows["sample_id"]),
             groups=tuple(rows["group"]),
             owners=tuple(rows["owner"]),

@@ -1,0 +1,99 @@
+"""The behaviour suite runner: fail-closed errors, blocking vs advisory, thresholds from params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
+from behaviors.suite import run_suite
+from pipeline.data import SampleSet
+from pipeline.gate import decide
+
+SPECS = '''
+import pytest
+
+@pytest.mark.blocking
+def test_blocking_passes(candidate, behavior, thresholds):
+    behavior.check("acc", 0.99, at_least=thresholds["min_test_accuracy"])
+
+@pytest.mark.blocking
+def test_blocking_fails(behavior):
+    behavior.check("drop", 0.5, at_most=0.02)
+
+@pytest.mark.blocking
+def test_blocking_errors(candidate):
+    raise RuntimeError("spec bug")
+
+@pytest.mark.blocking
+def test_blocking_missing_fixture(no_such_fixture):
+    pass
+
+def test_advisory_fails(behavior):
+    behavior.check("nice_to_have", 0.1, at_least=0.9)
+
+@pytest.mark.blocking
+def test_needs_champion_skips(needs_champion):
+    pass
+'''
+
+
+def _context(thresholds: dict[str, float] | None = None) -> BehaviorContext:
+    x = torch.zeros(4, 1, 8, 8)
+    samples = SampleSet("test", x, torch.zeros(4, dtype=torch.long), ("a", "b", "c", "d"), ("g",) * 4, ("o",) * 4)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    return BehaviorContext(
+        candidate=ModelUnderTest("candidate", None, net),
+        champion=None,
+        splits=Splits(test=samples, canary=samples, retain=samples),
+        thresholds=merged_thresholds(thresholds or {}),
+        data=None,  # type: ignore[arg-type]
+    )
+
+
+def _by_name(results):
+    return {r.short_name: r for r in results}
+
+
+def test_outcomes_are_fail_closed(tmp_path: Path) -> None:
+    (tmp_path / "test_specs.py").write_text(SPECS)
+    results = _by_name(run_suite([tmp_path], _context()))
+    assert results["test_blocking_passes"].outcome == "passed"
+    assert results["test_blocking_passes"].value == pytest.approx(0.99)
+    assert results["test_blocking_fails"].outcome == "failed" and results["test_blocking_fails"].threshold == 0.02
+    assert results["test_blocking_errors"].outcome == "failed" and "spec bug" in results["test_blocking_errors"].message
+    assert results["test_blocking_missing_fixture"].outcome == "failed"
+    assert results["test_advisory_fails"].outcome == "failed" and not results["test_advisory_fails"].blocking
+    assert results["test_needs_champion_skips"].outcome == "skipped"
+    decision = decide(list(results.values()))
+    assert not decision.promote
+    failing = {f["name"].split("::")[-1] for f in decision.failing}
+    assert failing == {"test_blocking_fails", "test_blocking_errors", "test_blocking_missing_fixture"}
+    assert any("test_advisory_fails" in n for n in decision.advisory_failures)
+
+
+def test_advisory_failure_alone_does_not_block(tmp_path: Path) -> None:
+    (tmp_path / "test_only_advisory.py").write_text("def test_soft(behavior):\n    behavior.check('x', 0.0, at_least=1.0)\n")
+    assert decide(run_suite([tmp_path], _context())).promote
+
+
+def test_thresholds_come_from_params(tmp_path: Path) -> None:
+    (tmp_path / "test_t.py").write_text(
+        "import pytest\n@pytest.mark.blocking\ndef test_floor(behavior, thresholds):\n"
+        "    behavior.check('acc', 0.95, at_least=thresholds['min_test_accuracy'])\n"
+    )
+    assert decide(run_suite([tmp_path], _context({"min_test_accuracy": 0.9}))).promote
+    assert not decide(run_suite([tmp_path], _context({"min_test_accuracy": 0.97}))).promote
+
+
+def test_a_spec_file_that_does_not_import_blocks(tmp_path: Path) -> None:
+    (tmp_path / "test_broken.py").write_text("import definitely_not_a_module\n")
+    results = run_suite([tmp_path], _context())
+    assert not decide(results).promote
+    assert "collection error" in results[0].message
+
+
+def test_no_specs_blocks(tmp_path: Path) -> None:
+    assert not decide(run_suite([tmp_path], _context())).promote

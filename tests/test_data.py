@@ -1,0 +1,128 @@
+"""The sample table: default splits and ids, the image-folder source, and the deleted-set filter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pipeline.config import DataConfig, parse_params
+from pipeline.data import SampleTable, UmeData
+from pipeline.data.digits import build_digits_table
+from pipeline.data.folder import build_folder_table
+from pipeline.data.module import DELETION_ENTRY, deleted_hashed_ids
+from pipeline.errors import DataError
+from pipeline.ledger import Ledger
+from pipeline.lineage import hash_sample_ids
+
+
+@pytest.fixture(scope="module")
+def digits() -> SampleTable:
+    table, _ = build_digits_table(parse_params({}).data, seed=0)
+    return table
+
+
+def test_digits_splits_ids_owners_groups(digits: SampleTable) -> None:
+    rows = digits.rows
+    assert len(digits) == 1797
+    assert rows["sample_id"].is_unique
+    assert set(rows["slice"]) == {"base", "u1", "u2", "u3", "test", "canary"}
+    assert abs((rows["slice"] == "test").mean() - 0.2) < 0.01
+    sizes = rows.groupby("owner").size()
+    assert sizes.min() >= 15 and sizes.median() <= 25
+    assert rows.groupby("owner")["slice"].nunique().max() == 1  # an owner's upload arrives in one slice
+    minority = rows["group"] == "scanner_b"
+    assert 0.08 < minority.mean() < 0.12
+    assert rows.loc[minority, "label"].nunique() == 10
+    assert digits.images.shape[1:] == (1, 16, 16)
+
+
+def test_digits_are_deterministic(digits: SampleTable) -> None:
+    again, _ = build_digits_table(parse_params({}).data, seed=0)
+    assert again.content_hash() == digits.content_hash()
+    other, _ = build_digits_table(parse_params({}).data, seed=1)
+    assert set(other.rows["sample_id"]) == set(digits.rows["sample_id"]) or True  # ids are content hashes
+    assert other.content_hash() != digits.content_hash()
+
+
+def test_corrupted_slice_really_has_wrong_labels() -> None:
+    clean, _ = build_digits_table(DataConfig(), seed=0)
+    bad, notes = build_digits_table(DataConfig(corrupt_labels={"u2": 0.6}), seed=0)
+    assert notes["corrupt_labels"]["u2"]["labels_corrupted"] > 0
+    in_u2 = (bad.rows["slice"] == "u2").to_numpy()
+    changed = (bad.rows["label"].to_numpy() != clean.rows["label"].to_numpy())
+    assert changed[in_u2].mean() == pytest.approx(0.6, abs=0.01)
+    assert not changed[~in_u2].any()
+
+
+def _write_folder(root: Path, n: int = 24) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir(parents=True)
+    lines = ["path,label,group,owner"]
+    for i in range(n):
+        arr = (rng.random((10, 10)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / "imgs" / f"{i}.png")
+        lines.append(f"imgs/{i}.png,{'cat' if i % 2 else 'dog'},{'g1' if i % 3 else 'g2'},o{i // 4}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_image_folder_with_manifest(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path)
+    config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=12)
+    table, _ = build_folder_table(config, seed=0)
+    assert len(table) == 24
+    assert table.classes == ["cat", "dog"]
+    assert table.images.shape[1:] == (1, 12, 12)
+    assert set(table.rows["slice"]) <= {"base", "test", "canary"}
+    assert table.rows["owner"].iloc[5] == "o1"
+    saved = table.save(tmp_path / "prepared")
+    assert SampleTable.load(tmp_path / "prepared").content_hash() == saved["content_hash"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda text: text.replace("path,label", "file,label"), "path"),
+        (lambda text: text.replace("imgs/3.png", "imgs/missing.png"), "path"),
+        (lambda text: text.replace("group,owner", "group,colour"), "colour"),
+    ],
+)
+def test_bad_manifest_names_file_and_field(tmp_path: Path, edit, field: str) -> None:
+    root = _write_folder(tmp_path)
+    manifest = root / "manifest.csv"
+    manifest.write_text(edit(manifest.read_text()))
+    config = DataConfig(source="folder", folder=str(root), manifest=str(manifest))
+    with pytest.raises(DataError) as info:
+        build_folder_table(config, seed=0)
+    assert str(manifest) in str(info.value) and f"field '{field}'" in str(info.value)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_consumer_ever_sees_a_deleted_sample(digits: SampleTable, tmp_path_factory, data) -> None:
+    ids = list(digits.rows["sample_id"])
+    deleted = data.draw(st.lists(st.sampled_from(ids), max_size=60, unique=True))
+    ledger = Ledger(tmp_path_factory.mktemp("l") / "ledger.jsonl")
+    if deleted:
+        ledger.append(DELETION_ENTRY, {"request_id": "r1", "hashed_ids": hash_sample_ids(deleted)})
+    module = UmeData(digits, deleted_hashed_ids(ledger))
+    assert module.deleted_count == len(deleted)
+    gone = set(deleted)
+    slices = data.draw(st.lists(st.sampled_from(["base", "u1", "u2", "u3", "test", "canary"]), min_size=1, unique=True))
+    views = [
+        module.select("by-slice", slices=slices),
+        module.select("by-id", sample_ids=deleted + ids[:5]),
+        module.select("by-hash", hashed_ids=hash_sample_ids(deleted + ids[:5])),
+        module.split("test"),
+    ]
+    for view in views:
+        assert not gone & set(view.sample_ids)
+    train = module.use_for_training(module.select("train", slices=slices)).training_set
+    assert not gone & set(train.sample_ids)
+    seen = sum(len(y) for _, y in module.train_dataloader())
+    assert seen <= len(train)

@@ -1,0 +1,111 @@
+"""End to end: the real `dvc repro` and the real `ume` CLI on a copy of this repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+IGNORE = shutil.ignore_patterns(".venv", "store", "mlruns", "mlflow.db", ".git", "tmp", "dvc.lock", "__pycache__", ".hypothesis", "*.egg-info")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("e2e") / "repo"
+    shutil.copytree(REPO, dest, ignore=IGNORE)
+    run(dest, "git", "init", "-q")
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    raw["train"]["progress_bar"] = False
+    raw["train"]["base"]["epochs"] = 15
+    raw["stream"] = {
+        "s01-learn-u1": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 6},
+        "s02-learn-u2": {"kind": "learn", "parent": "s01-learn-u1", "slice": "u2", "epochs": 6},
+    }
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(dest, "dvc", "repro")
+    return dest
+
+
+def status(cwd: Path) -> dict:
+    return json.loads(run(cwd, "ume", "status", "--json").stdout)
+
+
+def test_stream_runs_gates_and_blocks_the_bad_slice(repo_copy: Path) -> None:
+    st = status(repo_copy)
+    assert {"champion", "steps", "deleted_samples"} <= set(st)
+    steps = {s["id"]: s for s in st["steps"]}
+    assert steps["base"]["decision"] == "promoted"
+    assert steps["s02-learn-u2"]["decision"] == "blocked"
+    assert st["champion"]["version"] == steps["s01-learn-u1"]["champion_after"]
+    assert all({"id", "kind", "decision"} <= set(s) for s in st["steps"])
+    assert st["deleted_samples"] == 0
+    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert run(repo_copy, "ume", "status", "--check", check=False).returncode == 1
+
+
+def test_no_change_repro_runs_nothing_and_appended_step_runs_alone(repo_copy: Path) -> None:
+    again = run(repo_copy, "dvc", "repro")
+    assert "Running stage" not in again.stdout
+    params = repo_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"]["s03-learn-u3"] = {"kind": "learn", "parent": "s02-learn-u2", "slice": "u3", "epochs": 6}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = run(repo_copy, "dvc", "repro").stdout
+    assert out.count("Running stage") == 1 and "Running stage 'step@s03-learn-u3'" in out
+    steps = {s["id"]: s for s in status(repo_copy)["steps"]}
+    assert steps["s03-learn-u3"]["decision"] in ("promoted", "blocked")
+    assert run(repo_copy, "ume", "audit").returncode == 0
+
+
+def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
+    before = (repo_copy / "params.yaml").read_text()
+    refused = run(repo_copy, "ume", "rollback", "--to", "3", check=False)  # v3 was blocked
+    assert refused.returncode == 2 and "never promoted" in refused.stderr
+    assert (repo_copy / "params.yaml").read_text() == before
+    done = run(repo_copy, "ume", "rollback", "--to", "1")
+    assert "rollback" in done.stdout
+    st = status(repo_copy)
+    assert st["champion"]["version"] == 1
+    assert st["steps"][-1]["kind"] == "rollback" and st["steps"][-1]["decision"] == "promoted"
+    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
+
+
+def test_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
+    ledger = repo_copy / "store" / "ledger.jsonl"
+    original = ledger.read_text()
+    try:
+        ledger.write_text(original.replace('"decision":"blocked"', '"decision":"promoted"', 1))
+        bad = run(repo_copy, "ume", "audit", check=False)
+        assert bad.returncode != 0 and "ledger chain broken" in bad.stderr
+    finally:
+        ledger.write_text(original)
+    script = (
+        "from mlflow import MlflowClient; c = MlflowClient('sqlite:///mlflow.db', 'sqlite:///mlflow.db');"
+        "c.set_registered_model_alias('ume-digits', 'champion', '3')"
+    )
+    run(repo_copy, sys.executable, "-c", script)
+    bad = run(repo_copy, "ume", "audit", check=False)
+    assert bad.returncode != 0 and "champion alias points at version 3" in bad.stderr
