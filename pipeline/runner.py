@@ -133,6 +133,42 @@ def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> No
             shutil.copy2(src, directory / src.name)
 
 
+def _step_record(
+    key: str,
+    kind: str,
+    step: StepConfig | None,
+    decision: str,
+    reason: str,
+    failing: list[dict[str, Any]],
+    version: int,
+    manifest: Manifest,
+    *,
+    champion_before: int | None,
+    champion_after: int | None,
+    metrics: dict[str, float],
+    run_id: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """The step record (DVC output of a stage; what `ume status` shows)."""
+    return {
+        "id": key,
+        "kind": kind,
+        "parent": step.parent if step else None,
+        "params_hash": step.params_hash() if step else None,
+        "decision": decision,
+        "reason": reason,
+        "failing": [f["name"].split("::")[-1] for f in failing],
+        "version": version,
+        "manifest_hash": manifest.hash,
+        "composition": manifest.describe(),
+        "champion_before": champion_before,
+        "champion_after": champion_after,
+        "metrics": {k: round(v, 6) for k, v in metrics.items()},
+        "run_id": run_id,
+        "seconds": seconds,
+    }
+
+
 def evaluate_and_gate(
     ws: Workspace,
     *,
@@ -224,23 +260,11 @@ def evaluate_and_gate(
     )
     champion_after = registry.champion()
     registry.set_run_tags(run_id, {"ume.decision": decision.label, "ume.version": str(version), "ume.reason": decision.reason[:5000]})
-    record = {
-        "id": key,
-        "kind": kind,
-        "parent": step.parent if step else None,
-        "params_hash": step.params_hash() if step else None,
-        "decision": decision.label,
-        "reason": decision.reason,
-        "failing": [f["name"].split("::")[-1] for f in decision.failing],
-        "version": version,
-        "manifest_hash": manifest.hash,
-        "composition": manifest.describe(),
-        "champion_before": champion_version,
-        "champion_after": champion_after,
-        "metrics": {k: round(v, 6) for k, v in metrics.items()},
-        "run_id": run_id,
-        "seconds": round(time.time() - started, 2),
-    }
+    record = _step_record(
+        key, kind, step, decision.label, decision.reason, decision.failing, version, manifest,
+        champion_before=champion_version, champion_after=champion_after, metrics=metrics, run_id=run_id,
+        seconds=round(time.time() - started, 2),
+    )
     registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
     registry.end_run(run_id)
     _write_json_atomic(ws.step_record_path(key), record)
@@ -437,23 +461,11 @@ def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
     results_raw = json.loads(report.read_text())["results"] if report.exists() else []
     results = [BehaviorResult(**r) for r in results_raw]
     manifest = ws.versions.load(decision["manifest_hash"])
-    record = {
-        "id": step.key,
-        "kind": step.kind,
-        "parent": step.parent,
-        "params_hash": step.params_hash(),
-        "decision": decision["decision"],
-        "reason": decision["reason"],
-        "failing": [f["name"].split("::")[-1] for f in decision["failing"]],
-        "version": decision["version"],
-        "manifest_hash": decision["manifest_hash"],
-        "composition": manifest.describe(),
-        "champion_before": last.data.get("champion"),
-        "champion_after": ws.registry.champion(),
-        "metrics": {k: round(v, 6) for k, v in _metrics(results).items()},
-        "run_id": None,
-        "seconds": 0.0,
-        "resumed": True,
-    }
+    record = _step_record(
+        step.key, step.kind, step, decision["decision"], decision["reason"], decision["failing"], decision["version"], manifest,
+        champion_before=last.data.get("champion"), champion_after=ws.registry.champion(), metrics=_metrics(results), run_id=None,
+        seconds=0.0,
+    )
+    record["resumed"] = True
     _write_json_atomic(ws.step_record_path(step.key), record)
     return StepOutcome(record, results)
