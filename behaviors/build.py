@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
+from behaviors.context import BehaviorContext, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from pipeline.compose import compose
 from pipeline.data import UmeData, open_data
+from pipeline.data.table import EVAL_SLICES
+from pipeline.deletion import DeletionLog
 from pipeline.lineage import version_lineage
 from pipeline.manifest import Manifest
 from pipeline.workspace import Workspace
@@ -34,8 +36,14 @@ def build_context(
     """
     data = data or open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
     reference = champion_manifest or candidate_manifest
-    retain = data.select("retain", hashed_ids=version_lineage(reference, ws.components))
-    splits = Splits(test=data.split("test"), canary=data.split("canary"), retain=retain)
+    cases = forget_cases(ws, data, step.get("request"))
+    excluded = tuple(sorted({c.label for c in cases if c.scope == "class" and c.label is not None}))
+    retain = data.select("retain", hashed_ids=version_lineage(reference, ws.components)).without_labels(excluded)
+    splits = Splits(
+        test=data.split("test").without_labels(excluded),
+        canary=data.split("canary").without_labels(excluded),
+        retain=retain,
+    )
     return BehaviorContext(
         candidate=candidate,
         champion=champion,
@@ -44,7 +52,30 @@ def build_context(
         data=data,
         step=step,
         num_classes=ws.params.model.num_classes,
+        forget_cases=cases,
+        excluded_labels=excluded,
     )
+
+
+def forget_cases(ws: Workspace, data: UmeData, current_request: str | None) -> list[ForgetCase]:
+    """Every deletion the candidate must honour: resolved requests, plus the one being processed."""
+    log = DeletionLog.read(ws.ledger)
+    wanted = [r for r in log.requests if r in log.resolved or r == current_request]
+    test = data.split("test")
+    cases = []
+    for rid in wanted:
+        entry = log.requests[rid].data
+        samples = data.forgotten(f"forgotten:{rid}", entry["hashed_ids"])
+        trained = samples.take([i for i, s in enumerate(samples.slices) if s not in EVAL_SLICES])
+        if entry["scope"] == "class":
+            label = data.classes.index(entry["label"])
+            unseen = samples.take([i for i, s in enumerate(samples.slices) if s in EVAL_SLICES])
+        else:
+            label = None
+            classes = set(trained.y.tolist())
+            unseen = test.take([i for i, y in enumerate(test.y.tolist()) if y in classes])
+        cases.append(ForgetCase(rid, entry["scope"], label, trained, unseen, current=rid == current_request))
+    return cases
 
 
 def standalone_context(ws: Workspace, version: int | None) -> BehaviorContext:

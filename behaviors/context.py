@@ -20,6 +20,9 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "max_calibration_error_increase": 0.05,
     "brightness_delta": 0.03,
     "min_brightness_agreement": 0.95,
+    "forget_accuracy_tolerance": 0.05,
+    "max_forgotten_class_recall": 0.10,
+    "max_mia_accuracy": 0.70,
 }
 
 
@@ -63,6 +66,23 @@ class Splits:
 
 
 @dataclass
+class ForgetCase:
+    """One deletion the candidate must honour: its forgotten samples and a comparison set.
+
+    ``forgotten`` are the request's samples that were training data; ``unseen`` are samples the
+    model never trained on, of the same classes (test samples for a sample/owner deletion; the
+    deleted class's own test and canary samples for a class deletion).
+    """
+
+    request_id: str
+    scope: str
+    label: int | None
+    forgotten: SampleSet
+    unseen: SampleSet
+    current: bool
+
+
+@dataclass
 class BehaviorContext:
     """Everything the fixtures hand to specs."""
 
@@ -73,6 +93,8 @@ class BehaviorContext:
     data: UmeData
     step: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 10
+    forget_cases: list[ForgetCase] = field(default_factory=list)
+    excluded_labels: tuple[int, ...] = ()
 
 
 def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:

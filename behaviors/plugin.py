@@ -64,6 +64,10 @@ class BehaviorRecorder:
         self.node = node
         self.checks: list[Check] = []
 
+    def record(self, name: str, value: float) -> None:
+        """Record a number for the report without a threshold (evidence, e.g. per-request values)."""
+        self.node.user_properties.append(("ume_value", (name, float(value))))
+
     def check(self, name: str, value: float, *, at_least: float | None = None, at_most: float | None = None) -> None:
         """Record ``value`` and fail the spec if it is on the wrong side of the threshold."""
         if (at_least is None) == (at_most is None):

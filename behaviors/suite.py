@@ -78,6 +78,10 @@ class ResultCollector:
             result = BehaviorResult(name=report.nodeid, outcome="passed", blocking=self.blocking.get(report.nodeid, False))
             self.results[report.nodeid] = result
         for key, value in report.user_properties:
+            if key == "ume_value":
+                name, val = value
+                if not any(c["name"] == name for c in result.checks):
+                    result.checks.append({"name": name, "value": val, "threshold": None, "higher_is_better": None})
             if key == "ume_check":
                 name, val, threshold, higher = value
                 check = {"name": name, "value": val, "threshold": threshold, "higher_is_better": higher}

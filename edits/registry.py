@@ -9,22 +9,44 @@ from typing import Any
 import lightning as L
 from torch import nn
 
-from pipeline.components import ComponentDraft
+from pipeline.components import ComponentDraft, ComponentStore
 from pipeline.config import parse_dataclass
 from pipeline.data import UmeData
+from pipeline.deletion import DeletionRequest
 from pipeline.errors import ConfigError
+from pipeline.manifest import Manifest
 
-Operator = Callable[[nn.Module, UmeData, Any, "OperatorEnv"], list[ComponentDraft]]
+Operator = Callable[[nn.Module, UmeData, Any, "OperatorEnv"], "list[ComponentDraft] | Change"]
 
 
 @dataclass
 class OperatorEnv:
-    """What an operator may use besides the model, the data and its config."""
+    """What an operator may use besides the model, the data and its config (all read-only)."""
 
     step: str
     seed: int
     make_trainer: Callable[[int], L.Trainer]
     champion_lineage: frozenset[str] = field(default_factory=frozenset)
+    champion_manifest: Manifest | None = None
+    components: ComponentStore | None = None
+    request: DeletionRequest | None = None
+    forget_ids: frozenset[str] = field(default_factory=frozenset)
+    base_train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Change:
+    """What an operator returns: new overlays on top of (a prefix of) the champion, or a new base.
+
+    ``keep_overlays=None`` keeps every overlay of the champion; ``keep_overlays=k`` keeps the first
+    ``k`` (an exact deletion retrains the rest); ``new_base`` replaces the base (a full retrain).
+    A draft's ``meta["overlay_step"]`` labels its overlay (default: the current step).
+    """
+
+    drafts: list[ComponentDraft] = field(default_factory=list)
+    keep_overlays: int | None = None
+    new_base: ComponentDraft | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,7 +69,7 @@ class Method:
 
 
 _METHODS: dict[tuple[str, str], Method] = {}
-DEFAULT_METHOD: dict[str, str] = {"learn": "lora"}
+DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "forget": "exact", "retrain": "full"}
 
 
 def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operator], Operator]:
@@ -63,7 +85,8 @@ def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operato
 
 
 def _load_builtin() -> None:
-    import edits.learn  # noqa: F401  (registers its methods)
+    import edits.forget  # noqa: F401  (registers its methods)
+    import edits.learn  # noqa: F401
 
 
 def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where: str = "method") -> Method:

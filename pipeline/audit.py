@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline.components import ComponentStore
+from pipeline.deletion import DeletionLog, uncovered_requests
 from pipeline.errors import LedgerError
 from pipeline.gate import PROMOTED, ledger_champion
 from pipeline.ledger import Ledger
+from pipeline.manifest import Manifest
 from pipeline.registry import Registry
 
 
@@ -23,7 +27,13 @@ class AuditReport:
         return not self.problems
 
 
-def audit(ledger: Ledger, registry: Registry) -> AuditReport:
+def audit(
+    ledger: Ledger,
+    registry: Registry,
+    *,
+    store: ComponentStore | None = None,
+    manifest_of: Callable[[int], Manifest] | None = None,
+) -> AuditReport:
     """Verify the chain, every version against its ledger entries, and the champion alias."""
     report = AuditReport()
     try:
@@ -72,4 +82,13 @@ def audit(ledger: Ledger, registry: Registry) -> AuditReport:
         report.problems.append(f"champion version {actual} never passed the gate")
     else:
         report.checked.append(f"champion alias: version {actual} matches the ledger")
+    if actual is not None and actual in versions and manifest_of is not None:
+        log = DeletionLog.read(ledger)
+        carried = uncovered_requests(manifest_of(actual), store, log, list(log.resolved)) if store is not None else {}
+        if carried:
+            report.problems.append(
+                f"champion version {actual} is revoked: it carries deleted samples of resolved request(s) {', '.join(sorted(carried))}"
+            )
+        elif log.resolved:
+            report.checked.append(f"champion carries no deleted sample of {len(log.resolved)} resolved request(s)")
     return report

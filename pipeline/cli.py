@@ -80,7 +80,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.workspace import Workspace
 
     ws = Workspace.open(args.params)
-    report = audit(ws.ledger, ws.registry)
+    report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
     for line in report.checked:
         print(f"ok: {line}")
     for line in report.problems:
@@ -167,6 +167,67 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from pipeline.data.table import SampleTable
+    from pipeline.deletion import REPEAT_ENTRY, ingest, make_request, request_path, resolve, write_request
+    from pipeline.runner import open_workspace
+
+    params_path = Path(args.params)
+    ws = open_workspace(params_path)
+    if args.samples:
+        path = Path(args.samples)
+        if not path.is_file():
+            raise ConfigError("sample id file not found", file=str(path), field="--samples")
+        ids = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not ids:
+            raise ConfigError("no sample ids in the file", file=str(path), field="--samples")
+        selector: dict = {"samples": sorted(set(ids))}
+    else:
+        kind = next(k for k in ("owner", "label", "group") if getattr(args, k) is not None)
+        selector = {kind: getattr(args, kind)}
+    request = make_request(selector, args.reason, args.method)
+    if args.method:
+        from edits import get_method
+
+        get_method("forget", args.method, file="command line", where="--method")
+    sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=args.samples or "command line")
+    existing = request_path(request.id)
+    if existing.exists():
+        ws.ledger.append(REPEAT_ENTRY, {"request_id": request.id, "reason": request.reason}, step=None)
+        steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request.id]
+        print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps) or 'none'})")
+        return 0
+    stream = ws.params.stream
+    key = f"forget-{len(stream) + 1:02d}"
+    while key in stream:
+        key += "x"
+    entry: dict = {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}
+    if args.method:
+        entry["method"] = args.method
+    original = params_path.read_text()
+    write_request(request)
+    try:
+        append_stream_step(params_path, key, entry)
+    except UmeError:
+        existing.unlink(missing_ok=True)
+        params_path.write_text(original)
+        raise
+    ingest(ws.ledger, request, sample_ids)
+    print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
+    print(f"wrote {existing} and appended stream step {key}; run `dvc repro` to honour it")
+    return 0
+
+
+def _cmd_certificate(args: argparse.Namespace) -> int:
+    from pipeline.certificate import write_certificate
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(args.params)
+    md, html_path = write_certificate(ws, args.request_id, Path(args.out))
+    print(f"wrote {md} and {html_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for ``--help`` in the README)."""
     parser = argparse.ArgumentParser(prog="ume", description="Change a deployed image classifier safely.")
@@ -188,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--drop", help="a step id whose overlay to remove (the result goes through the gate)")
     p.add_argument("--reason", help="why (recorded in params.yaml and the ledger)")
     p.set_defaults(fn=_cmd_rollback)
+    p = sub.add_parser("forget", help="file a deletion request and append a forget step to the stream")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--owner", help="every sample of this data subject")
+    group.add_argument("--samples", help="a file with one sample id per line")
+    group.add_argument("--label", help="a whole class (class name)")
+    group.add_argument("--group", help="every sample of this group")
+    p.add_argument("--reason", required=True, help="legal basis or ticket, e.g. 'GDPR art. 17'")
+    p.add_argument("--method", help="unlearning method (default: exact; see docs)")
+    p.set_defaults(fn=_cmd_forget)
+    p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")
+    p.add_argument("request_id")
+    p.add_argument("--out", default="certificates", help="output directory (default: certificates/)")
+    p.set_defaults(fn=_cmd_certificate)
     return parser
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.components import ComponentStore
+from pipeline.delta import apply_delta
 from pipeline.errors import ComponentError
 from pipeline.lora import LoraSettings, fold_lora
 from pipeline.manifest import Manifest
@@ -42,6 +43,8 @@ def apply_overlay(net: nn.Module, store: ComponentStore, component_id: str) -> n
     tensors, component = store.load(component_id)
     if component.kind == "lora":
         return fold_lora(net, tensors, LoraSettings.from_json(component.meta.get("lora", {})))
+    if component.kind == "delta":
+        return apply_delta(net, tensors)
     raise ComponentError(f"cannot apply overlay kind {component.kind!r}", file=str(store.sidecar_path(component_id)), field="kind")
 
 

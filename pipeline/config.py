@@ -174,6 +174,11 @@ def _check_value(value: Any, tp: Any, where: str, file: str) -> Any:
             _check_value(k, key_tp, f"{where}.{k}", file): _check_value(v, val_tp, f"{where}.{k}", file)
             for k, v in value.items()
         }
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(args) != 2 or args[1] is not Ellipsis:
+            raise ConfigError(f"expected a list, got {type(value).__name__}", file=file, field=where)
+        return tuple(_check_value(v, args[0], f"{where}[{i}]", file) for i, v in enumerate(value))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

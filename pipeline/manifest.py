@@ -46,6 +46,14 @@ class Manifest:
             overlay_steps=(*self.overlay_steps, step),
         )
 
+    def truncated(self, keep: int) -> Manifest:
+        """The same base with only the first ``keep`` overlays."""
+        return Manifest(base=self.base, overlays=self.overlays[:keep], transforms=(), overlay_steps=self.overlay_steps[:keep])
+
+    def with_base(self, base: str) -> Manifest:
+        """A new base with no overlays (after a full retrain)."""
+        return Manifest(base=base)
+
     def without_step(self, step: str) -> Manifest:
         """A new manifest without the overlays that ``step`` produced."""
         kept = [(c, s) for c, s in zip(self.overlays, self.overlay_steps, strict=True) if s != step]

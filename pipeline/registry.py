@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from pipeline.errors import RegistryError
 CHAMPION = "champion"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from our processes
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """MLflow allows alphanumerics, ``_ - . : /`` and spaces; brackets become ``.``."""
+    return _METRIC_NAME.sub(".", name).rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class Registry:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        items = [Metric(metric_name(k), float(v), now, step) for k, v in sorted(metrics.items())]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 

@@ -8,6 +8,7 @@ last, atomically, so DVC reruns a stage that did not finish.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,15 +24,31 @@ from behaviors.build import build_context, model_under_test
 from behaviors.report import write_report
 from behaviors.suite import BehaviorResult, run_suite
 from edits import OperatorEnv, get_method
+from edits.base import train_base
+from edits.forget import EXACT_METHODS
+from edits.registry import Change
 from pipeline import gate
-from pipeline.components import Component, ComponentDraft
+from pipeline.components import Component
 from pipeline.compose import compose
 from pipeline.config import BASE_STEP, Params, StepConfig
 from pipeline.data import UmeData, open_data, prepare_data
+from pipeline.data.table import SampleTable
+from pipeline.deletion import (
+    RESOLVED_ENTRY,
+    REVOKED_ENTRY,
+    DeletionLog,
+    DeletionRequest,
+    deletion_debt,
+    ingest,
+    load_request,
+    request_path,
+    resolve,
+    uncovered_requests,
+)
 from pipeline.errors import ConfigError, DataError, UmeError
 from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
-from pipeline.model import Classifier, check_arch, create_net, make_trainer
+from pipeline.model import check_arch, make_trainer
 from pipeline.workspace import Workspace
 
 KEY_METRICS = ("test_accuracy", "retained_accuracy", "canary_agreement", "max_class_recall_drop")
@@ -44,8 +61,11 @@ def validate_params(params: Params) -> None:
         if step.kind == "rollback":
             _rollback_target(step, params)
             continue
-        method = get_method(step.kind, step.method, file=params.file, where=f"stream.{key}.method")
-        method.parse_config(step.options, where=f"stream.{key}", file=params.file)
+        method_name, options = step.method, step.options
+        if step.kind == "forget":
+            _, method_name, _, options = _forget_plan(params, step)
+        method = get_method(step.kind, method_name, file=params.file, where=f"stream.{key}.method")
+        method.parse_config(options, where=f"stream.{key}", file=params.file)
 
 
 def _rollback_target(step: StepConfig, params: Params) -> tuple[str, Any]:
@@ -182,8 +202,11 @@ def evaluate_and_gate(
     data: UmeData,
     started: float,
     existing_version: int | None = None,
+    notes: dict[str, Any] | None = None,
+    attempt: int = 1,
 ) -> StepOutcome:
     """Run the behaviour suite on ``manifest``, register it, gate it and write the step record."""
+    notes = notes or {}
     ws.versions.save(manifest)
     candidate = model_under_test(ws, "candidate", manifest, existing_version)
     champion = model_under_test(ws, "champion", champion_manifest, champion_version) if champion_manifest else None
@@ -192,6 +215,8 @@ def evaluate_and_gate(
         "kind": kind,
         "candidate": manifest.describe(),
         "champion": f"v{champion_version}: {champion_manifest.describe()}" if champion_manifest else "none",
+        "request": step.options.get("request") if step else None,
+        "attempt": attempt,
     }
     context = build_context(
         ws,
@@ -202,7 +227,7 @@ def evaluate_and_gate(
         step=step_info,
         data=data,
     )
-    report_dir = ws.reports_dir / key
+    report_dir = ws.reports_dir / (key if attempt == 1 else f"{key}-attempt{attempt}")
     if report_dir.exists():
         shutil.rmtree(report_dir)
     results = run_suite([ws.params.behaviors.path], context, junit_xml=report_dir / "junit.xml")
@@ -243,7 +268,7 @@ def evaluate_and_gate(
         )
         ws.ledger.append(
             "candidate",
-            {"version": version, "manifest_hash": manifest.hash, "manifest": manifest.to_json(), "run_id": run_id},
+            {"version": version, "manifest_hash": manifest.hash, "manifest": manifest.to_json(), "run_id": run_id, "notes": notes},
             step=key,
         )
     else:
@@ -265,6 +290,8 @@ def evaluate_and_gate(
         champion_before=champion_version, champion_after=champion_after, metrics=metrics, run_id=run_id,
         seconds=round(time.time() - started, 2),
     )
+    record["notes"] = notes
+    record["attempt"] = attempt
     registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
     registry.end_run(run_id)
     _write_json_atomic(ws.step_record_path(key), record)
@@ -284,24 +311,16 @@ def run_base(ws: Workspace) -> StepOutcome:
     run_id = ws.registry.start_run(BASE_STEP, {"ume.step": BASE_STEP, "ume.kind": "base"})
     ws.registry.log_params(run_id, {"arch": params.model.arch, **{f"train.{k}": v for k, v in vars(cfg).items()}})
     data = open_data(ws.data_dir, ws.ledger, batch_size=cfg.batch_size, num_workers=params.train.num_workers, seed=params.seed)
-    L.seed_everything(params.seed, workers=True, verbose=False)
-    train = data.split("base")
-    net = create_net(params.model.arch, params.model.num_classes, params.data.channels)
-    module = Classifier(net, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs, augment_shift=cfg.augment_shift)
-    _trainer_factory(ws, run_id)(cfg.epochs).fit(module, datamodule=data.use_for_training(train))
-    draft = ComponentDraft(
-        kind="base",
-        tensors=dict(net.state_dict()),
-        lineage=hash_sample_ids(train.sample_ids),
-        meta={
-            "method": "base",
-            "arch": params.model.arch,
-            "num_classes": params.model.num_classes,
-            "in_chans": params.data.channels,
-            "image_size": params.data.image_size,
-            "classes": data.classes,
-            "train": vars(cfg),
-        },
+    _, draft = train_base(
+        data,
+        data.split("base"),
+        arch=params.model.arch,
+        num_classes=params.model.num_classes,
+        in_chans=params.data.channels,
+        image_size=params.data.image_size,
+        config=cfg,
+        make_trainer=_trainer_factory(ws, run_id),
+        seed=params.seed,
     )
     component = ws.components.save(draft, parent=None)
     _record_component(ws, BASE_STEP, component)
@@ -360,13 +379,19 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
             check_rollback_to(ws, int(target), field=f"stream.{key}.to")
         else:
             check_rollback_drop(ws, str(target), field=f"stream.{key}.drop")
+    request, method_name, fallback, options = None, step.method, "none", dict(step.options)
+    if step.kind == "forget":  # resolve the request before anything is written: unknown ids are errors
+        request, method_name, fallback, options = _forget_plan(ws.params, step)
+        sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=str(request_path(request.id)))
     ws.ledger.append(
         "step_started",
-        {"kind": step.kind, "method": step.method, "params_hash": step.params_hash(), "champion": champion_version},
+        {"kind": step.kind, "method": method_name, "params_hash": step.params_hash(), "champion": champion_version},
         step=key,
     )
+    if request is not None:
+        ingest(ws.ledger, request, sample_ids)  # from here on no consumer reads these samples
     run_id = ws.registry.start_run(key, {"ume.step": key, "ume.kind": step.kind})
-    ws.registry.log_params(run_id, {"kind": step.kind, "method": step.method, "parent": step.parent, **step.options})
+    ws.registry.log_params(run_id, {"kind": step.kind, "method": method_name, "parent": step.parent, **step.options})
     data = open_data(ws.data_dir, ws.ledger, num_workers=ws.params.train.num_workers, seed=ws.params.seed)
     common = {
         "step": step,
@@ -386,30 +411,128 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         manifest = champion_manifest.without_step(str(target))
         return evaluate_and_gate(ws, manifest=manifest, **common)
 
-    method = get_method(step.kind, step.method, file=ws.params.file, where=f"stream.{key}.method")
-    config = method.parse_config(step.options, where=f"stream.{key}", file=ws.params.file)
-    L.seed_everything(ws.params.seed, workers=True, verbose=False)
-    net = compose(champion_manifest, ws.components)
-    for p in net.parameters():
-        p.requires_grad_(True)
+    method = get_method(step.kind, method_name, file=ws.params.file, where=f"stream.{key}.method")
+    config = method.parse_config(options, where=f"stream.{key}", file=ws.params.file)
     env = OperatorEnv(
         step=key,
         seed=ws.params.seed,
         make_trainer=_trainer_factory(ws, run_id),
         champion_lineage=frozenset(version_lineage(champion_manifest, ws.components)),
+        champion_manifest=champion_manifest,
+        components=ws.components,
+        request=request,
+        forget_ids=frozenset(DeletionLog.read(ws.ledger).hashed_ids([request.id])) if request else frozenset(),
     )
+    manifest, notes = _run_operator(ws, key, method, config, champion_manifest, data, env)
+    outcome = evaluate_and_gate(ws, manifest=manifest, notes=notes, **common)
+    if request is not None and outcome.record["decision"] == gate.BLOCKED and fallback != "none" and method.name not in EXACT_METHODS:
+        # The deletion must happen: fall back to the exact path, recording both attempts.
+        first = outcome.record
+        run_id = ws.registry.start_run(f"{key} (fallback {fallback})", {"ume.step": key, "ume.kind": step.kind, "ume.attempt": "2"})
+        exact = get_method("forget", fallback)
+        env = dataclasses.replace(env, make_trainer=_trainer_factory(ws, run_id))
+        net_env = dataclasses.replace(env)
+        manifest, notes = _run_operator(ws, key, exact, exact.parse_config({}, where=f"stream.{key}", file=ws.params.file),
+                                        champion_manifest, data, net_env)
+        notes["first_attempt"] = {k: first[k] for k in ("version", "decision", "reason", "failing", "metrics")} | {"method": method.name}
+        common.update(run_id=run_id, started=started)
+        outcome = evaluate_and_gate(ws, manifest=manifest, notes=notes, attempt=2, **common)
+        method = exact
+    if request is not None and outcome.record["decision"] == gate.PROMOTED:
+        _resolve_request(ws, key, request, method.name, outcome)
+    if outcome.record["decision"] == gate.PROMOTED:
+        revoke_unservable_versions(ws)
+    return outcome
+
+
+def _forget_plan(params: Params, step: StepConfig) -> tuple[DeletionRequest, str, str, dict[str, Any]]:
+    """The request, method, fallback and method options of a forget step (validated)."""
+    options = dict(step.options)
+    where = f"stream.{step.key}"
+    request_id = options.pop("request", None)
+    if not isinstance(request_id, str):
+        raise ConfigError("a forget step names its request id (written by `ume forget`)", file=params.file, field=f"{where}.request")
+    request = load_request(request_id)
+    fallback = options.pop("fallback", "exact")
+    if fallback not in ("exact", "retrain", "none"):
+        raise ConfigError(f"expected exact, retrain or none, got {fallback!r}", file=params.file, field=f"{where}.fallback")
+    method_name = step.method or request.method or "exact"
+    return request, method_name, fallback, options
+
+
+def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Manifest, data: UmeData, env: OperatorEnv):
+    """Compose the champion, run the operator, store its components; returns the candidate manifest."""
+    L.seed_everything(ws.params.seed, workers=True, verbose=False)
+    net = compose(champion_manifest, ws.components)
+    for p in net.parameters():
+        p.requires_grad_(True)
     try:
-        drafts = method.fn(net, data, config, env)
+        change = method.fn(net, data, config, env)
     except DataError as exc:
         if exc.file is None:
             exc = DataError(exc.message, file=ws.params.file, field=f"stream.{key}.{exc.field or 'slice'}")
         raise exc from None
-    manifest = champion_manifest
-    for draft in drafts:
+    if isinstance(change, list):
+        change = Change(drafts=change)
+    manifest = champion_manifest if change.keep_overlays is None else champion_manifest.truncated(change.keep_overlays)
+    if change.new_base is not None:
+        component = ws.components.save(change.new_base, parent=champion_manifest.hash)
+        _record_component(ws, key, component)
+        manifest = Manifest(base=component.id)
+    for draft in change.drafts:
         component = ws.components.save(draft, parent=champion_manifest.hash)
         _record_component(ws, key, component)
-        manifest = manifest.with_overlay(component.id, key)
-    return evaluate_and_gate(ws, manifest=manifest, **common)
+        manifest = manifest.with_overlay(component.id, draft.meta.get("overlay_step", key))
+    return manifest, {"method": f"{method.kind}/{method.name}", **change.notes}
+
+
+def _resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: str, outcome: StepOutcome) -> None:
+    """Record that the promoted version no longer carries the request's samples."""
+    log = DeletionLog.read(ws.ledger)
+    manifest = ws.versions.load(outcome.record["manifest_hash"])
+    debt = deletion_debt(manifest, ws.components, log).get(request.id, 0)
+    ws.ledger.append(
+        RESOLVED_ENTRY,
+        {
+            "request_id": request.id,
+            "version": outcome.record["version"],
+            "manifest_hash": manifest.hash,
+            "method": method,
+            "exact": debt == 0,
+            "debt_samples": debt,
+        },
+        step=key,
+    )
+
+
+def revoke_unservable_versions(ws: Workspace) -> list[int]:
+    """Tag every registered version that still carries uncovered influence of a resolved request."""
+    log = DeletionLog.read(ws.ledger)
+    if not log.resolved:
+        return []
+    revoked: dict[int, list[str]] = {}
+    for info in ws.registry.versions():
+        if not info.manifest_hash:
+            continue
+        carried = sorted(uncovered_requests(ws.versions.load(info.manifest_hash), ws.components, log, list(log.resolved)))
+        if carried and ",".join(carried) != info.tags.get("ume.revoked_by"):
+            revoked[info.version] = carried
+    for version, requests in revoked.items():
+        ws.registry.set_version_tags(version, {"deletion_status": "revoked", "ume.revoked_by": ",".join(requests)})
+    if revoked:
+        ws.ledger.append(REVOKED_ENTRY, {"versions": sorted(revoked), "by_request": {str(v): r for v, r in revoked.items()}})
+    return sorted(revoked)
+
+
+def _reintroduced(ws: Workspace, target: Manifest) -> dict[str, int]:
+    """Requests whose samples ``target`` would serve again (uncovered) that the champion does not."""
+    log = DeletionLog.read(ws.ledger)
+    if not log.requests:
+        return {}
+    carried = uncovered_requests(target, ws.components, log)
+    version = ws.registry.champion()
+    already = uncovered_requests(ws.manifest_of(version), ws.components, log) if version else {}
+    return {r: n for r, n in carried.items() if r not in already}
 
 
 def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
@@ -422,6 +545,14 @@ def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
             file=ws.params.file,
             field=field,
         )
+    reintroduced = _reintroduced(ws, ws.manifest_of(target))
+    if reintroduced:
+        raise ConfigError(
+            f"refused: version {target} still carries the influence of deleted samples of request(s) "
+            f"{', '.join(sorted(reintroduced))}; serving it would undo those deletions",
+            file=ws.params.file,
+            field=field,
+        )
 
 
 def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
@@ -430,6 +561,14 @@ def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
     if step_id not in manifest.overlay_steps:
         raise ConfigError(
             f"the champion (v{version}: {manifest.describe()}) has no overlay from step {step_id!r}",
+            file=ws.params.file,
+            field=field,
+        )
+    reintroduced = _reintroduced(ws, manifest.without_step(step_id))
+    if reintroduced:
+        raise ConfigError(
+            f"refused: dropping {step_id!r} would serve deleted samples of request(s) {', '.join(sorted(reintroduced))} again "
+            "(the overlay is pinned until a retrain pays the deletion debt)",
             file=ws.params.file,
             field=field,
         )

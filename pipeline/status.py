@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import BASE_STEP
-from pipeline.data.module import deleted_hashed_ids
+from pipeline.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.workspace import Workspace
 
 
@@ -13,14 +13,18 @@ def collect_status(ws: Workspace) -> dict[str, Any]:
     """Status as a JSON-ready mapping (the same data ``--json`` prints)."""
     champion_version = ws.registry.champion()
     champion: dict[str, Any] | None = None
+    log = DeletionLog.read(ws.ledger)
+    debt: dict[str, int] = {}
     if champion_version is not None:
         manifest = ws.manifest_of(champion_version)
+        debt = deletion_debt(manifest, ws.components, log)
         champion = {
             "version": champion_version,
             "composition": manifest.describe(),
             "base": manifest.base,
             "overlays": [{"step": s, "component": c} for c, s in zip(manifest.overlays, manifest.overlay_steps, strict=True)],
             "manifest_hash": manifest.hash,
+            "carries_deleted": uncovered_requests(manifest, ws.components, log),
         }
     steps = []
     for key in [BASE_STEP, *ws.params.stream]:
@@ -45,8 +49,10 @@ def collect_status(ws: Workspace) -> dict[str, Any]:
     return {
         "champion": champion,
         "steps": steps,
-        "deleted_samples": len(deleted_hashed_ids(ws.ledger)),
-        "pending_requests": [],
+        "deleted_samples": len(log.hashed_ids()),
+        "requests": {rid: {"scope": e.data["scope"], "samples": e.data["count"], "resolved": rid in log.resolved} for rid, e in log.requests.items()},
+        "pending_requests": log.pending,
+        "deletion_debt": {"samples": sum(debt.values()), "by_request": debt},
         "ledger_entries": len(ws.ledger.verify()),
         "tracking_uri": ws.params.registry.tracking_uri,
         "model_name": ws.params.registry.model_name,
@@ -65,7 +71,11 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"champion: {status['model_name']} v{champ['version']} = {champ['composition']}")
     else:
         lines.append("champion: none yet (run `dvc repro`)")
-    lines.append(f"deleted samples: {status['deleted_samples']}   ledger entries: {status['ledger_entries']}")
+    debt = status["deletion_debt"]
+    lines.append(
+        f"deleted samples: {status['deleted_samples']}   pending requests: {', '.join(status['pending_requests']) or 'none'}   "
+        f"deletion debt: {debt['samples']} samples   ledger entries: {status['ledger_entries']}"
+    )
     lines.append("")
     header = f"{'step':<18} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
     lines.append(header)

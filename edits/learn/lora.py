@@ -8,7 +8,7 @@ adapter trains, so the overlay can be dropped later and composition reproduces t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
@@ -55,6 +55,7 @@ def learn_lora(net: nn.Module, data: UmeData, config: LoraLearnConfig, env: Oper
             lineage=hash_sample_ids(train.sample_ids),
             meta={
                 "method": "learn/lora",
+                "config": asdict(config),
                 "lora": settings.to_json(),
                 "slice": config.slice,
                 "new_samples": len(new),

@@ -25,7 +25,7 @@ from pipeline.lineage import hash_sample_id
 DELETION_ENTRY = "deletion_request"
 
 
-def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:
+def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:  # noqa: D401
     """Union of the hashed sample ids of every deletion request recorded in the ledger."""
     out: set[str] = set()
     for entry in ledger.of_type(DELETION_ENTRY):
@@ -48,6 +48,7 @@ class SampleSet:
     sample_ids: tuple[str, ...]
     groups: tuple[str, ...]
     owners: tuple[str, ...]
+    slices: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -55,6 +56,26 @@ class SampleSet:
     def dataset(self) -> TensorDataset:
         """A torch dataset of ``(x, y)``."""
         return TensorDataset(self.x, self.y)
+
+    def take(self, keep: list[int], name: str | None = None) -> SampleSet:
+        """The samples at positions ``keep``."""
+        idx = torch.tensor(keep, dtype=torch.long)
+        return SampleSet(
+            name=name or self.name,
+            x=self.x[idx] if keep else self.x[:0],
+            y=self.y[idx] if keep else self.y[:0],
+            sample_ids=tuple(self.sample_ids[i] for i in keep),
+            groups=tuple(self.groups[i] for i in keep),
+            owners=tuple(self.owners[i] for i in keep),
+            slices=tuple(self.slices[i] for i in keep) if self.slices else (),
+        )
+
+    def without_labels(self, labels: Iterable[int]) -> SampleSet:
+        """The same set without samples of the given classes (measuring after a class deletion)."""
+        drop = set(labels)
+        if not drop:
+            return self
+        return self.take([i for i, y in enumerate(self.y.tolist()) if y not in drop])
 
     def concat(self, other: SampleSet, name: str | None = None) -> SampleSet:
         """This set followed by ``other``."""
@@ -65,6 +86,7 @@ class SampleSet:
             sample_ids=self.sample_ids + other.sample_ids,
             groups=self.groups + other.groups,
             owners=self.owners + other.owners,
+            slices=self.slices + other.slices if self.slices and other.slices else (),
         )
 
 
@@ -85,6 +107,8 @@ class UmeData(L.LightningDataModule):
         self.deleted_count = int((~keep).sum())
         self.rows = table.rows.loc[keep].reset_index(drop=True)
         self._images = table.images[torch.from_numpy(keep)]
+        self._forgotten_rows = table.rows.loc[~keep].reset_index(drop=True)
+        self._forgotten_images = table.images[torch.from_numpy(~keep)]
         self.classes = table.classes
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -122,6 +146,25 @@ class UmeData(L.LightningDataModule):
             sample_ids=tuple(rows["sample_id"]),
             groups=tuple(rows["group"]),
             owners=tuple(rows["owner"]),
+            slices=tuple(rows["slice"]),
+        )
+
+    def forgotten(self, name: str, hashed_ids: Iterable[str]) -> SampleSet:
+        """Deleted samples of the given requests, for exactly two readers: the unlearning operator
+        that removes their influence, and the forget checks that verify it. Never for training data
+        of any other kind, replay, calibration or reference sets.
+        """
+        wanted = set(hashed_ids)
+        idx = np.flatnonzero([hash_sample_id(s) in wanted for s in self._forgotten_rows["sample_id"]])
+        rows = self._forgotten_rows.iloc[idx]
+        return SampleSet(
+            name=name,
+            x=to_float(self._forgotten_images[torch.from_numpy(idx)]),
+            y=torch.from_numpy(rows["label"].to_numpy(dtype=np.int64).copy()),
+            sample_ids=tuple(rows["sample_id"]),
+            groups=tuple(rows["group"]),
+            owners=tuple(rows["owner"]),
+            slices=tuple(rows["slice"]),
         )
 
     def split(self, name: str) -> SampleSet:
@@ -134,16 +177,8 @@ class UmeData(L.LightningDataModule):
         """A deterministic random subset of ``count`` samples of ``samples`` (all when fewer)."""
         if count >= len(samples):
             return samples
-        idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(samples))[:count]))
-        pick = idx.tolist()
-        return SampleSet(
-            name=samples.name,
-            x=samples.x[idx],
-            y=samples.y[idx],
-            sample_ids=tuple(samples.sample_ids[i] for i in pick),
-            groups=tuple(samples.groups[i] for i in pick),
-            owners=tuple(samples.owners[i] for i in pick),
-        )
+        keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:count]).tolist()
+        return samples.take(keep)
 
     def use_for_training(self, samples: SampleSet) -> UmeData:
         """Set the selection ``train_dataloader`` serves; returns ``self`` for chaining."""

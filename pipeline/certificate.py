@@ -1,0 +1,160 @@
+"""Deletion certificates: what a request resolved to, how it was honoured, and the evidence.
+
+No raw data and no raw sample ids: only counts, hashed ids, component ids, versions, metrics and
+ledger entry hashes, so the certificate can be handed to the data subject or an auditor.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.deletion import REPEAT_ENTRY, RESOLVED_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
+from pipeline.errors import ConfigError
+from pipeline.workspace import Workspace
+
+
+def _affected_components(ws: Workspace, hashed: set[str]) -> list[dict[str, Any]]:
+    out = []
+    root = ws.components.root
+    for path in sorted(root.glob("*.json")) if root.exists() else []:
+        sidecar = ws.components.sidecar(path.stem)
+        hit = len(hashed & set(sidecar.lineage))
+        covers = len(hashed & set(sidecar.meta.get("covers", [])))
+        if hit or covers:
+            out.append({"id": sidecar.id, "kind": sidecar.kind, "influenced_by": hit, "covers": covers, "method": sidecar.meta.get("method")})
+    return out
+
+
+def _forget_step(ws: Workspace, request_id: str) -> str | None:
+    for key, step in ws.params.stream.items():
+        if step.kind == "forget" and step.options.get("request") == request_id:
+            return key
+    return None
+
+
+def certificate_markdown(ws: Workspace, request_id: str) -> str:
+    """The certificate as Markdown."""
+    log = DeletionLog.read(ws.ledger)
+    if request_id not in log.requests:
+        known = ", ".join(log.requests) or "none"
+        raise ConfigError(f"no deletion request {request_id!r} in the ledger (received: {known})", field="REQUEST_ID")
+    request = load_request(request_id)
+    entry = log.requests[request_id]
+    hashed = set(entry.data["hashed_ids"])
+    resolved = log.resolved.get(request_id)
+    step_key = _forget_step(ws, request_id)
+    lines = [
+        f"# Deletion certificate `{request_id}`",
+        "",
+        "## Request",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| selector | {request.describe()} |",
+        f"| reason | {request.reason} |",
+        f"| received | {request.received} |",
+        f"| samples resolved | {entry.data['count']} |",
+        f"| scope | {entry.data['scope']} |",
+        f"| status | {'resolved' if resolved else 'pending'} |",
+        "",
+        "## How it was honoured",
+        "",
+    ]
+    if resolved:
+        r = resolved.data
+        lines += [
+            "| field | value |",
+            "|---|---|",
+            f"| stream step | `{step_key}` |",
+            f"| method | {r['method']} |",
+            f"| exact | {'yes' if r['exact'] else 'no: approximate removal, recorded as deletion debt'} |",
+            f"| samples in deletion debt | {r['debt_samples']} |",
+            f"| version serving without them | {r['version']} (manifest `{r['manifest_hash'][:16]}`) |",
+            f"| current champion | {ws.registry.champion()} |",
+            "",
+        ]
+    else:
+        lines += ["The request is received and its samples are excluded from all data use; the model step is pending.", ""]
+    lines += ["## Components affected", "", "| component | kind | influenced by | covers | made by |", "|---|---|---|---|---|"]
+    lines += [f"| `{c['id']}` | {c['kind']} | {c['influenced_by']} | {c['covers']} | {c['method']} |" for c in _affected_components(ws, hashed)]
+    revoked = [e for e in ws.ledger.of_type(REVOKED_ENTRY) if any(request_id in v for v in e.data["by_request"].values())]
+    versions = sorted({int(v) for e in revoked for v, reqs in e.data["by_request"].items() if request_id in reqs})
+    lines += ["", "## Versions revoked", "", ", ".join(f"v{v}" for v in versions) or "none", ""]
+    lines += ["## Evidence", ""]
+    evidence = ws.reports_dir / (step_key or "") / "results.json"
+    if step_key and evidence.exists():
+        results = json.loads(evidence.read_text())["results"]
+        lines += ["| check | value | threshold | outcome |", "|---|---|---|---|"]
+        for res in results:
+            if "forget" not in res["name"] and "membership" not in res["name"]:
+                continue
+            for check in res["checks"]:
+                thr = "" if check["threshold"] is None else f"{check['threshold']:.4f}"
+                lines.append(f"| {check['name']} | {check['value']:.4f} | {thr} | {res['outcome']} |")
+    else:
+        lines.append("No forget step has run for this request yet.")
+    lines += ["", "## Ledger entries", "", "| seq | type | step | hash |", "|---|---|---|---|"]
+    for e in ws.ledger.verify():
+        related = e.data.get("request_id") == request_id or (step_key and e.step == step_key) or e in revoked
+        if related or (e.type == REPEAT_ENTRY and e.data.get("request_id") == request_id):
+            lines.append(f"| {e.seq} | {e.type} | {e.step or ''} | `{e.hash}` |")
+    lines += ["", f"Ledger head: `{ws.ledger.head()}` (verify with `ume audit`).", "", "## Hashed sample ids", ""]
+    lines += ["```", *sorted(hashed), "```", ""]
+    return "\n".join(lines)
+
+
+def markdown_to_html(markdown: str, title: str) -> str:
+    """A small, dependency-free rendering of the Markdown the certificate uses."""
+    out, in_table, in_code = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(re.fullmatch(r"-+", c) for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}"
+    head = f"<head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(out)}</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``<id>.md`` and ``<id>.html`` into ``out_dir``."""
+    markdown = certificate_markdown(ws, request_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, html_path = out_dir / f"{request_id}.md", out_dir / f"{request_id}.html"
+    md_path.write_text(markdown)
+    html_path.write_text(markdown_to_html(markdown, f"Deletion certificate {request_id}"))
+    return md_path, html_path
+
+
+__all__ = ["RESOLVED_ENTRY", "write_certificate"]
