@@ -25,7 +25,7 @@ class OperatorEnv:
 
     step: str
     seed: int
-    make_trainer: Callable[[int], L.Trainer]
+    make_trainer: Callable[..., L.Trainer]  # (max_epochs, max_steps=-1) -> a Trainer logging to the step's run
     champion_lineage: frozenset[str] = field(default_factory=frozenset)
     champion_manifest: Manifest | None = None
     components: ComponentStore | None = None

@@ -114,10 +114,11 @@ class Classifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None) -> L.Trainer:
+def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None, max_steps: int = -1) -> L.Trainer:
     """A real Lightning Trainer with its progress bar; scale out by changing ``train`` in params.yaml."""
     return L.Trainer(
         max_epochs=max_epochs,
+        max_steps=max_steps,
         accelerator=train.accelerator,
         devices=train.devices,
         strategy=train.strategy,

@@ -100,7 +100,7 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _trainer_factory(ws: Workspace, run_id: str):
-    def make(max_epochs: int) -> L.Trainer:
+    def make(max_epochs: int, max_steps: int = -1) -> L.Trainer:
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(
@@ -109,7 +109,7 @@ def _trainer_factory(ws: Workspace, run_id: str):
             run_id=run_id,
             log_model=False,
         )
-        return make_trainer(ws.params.train, max_epochs=max_epochs, logger=logger)
+        return make_trainer(ws.params.train, max_epochs=max_epochs, logger=logger, max_steps=max_steps)
 
     return make
 

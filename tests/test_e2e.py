@@ -93,7 +93,29 @@ def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
     assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
 
 
-def test_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
+def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -> None:
+    import pandas as pd
+
+    rows = pd.read_csv(repo_copy / "store" / "data" / "samples.csv")
+    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
+    bad = run(repo_copy, "ume", "forget", "--owner", "w999", "--reason", "x", check=False)
+    assert bad.returncode == 2 and "unknown owner" in bad.stderr
+    run(repo_copy, "ume", "forget", "--owner", owner, "--reason", "GDPR art. 17")
+    out = run(repo_copy, "dvc", "repro").stdout
+    assert out.count("Running stage") == 1 and "forget-" in out
+    st = status(repo_copy)
+    assert st["deleted_samples"] > 0 and st["pending_requests"] == []
+    assert st["steps"][-1]["kind"] == "forget" and st["steps"][-1]["decision"] == "promoted"
+    refused = run(repo_copy, "ume", "rollback", "--to", "2", check=False)  # v2 = base + s01 still carries the owner
+    assert refused.returncode == 2 and "del-" in refused.stderr
+    assert run(repo_copy, "ume", "audit").returncode == 0
+    request_id = next(iter(st["requests"]))
+    run(repo_copy, "ume", "certificate", request_id)
+    text = (repo_copy / "certificates" / f"{request_id}.md").read_text()
+    assert "Deletion certificate" in text and owner not in text.split("## Hashed")[0].replace(f"owner {owner}", "")
+
+
+def test_zz_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
     ledger = repo_copy / "store" / "ledger.jsonl"
     original = ledger.read_text()
     try:

@@ -105,6 +105,10 @@ class StepsModule(L.LightningModule):
                 if p.grad is not None and name in self.grad_mask:
                     p.grad.mul_(self.grad_mask[name])
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradient norm at 5: ascent and random-label terms must not blow the model up."""
+        torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.grad is not None], max_norm=5.0)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Plain SGD with momentum, as in the unlearning papers' reference code."""
         params = self._params or [p for p in self.net.parameters() if p.requires_grad]
@@ -113,10 +117,8 @@ class StepsModule(L.LightningModule):
 
 def fit_steps(module: StepsModule, retain: SampleSet, *, steps: int, batch_size: int, env: OperatorEnv) -> None:
     """Run ``steps`` optimisation steps of ``module`` over (cycled) retain batches with Lightning."""
-    trainer = env.make_trainer(1)
-    trainer.fit_loop.max_steps = steps
     epochs = max(1, -(-steps * batch_size // max(1, len(retain))))
-    trainer.fit_loop.max_epochs = epochs
+    trainer = env.make_trainer(epochs, steps)
     trainer.fit(module, train_dataloaders=loader(retain, batch_size, env.seed))
 
 

@@ -7,8 +7,12 @@ parameter with ``I_f > alpha * I_d`` is multiplied by ``min(lambda * I_d / I_f, 
 loop: two passes of gradients. Approximate: a pinned ``delta`` overlay.
 
 ``alpha`` is the selection threshold: the paper uses 10 on CIFAR; on small data the Fisher of a
-handful of samples is noisy, so ``alpha`` is selected per request as the smallest value of
-``alphas`` whose dampening keeps retain accuracy within ``max_retain_drop`` of the champion.
+handful of samples is noisy, so ``alpha`` and ``lambda`` are selected per request on a small grid:
+the most aggressive setting (smallest alpha, then smallest lambda) whose dampening keeps retain
+accuracy within ``max_retain_drop`` of the champion, stopping at the first setting that brings
+forget-set accuracy down to ``forget_target`` (for a class deletion; for sample deletions the
+gentlest lambda that passes the retain budget is kept, since those samples should look unseen, not
+misclassified).
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from pipeline.model import predict_logits
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Defaults: lambda 1, alpha chosen from 1..50 against a 1-point retain-accuracy budget."""
+    """Defaults: alpha from 1..50 and lambda from 1..0.1, against a 1-point retain-accuracy budget."""
 
     alphas: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
-    dampening: float = 1.0
+    dampenings: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
     max_retain_drop: float = 0.01
+    forget_target: float = 0.05
     batch_size: int = 32
     retain_samples: int = 1000
 
@@ -79,12 +84,22 @@ def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEn
     fisher_f = diagonal_fisher(net, forget, config.batch_size, env.seed)
     original = {n: p.detach().clone() for n, p in net.named_parameters()}
     baseline = _accuracy(net, retain)
-    chosen = config.alphas[-1]
+    class_scope = env.request is not None and env.request.scope == "class"
+    chosen = (config.alphas[-1], config.dampenings[0])
     for alpha in sorted(config.alphas):
-        dampen(net, original, fisher_f, fisher_d, alpha, config.dampening)
-        if baseline - _accuracy(net, retain) <= config.max_retain_drop:
-            chosen = alpha
+        passing = None
+        for lam in config.dampenings if class_scope else config.dampenings[:1]:
+            dampen(net, original, fisher_f, fisher_d, alpha, lam)
+            if baseline - _accuracy(net, retain) > config.max_retain_drop:
+                break
+            passing = (alpha, lam)
+            if _accuracy(net, forget) <= config.forget_target:
+                break
+        if passing is not None:
+            chosen = passing
             break
-    dampen(net, original, fisher_f, fisher_d, chosen, config.dampening)
+    dampen(net, original, fisher_f, fisher_d, chosen[0], chosen[1])
+    meta["lambda_selected"] = chosen[1]
+    chosen = chosen[0]
     meta["alpha_selected"] = chosen
     return delta_change(before, net, set(env.forget_ids), meta)

@@ -1,0 +1,145 @@
+"""Forget steps end to end in-process: exact through overlays, approximate with debt, pins, revocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from edits import OperatorEnv, get_method
+from pipeline.cli import append_stream_step, main
+from pipeline.compose import compose
+from pipeline.data import open_data
+from pipeline.deletion import DeletionLog, deletion_debt, influence, uncovered_requests
+from pipeline.errors import ConfigError
+from pipeline.lineage import version_lineage
+from pipeline.model import make_trainer
+from pipeline.runner import check_rollback_drop, check_rollback_to, open_workspace, run_step
+from pipeline.status import collect_status
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return int(info.value.code)
+
+
+def owner_in(slice_name: str, store: Path) -> str:
+    rows = pd.read_csv(store / "data" / "samples.csv")
+    return str(rows.loc[rows["slice"] == slice_name, "owner"].iloc[0])
+
+
+def last_step(params: Path) -> str:
+    return list(yaml.safe_load(params.read_text())["stream"])[-1]
+
+
+def test_forget_cli_validates_and_is_idempotent(trained_copy: Path, capsys) -> None:
+    params = trained_copy / "params.yaml"
+    before = params.read_text()
+    ledger = (trained_copy / "store" / "ledger.jsonl").read_text()
+    assert cli("forget", "--owner", "w999", "--reason", "x") == 2
+    assert "unknown owner 'w999'" in capsys.readouterr().err
+    assert params.read_text() == before and not (trained_copy / "requests").exists()
+    assert (trained_copy / "store" / "ledger.jsonl").read_text() == ledger
+    owner = owner_in("u1", trained_copy / "store")
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17") == 0
+    key = last_step(params)
+    assert cli("forget", "--owner", owner, "--reason", "asked again") == 0
+    assert "already received" in capsys.readouterr().out
+    assert last_step(params) == key
+    types = [e.type for e in open_workspace().ledger.verify()]
+    assert types.count("deletion_request") == 1 and types.count("deletion_repeated") == 1
+
+
+def test_exact_deletion_retrains_only_the_affected_overlay(trained_copy: Path) -> None:
+    ws = open_workspace()
+    first = run_step(ws, "s01").record
+    assert first["decision"] == "promoted", first
+    champion_before = first["version"]
+    old = ws.manifest_of(champion_before)
+    owner = owner_in("u1", trained_copy / "store")
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17") == 0
+    ws = open_workspace()
+    key = last_step(trained_copy / "params.yaml")
+    record = run_step(ws, key).record
+    assert record["decision"] == "promoted", record
+    new = ws.versions.load(record["manifest_hash"])
+    assert new.base == old.base and new.overlay_steps == ("s01",) and new.overlays != old.overlays
+    log = DeletionLog.read(ws.ledger)
+    assert not influence(new, ws.components) & log.hashed_ids()
+    assert record["notes"]["exact"] and record["notes"]["retrained_steps"] == ["s01"]
+    assert uncovered_requests(old, ws.components, log)
+    with pytest.raises(ConfigError, match="del-"):
+        check_rollback_to(ws, champion_before, field="--to")
+    assert ws.registry.version(champion_before).tags["deletion_status"] == "revoked"
+    status = collect_status(ws)
+    assert status["deleted_samples"] > 0 and status["pending_requests"] == [] and status["deletion_debt"]["samples"] == 0
+    assert cli("audit") == 0
+    ws.registry.set_champion(champion_before)  # moved by hand in the MLflow UI
+    assert cli("audit") == 1
+    assert cli("certificate", log.pending[0] if log.pending else next(iter(log.requests))) == 0
+    assert list(Path("certificates").glob("*.html"))
+
+
+def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_copy: Path) -> None:
+    params = trained_copy / "params.yaml"
+    assert cli("forget", "--label", "3", "--reason", "class retired", "--method", "salun") == 0
+    key = last_step(params)
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"][key]["fallback"] = "none"  # this test is about the approximate path
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ws = open_workspace()
+    record = run_step(ws, key).record
+    assert record["decision"] == "promoted", (record["failing"], {k: v for k, v in record["metrics"].items() if "forgot" in k})
+    assert "first_attempt" not in record["notes"], record["notes"]["first_attempt"]
+    manifest = ws.versions.load(record["manifest_hash"])
+    log = DeletionLog.read(ws.ledger)
+    assert sum(deletion_debt(manifest, ws.components, log).values()) > 0
+    assert not uncovered_requests(manifest, ws.components, log)
+    assert record["metrics"]["forgotten_class_recall"] <= 0.1
+    with pytest.raises(ConfigError, match="pinned"):
+        check_rollback_drop(ws, key, field="--drop")
+    append_stream_step(params, "pay-debt", {"kind": "retrain", "parent": key, "epochs": 4})
+    ws = open_workspace()
+    record = run_step(ws, "pay-debt").record
+    manifest = ws.versions.load(record["manifest_hash"])
+    assert manifest.overlays == () and not deletion_debt(manifest, ws.components, DeletionLog.read(ws.ledger))
+    assert not influence(manifest, ws.components) & log.hashed_ids()
+
+
+@pytest.mark.parametrize("method", ["finetune", "neggrad", "scrub", "ssd", "salun"])
+def test_every_approximate_method_returns_a_covering_delta(trained_copy: Path, method: str) -> None:
+    ws = open_workspace()
+    champion = ws.registry.champion()
+    manifest = ws.manifest_of(champion)
+    owner = owner_in("base", trained_copy / "store")
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
+    from pipeline.data.table import SampleTable
+    from pipeline.deletion import ingest, make_request, resolve
+
+    request = make_request({"owner": owner}, "t", method)
+    ingest(ws.ledger, request, resolve(request, SampleTable.load(ws.data_dir)))
+    data = open_data(ws.data_dir, ws.ledger, seed=0)
+    assert owner not in set(data.rows["owner"]) and owner in set(rows["owner"])
+    impl = get_method("forget", method)
+    options = {"steps": 10} if method != "ssd" else {}
+    config = impl.parse_config(options, where="test", file="test")
+    net = compose(manifest, ws.components)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    env = OperatorEnv(
+        step="t",
+        seed=0,
+        make_trainer=lambda epochs, steps=-1: make_trainer(ws.params.train, max_epochs=epochs, max_steps=steps),
+        champion_lineage=frozenset(version_lineage(manifest, ws.components)),
+        champion_manifest=manifest,
+        components=ws.components,
+        request=request,
+        forget_ids=frozenset(DeletionLog.read(ws.ledger).hashed_ids([request.id])),
+    )
+    change = impl.fn(net, data, config, env)
+    (draft,) = change.drafts
+    assert draft.kind == "delta" and draft.tensors and set(draft.meta["covers"]) == set(env.forget_ids)
+    assert draft.meta["method"] == f"forget/{method}" and not draft.lineage
