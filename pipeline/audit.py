@@ -70,6 +70,10 @@ def audit(
         if number not in versions:
             report.problems.append(f"ledger candidate version {number} is missing from the registry")
     report.checked.append(f"registry: {len(versions)} versions match their ledger entries")
+    revoked_in_ledger = {int(v) for e in entries if e.type == "revocation" for v in e.data["by_request"]}
+    for number in sorted(revoked_in_ledger):
+        if number in versions and versions[number].tags.get("deletion_status") != "revoked":
+            report.problems.append(f"registry version {number} was revoked in the ledger but is not tagged deletion_status=revoked")
 
     expected = ledger_champion(ledger)
     actual = registry.champion()

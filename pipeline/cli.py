@@ -191,30 +191,38 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
         get_method("forget", args.method, file="command line", where="--method")
     sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=args.samples or "command line")
-    existing = request_path(request.id)
-    if existing.exists():
+    from pipeline.deletion import DeletionLog
+
+    existing = request_path(request.id, ws.params.requests_dir)
+    received = request.id in DeletionLog.read(ws.ledger).requests
+    steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request.id]
+    if received and steps:
         ws.ledger.append(REPEAT_ENTRY, {"request_id": request.id, "reason": request.reason}, step=None)
-        steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request.id]
-        print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps) or 'none'})")
+        print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps)})")
         return 0
-    stream = ws.params.stream
-    key = f"forget-{len(stream) + 1:02d}"
-    while key in stream:
-        key += "x"
-    entry: dict = {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}
-    if args.method:
-        entry["method"] = args.method
     original = params_path.read_text()
-    write_request(request)
-    try:
-        append_stream_step(params_path, key, entry)
-    except UmeError:
-        existing.unlink(missing_ok=True)
-        params_path.write_text(original)
-        raise
+    wrote_file = not existing.exists()
+    if wrote_file:
+        write_request(request, ws.params.requests_dir)
+    key = steps[0] if steps else None
+    if key is None:
+        stream = ws.params.stream
+        key = f"forget-{len(stream) + 1:02d}"
+        while key in stream:
+            key += "x"
+        entry: dict = {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}
+        if args.method:
+            entry["method"] = args.method
+        try:
+            append_stream_step(params_path, key, entry)
+        except UmeError:
+            if wrote_file:
+                existing.unlink(missing_ok=True)
+            params_path.write_text(original)
+            raise
     ingest(ws.ledger, request, sample_ids)
     print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
-    print(f"wrote {existing} and appended stream step {key}; run `dvc repro` to honour it")
+    print(f"request file {existing}; stream step {key}; run `dvc repro` to honour it")
     return 0
 
 

@@ -138,6 +138,11 @@ class Params:
         """The state directory (components, ledger, step records, prepared data)."""
         return Path(self.paths.store)
 
+    @property
+    def requests_dir(self) -> Path:
+        """``requests/`` beside ``params.yaml``: deletion requests as received."""
+        return Path(self.file).parent / "requests"
+
     def step(self, key: str) -> StepConfig:
         """The stream step ``key``; a clear error when there is none."""
         if key not in self.stream:

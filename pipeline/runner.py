@@ -382,7 +382,7 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     request, method_name, fallback, options = None, step.method, "none", dict(step.options)
     if step.kind == "forget":  # resolve the request before anything is written: unknown ids are errors
         request, method_name, fallback, options = _forget_plan(ws.params, step)
-        sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=str(request_path(request.id)))
+        sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=str(request_path(request.id, ws.params.requests_dir)))
     ws.ledger.append(
         "step_started",
         {"kind": step.kind, "method": method_name, "params_hash": step.params_hash(), "champion": champion_version},
@@ -424,6 +424,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         forget_ids=frozenset(DeletionLog.read(ws.ledger).hashed_ids([request.id])) if request else frozenset(),
     )
     manifest, notes = _run_operator(ws, key, method, config, champion_manifest, data, env)
+    if request is not None:
+        _check_covers(ws, manifest, request, method.name)
     outcome = evaluate_and_gate(ws, manifest=manifest, notes=notes, **common)
     if request is not None and outcome.record["decision"] == gate.BLOCKED and fallback != "none" and method.name not in EXACT_METHODS:
         # The deletion must happen: fall back to the exact path, recording both attempts.
@@ -434,6 +436,7 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         net_env = dataclasses.replace(env)
         manifest, notes = _run_operator(ws, key, exact, exact.parse_config({}, where=f"stream.{key}", file=ws.params.file),
                                         champion_manifest, data, net_env)
+        _check_covers(ws, manifest, request, exact.name)
         notes["first_attempt"] = {k: first[k] for k in ("version", "decision", "reason", "failing", "metrics")} | {"method": method.name}
         common.update(run_id=run_id, started=started)
         outcome = evaluate_and_gate(ws, manifest=manifest, notes=notes, attempt=2, **common)
@@ -452,7 +455,7 @@ def _forget_plan(params: Params, step: StepConfig) -> tuple[DeletionRequest, str
     request_id = options.pop("request", None)
     if not isinstance(request_id, str):
         raise ConfigError("a forget step names its request id (written by `ume forget`)", file=params.file, field=f"{where}.request")
-    request = load_request(request_id)
+    request = load_request(request_id, params.requests_dir)
     fallback = options.pop("fallback", "exact")
     if fallback not in ("exact", "retrain", "none"):
         raise ConfigError(f"expected exact, retrain or none, got {fallback!r}", file=params.file, field=f"{where}.fallback")
@@ -486,6 +489,17 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
     return manifest, {"method": f"{method.kind}/{method.name}", **change.notes}
 
 
+def _check_covers(ws: Workspace, manifest: Manifest, request: DeletionRequest, method: str) -> None:
+    """Fail closed when an operator's candidate still carries uncovered influence of the request."""
+    carried = uncovered_requests(manifest, ws.components, DeletionLog.read(ws.ledger), [request.id])
+    if carried:
+        raise UmeError(
+            f"method {method!r} produced a candidate that still carries {carried[request.id]} deleted sample(s) of {request.id}; "
+            "nothing was registered",
+            field="method",
+        )
+
+
 def _resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: str, outcome: StepOutcome) -> None:
     """Record that the promoted version no longer carries the request's samples."""
     log = DeletionLog.read(ws.ledger)
@@ -517,10 +531,10 @@ def revoke_unservable_versions(ws: Workspace) -> list[int]:
         carried = sorted(uncovered_requests(ws.versions.load(info.manifest_hash), ws.components, log, list(log.resolved)))
         if carried and ",".join(carried) != info.tags.get("ume.revoked_by"):
             revoked[info.version] = carried
+    if revoked:  # write-ahead, like the gate: the ledger first, then the registry tags
+        ws.ledger.append(REVOKED_ENTRY, {"versions": sorted(revoked), "by_request": {str(v): r for v, r in revoked.items()}})
     for version, requests in revoked.items():
         ws.registry.set_version_tags(version, {"deletion_status": "revoked", "ume.revoked_by": ",".join(requests)})
-    if revoked:
-        ws.ledger.append(REVOKED_ENTRY, {"versions": sorted(revoked), "by_request": {str(v): r for v, r in revoked.items()}})
     return sorted(revoked)
 
 
@@ -596,7 +610,12 @@ def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
     if not decisions:
         return None
     decision = decisions[-1].data
-    report = ws.reports_dir / step.key / "results.json"
+    if step.kind == "forget":
+        request, _, fallback, _ = _forget_plan(ws.params, step)
+        if decision["decision"] == gate.BLOCKED and fallback != "none" and len(decisions) == 1:
+            return None  # the fallback attempt never ran: redo the step (the deletion must happen)
+    attempt = len(decisions)
+    report = ws.reports_dir / (step.key if attempt == 1 else f"{step.key}-attempt{attempt}") / "results.json"
     results_raw = json.loads(report.read_text())["results"] if report.exists() else []
     results = [BehaviorResult(**r) for r in results_raw]
     manifest = ws.versions.load(decision["manifest_hash"])
@@ -606,5 +625,11 @@ def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
         seconds=0.0,
     )
     record["resumed"] = True
+    outcome = StepOutcome(record, results)
+    if step.kind == "forget" and decision["decision"] == gate.PROMOTED and request.id not in DeletionLog.read(ws.ledger).resolved:
+        method = next((e.data.get("notes", {}).get("method", "") for e in reversed(entries) if e.type == "candidate"), "")
+        _resolve_request(ws, step.key, request, method.split("/")[-1], outcome)
+    if decision["decision"] == gate.PROMOTED:
+        revoke_unservable_versions(ws)
     _write_json_atomic(ws.step_record_path(step.key), record)
-    return StepOutcome(record, results)
+    return outcome

@@ -19,6 +19,7 @@ from pipeline.components import ComponentDraft
 from pipeline.data import SampleSet, UmeData
 from pipeline.deletion import DeletionLog
 from pipeline.delta import snapshot, weight_delta
+from pipeline.lineage import hash_sample_ids
 from pipeline.model import set_norm_eval
 
 
@@ -41,9 +42,14 @@ def retain_set(data: UmeData, env: OperatorEnv, cap: int | None = None) -> Sampl
     return data.subsample(retain, cap, seed=env.seed) if cap else retain
 
 
-def delta_change(before: dict[str, torch.Tensor], net: nn.Module, covers: set[str], meta: dict) -> Change:
-    """A ``delta`` overlay from ``before`` to ``net`` that covers the unlearned samples."""
-    draft = ComponentDraft(kind="delta", tensors=weight_delta(before, net), lineage=[], meta={**meta, "covers": sorted(covers), "exact": False})
+def delta_change(before: dict[str, torch.Tensor], net: nn.Module, covers: set[str], meta: dict, used: SampleSet | None = None) -> Change:
+    """A ``delta`` overlay from ``before`` to ``net`` that covers the unlearned samples.
+
+    Its lineage is the retain data it was computed with (those samples influenced it, so a later
+    deletion of one of them must treat this overlay as affected).
+    """
+    lineage = hash_sample_ids(used.sample_ids) if used is not None else []
+    draft = ComponentDraft(kind="delta", tensors=weight_delta(before, net), lineage=lineage, meta={**meta, "covers": sorted(covers), "exact": False})
     return Change(drafts=[draft])
 
 

@@ -37,4 +37,4 @@ def forget_finetune(net: nn.Module, data: UmeData, config: FinetuneConfig, env: 
         return F.cross_entropy(model(x), y)
 
     fit_steps(StepsModule(net, loss, lr=config.lr, forget_loader=None), retain, steps=config.steps, batch_size=config.batch_size, env=env)
-    return delta_change(before, net, set(env.forget_ids), forget_meta("finetune", config, forget, retain))
+    return delta_change(before, net, set(env.forget_ids), forget_meta("finetune", config, forget, retain), used=retain)

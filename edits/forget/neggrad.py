@@ -36,7 +36,7 @@ def forget_neggrad(net: nn.Module, data: UmeData, config: NegGradConfig, env: Op
     forget, retain = forget_set(data, env), retain_set(data, env)
     before = snapshot(net)
     if len(forget) == 0:
-        return delta_change(before, net, set(env.forget_ids), forget_meta("neggrad", config, forget, retain))
+        return delta_change(before, net, set(env.forget_ids), forget_meta("neggrad", config, forget, retain), used=retain)
 
     def loss(model: nn.Module, retain_batch, forget_batch, _i: int) -> torch.Tensor:
         xr, yr = retain_batch
@@ -46,4 +46,4 @@ def forget_neggrad(net: nn.Module, data: UmeData, config: NegGradConfig, env: Op
 
     module = StepsModule(net, loss, lr=config.lr, forget_loader=loader(forget, config.forget_batch_size, env.seed))
     fit_steps(module, retain, steps=config.steps, batch_size=config.batch_size, env=env)
-    return delta_change(before, net, set(env.forget_ids), forget_meta("neggrad", config, forget, retain))
+    return delta_change(before, net, set(env.forget_ids), forget_meta("neggrad", config, forget, retain), used=retain)

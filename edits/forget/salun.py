@@ -54,7 +54,7 @@ def forget_salun(net: nn.Module, data: UmeData, config: SalUnConfig, env: Operat
     forget, retain = forget_set(data, env), retain_set(data, env)
     before = snapshot(net)
     if len(forget) == 0:
-        return delta_change(before, net, set(env.forget_ids), forget_meta("salun", config, forget, retain))
+        return delta_change(before, net, set(env.forget_ids), forget_meta("salun", config, forget, retain), used=retain)
     mask = saliency_mask(net, forget, config.saliency_fraction, env.seed)
     generator = torch.Generator().manual_seed(env.seed)
     classes = int(net(forget.x[:1]).shape[1])
@@ -68,4 +68,4 @@ def forget_salun(net: nn.Module, data: UmeData, config: SalUnConfig, env: Operat
 
     module = StepsModule(net, loss, lr=config.lr, forget_loader=loader(forget, config.forget_batch_size, env.seed), grad_mask=mask)
     fit_steps(module, retain, steps=config.steps, batch_size=config.batch_size, env=env)
-    return delta_change(before, net, set(env.forget_ids), forget_meta("salun", config, forget, retain))
+    return delta_change(before, net, set(env.forget_ids), forget_meta("salun", config, forget, retain), used=retain)

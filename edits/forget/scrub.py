@@ -48,7 +48,7 @@ def forget_scrub(net: nn.Module, data: UmeData, config: ScrubConfig, env: Operat
     forget, retain = forget_set(data, env), retain_set(data, env)
     before = snapshot(net)
     if len(forget) == 0:
-        return delta_change(before, net, set(env.forget_ids), forget_meta("scrub", config, forget, retain))
+        return delta_change(before, net, set(env.forget_ids), forget_meta("scrub", config, forget, retain), used=retain)
     teacher = copy.deepcopy(net).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -67,4 +67,4 @@ def forget_scrub(net: nn.Module, data: UmeData, config: ScrubConfig, env: Operat
 
     module = StepsModule(net, loss, lr=config.lr, forget_loader=loader(forget, config.forget_batch_size, env.seed))
     fit_steps(module, retain, steps=config.steps, batch_size=config.batch_size, env=env)
-    return delta_change(before, net, set(env.forget_ids), forget_meta("scrub", config, forget, retain))
+    return delta_change(before, net, set(env.forget_ids), forget_meta("scrub", config, forget, retain), used=retain)

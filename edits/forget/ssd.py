@@ -78,7 +78,7 @@ def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEn
     before = snapshot(net)
     meta = forget_meta("ssd", config, forget, retain)
     if len(forget) == 0:
-        return delta_change(before, net, set(env.forget_ids), meta)
+        return delta_change(before, net, set(env.forget_ids), meta, used=retain)
     full = retain.concat(forget, name="full")
     fisher_d = diagonal_fisher(net, full, config.batch_size, env.seed)
     fisher_f = diagonal_fisher(net, forget, config.batch_size, env.seed)
@@ -102,4 +102,4 @@ def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEn
     meta["lambda_selected"] = chosen[1]
     chosen = chosen[0]
     meta["alpha_selected"] = chosen
-    return delta_change(before, net, set(env.forget_ids), meta)
+    return delta_change(before, net, set(env.forget_ids), meta, used=retain)
