@@ -31,7 +31,6 @@ class OperatorEnv:
     components: ComponentStore | None = None
     request: DeletionRequest | None = None
     forget_ids: frozenset[str] = field(default_factory=frozenset)
-    base_train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

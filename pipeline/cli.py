@@ -236,6 +236,16 @@ def _cmd_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite == "forget":
+        from bench.forget import main as forget_main
+
+        return forget_main(args.rest)
+    from bench.forget_exact import main as exact_main
+
+    return exact_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for ``--help`` in the README)."""
     parser = argparse.ArgumentParser(prog="ume", description="Change a deployed image classifier safely.")
@@ -266,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="legal basis or ticket, e.g. 'GDPR art. 17'")
     p.add_argument("--method", help="unlearning method (default: exact; see docs)")
     p.set_defaults(fn=_cmd_forget)
+    p = sub.add_parser("bench", help="run a benchmark: forget (all methods vs retrain) or forget-exact (exact vs retrain)")
+    p.add_argument("suite", choices=["forget", "forget-exact"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
+    p.set_defaults(fn=_cmd_bench)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")
     p.add_argument("request_id")
     p.add_argument("--out", default="certificates", help="output directory (default: certificates/)")

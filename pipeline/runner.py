@@ -469,6 +469,7 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
     net = compose(champion_manifest, ws.components)
     for p in net.parameters():
         p.requires_grad_(True)
+    operator_started = time.time()
     try:
         change = method.fn(net, data, config, env)
     except DataError as exc:
@@ -486,7 +487,7 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
         component = ws.components.save(draft, parent=champion_manifest.hash)
         _record_component(ws, key, component)
         manifest = manifest.with_overlay(component.id, draft.meta.get("overlay_step", key))
-    return manifest, {"method": f"{method.kind}/{method.name}", **change.notes}
+    return manifest, {"method": f"{method.kind}/{method.name}", "operator_seconds": round(time.time() - operator_started, 3), **change.notes}
 
 
 def _check_covers(ws: Workspace, manifest: Manifest, request: DeletionRequest, method: str) -> None:

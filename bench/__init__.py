@@ -1,0 +1,1 @@
+"""Benchmarks of ume's editing methods (not part of the installed package; run from the project root)."""

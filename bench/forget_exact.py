@@ -1,0 +1,154 @@
+"""Benchmark: exact deletion through overlays against a full retrain, on the real ume pipeline.
+
+For each seed, a project is built in a temporary directory with the real runner: prepare, base,
+and three ``learn`` steps (u1, u2, u3, no label corruption). One owner of the latest slice (u3)
+files a deletion request; the same request is then honoured twice from the same state, once with
+``exact`` (retrains only the u3 overlay) and once with ``retrain`` (everything from scratch).
+Both candidates go through the real behaviour suite; the operator's own wall time is compared.
+
+    python -m bench.forget_exact [--seeds 0 1 2] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(root: Path, seed: int) -> dict[str, Any]:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["seed"] = seed
+    raw["paths"]["store"] = str(root / "store")
+    raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    raw["behaviors"]["path"] = str(REPO / "behaviors")
+    raw["train"]["progress_bar"] = False
+    raw["data"]["corrupt_labels"] = {}
+    raw["stream"] = {
+        "s1": {"kind": "learn", "parent": "base", "slice": "u1"},
+        "s2": {"kind": "learn", "parent": "s1", "slice": "u2"},
+        "s3": {"kind": "learn", "parent": "s2", "slice": "u3"},
+    }
+    return raw
+
+
+def _forget(root: Path, request_owner: str, method: str) -> dict[str, Any]:
+    """Honour the owner's deletion with ``method`` in the project at ``root``; returns the step record."""
+    from pipeline.cli import append_stream_step
+    from pipeline.data.table import SampleTable
+    from pipeline.deletion import ingest, make_request, resolve, write_request
+    from pipeline.runner import open_workspace, run_step
+
+    os.chdir(root)
+    ws = open_workspace(root / "params.yaml")
+    request = make_request({"owner": request_owner}, "benchmark", method)
+    write_request(request, ws.params.requests_dir)
+    append_stream_step(root / "params.yaml", "f1", {"kind": "forget", "parent": "s3", "request": request.id, "method": method, "fallback": "none"})
+    ws = open_workspace(root / "params.yaml")
+    ingest(ws.ledger, request, resolve(request, SampleTable.load(ws.data_dir)))
+    return run_step(ws, "f1").record
+
+
+def bench_seed(seed: int, log) -> list[dict[str, Any]]:
+    """One seed: build the stream once, then honour the same request with exact and with retrain."""
+    from pipeline.runner import open_workspace, run_base, run_prepare, run_step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "exact"
+        root.mkdir()
+        (root / "params.yaml").write_text(yaml.safe_dump(_params(root, seed), sort_keys=False))
+        os.chdir(root)
+        ws = open_workspace(root / "params.yaml")
+        run_prepare(ws)
+        run_base(ws)
+        for key in ("s1", "s2", "s3"):
+            record = run_step(ws, key)
+            log(f"seed {seed} {key}: {record.record['decision']}")
+        rows_table = pd.read_csv(root / "store" / "data" / "samples.csv")
+        owner = str(rows_table.loc[rows_table["slice"] == "u3", "owner"].iloc[0])
+        other = Path(tmp) / "retrain"
+        shutil.copytree(root, other)
+        raw = yaml.safe_load((other / "params.yaml").read_text())
+        raw["paths"]["store"] = str(other / "store")
+        raw["registry"]["tracking_uri"] = f"sqlite:///{other / 'mlflow.db'}"
+        (other / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        out = []
+        for method, where in (("exact", root), ("retrain", other)):
+            started = time.time()
+            record = _forget(where, owner, method)
+            m = record["metrics"]
+            out.append(
+                {
+                    "seed": seed,
+                    "method": method,
+                    "owner_samples": int((rows_table["owner"] == owner).sum()),
+                    "decision": record["decision"],
+                    "composition": record["composition"],
+                    "operator_seconds": record["notes"]["operator_seconds"],
+                    "step_seconds": round(time.time() - started, 2),
+                    "test_acc": m.get("test_accuracy"),
+                    "retain_acc": m.get("retained_accuracy"),
+                    "forget_acc": next((v for k, v in m.items() if k.startswith("forget_accuracy[")), None),
+                    "mia_loss_acc": m.get("mia_loss_accuracy"),
+                    "mia_svc_acc": m.get("mia_confidence_accuracy"),
+                }
+            )
+            log(f"seed {seed} {method}: {out[-1]}")
+        os.chdir(REPO)
+        return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Means over seeds, with the time ratio exact / retrain."""
+    lines = [
+        "| method | test acc | retain acc | forget acc | loss-MIA | SVC-MIA | operator s | time / retrain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    retrain_time = statistics.mean(r["operator_seconds"] for r in rows if r["method"] == "retrain")
+    for method in ("exact", "retrain"):
+        sel = [r for r in rows if r["method"] == method]
+
+        def mean(key: str, sel=sel) -> float:
+            vals = [r[key] for r in sel if r[key] is not None]
+            return statistics.mean(vals) if vals else float("nan")
+
+        lines.append(
+            f"| {method} | {100 * mean('test_acc'):.2f} | {100 * mean('retain_acc'):.2f} | {100 * mean('forget_acc'):.2f} | "
+            f"{100 * mean('mia_loss_acc'):.1f} | {100 * mean('mia_svc_acc'):.1f} | {mean('operator_seconds'):.2f} | "
+            f"{mean('operator_seconds') / retrain_time:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write ``forget_exact.json`` and ``forget_exact.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        rows += bench_seed(seed, log=lambda m: print(m, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "forget_exact.json").write_text(json.dumps({"rows": rows, "seconds": round(time.time() - started, 1)}, indent=1))
+    (out / "forget_exact.md").write_text(markdown(rows))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
