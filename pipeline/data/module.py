@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -90,6 +91,20 @@ class SampleSet:
         )
 
 
+def _sample_set(name: str, rows: pd.DataFrame, images: torch.Tensor, idx: np.ndarray) -> SampleSet:
+    """The rows at ``idx`` with their images, as a :class:`SampleSet`."""
+    picked = rows.iloc[idx]
+    return SampleSet(
+        name=name,
+        x=to_float(images[torch.from_numpy(idx.astype(np.int64))]),
+        y=torch.from_numpy(picked["label"].to_numpy(dtype=np.int64).copy()),
+        sample_ids=tuple(picked["sample_id"]),
+        groups=tuple(picked["group"]),
+        owners=tuple(picked["owner"]),
+        slices=tuple(picked["slice"]),
+    )
+
+
 class UmeData(L.LightningDataModule):
     """The sample table with the deleted set removed, and loaders over selections of it."""
 
@@ -137,17 +152,7 @@ class UmeData(L.LightningDataModule):
         if hashed_ids is not None:
             wanted = set(hashed_ids)
             mask &= np.array([hash_sample_id(s) in wanted for s in self.rows["sample_id"]], dtype=bool)
-        idx = np.flatnonzero(mask)
-        rows = self.rows.iloc[idx]
-        return SampleSet(
-            name=name,
-            x=to_float(self._images[torch.from_numpy(idx)]),
-            y=torch.from_numpy(rows["label"].to_numpy(dtype=np.int64).copy()),
-            sample_ids=tuple(rows["sample_id"]),
-            groups=tuple(rows["group"]),
-            owners=tuple(rows["owner"]),
-            slices=tuple(rows["slice"]),
-        )
+        return _sample_set(name, self.rows, self._images, np.flatnonzero(mask))
 
     def forgotten(self, name: str, hashed_ids: Iterable[str]) -> SampleSet:
         """Deleted samples of the given requests, for exactly two readers: the unlearning operator
@@ -156,16 +161,7 @@ class UmeData(L.LightningDataModule):
         """
         wanted = set(hashed_ids)
         idx = np.flatnonzero([hash_sample_id(s) in wanted for s in self._forgotten_rows["sample_id"]])
-        rows = self._forgotten_rows.iloc[idx]
-        return SampleSet(
-            name=name,
-            x=to_float(self._forgotten_images[torch.from_numpy(idx)]),
-            y=torch.from_numpy(rows["label"].to_numpy(dtype=np.int64).copy()),
-            sample_ids=tuple(rows["sample_id"]),
-            groups=tuple(rows["group"]),
-            owners=tuple(rows["owner"]),
-            slices=tuple(rows["slice"]),
-        )
+        return _sample_set(name, self._forgotten_rows, self._forgotten_images, idx)
 
     def split(self, name: str) -> SampleSet:
         """A whole slice (``test``, ``canary``, ``base``, ``u1``...)."""
