@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "forget_accuracy_tolerance": 0.05,
     "max_forgotten_class_recall": 0.10,
     "max_mia_accuracy": 0.70,
+    "max_group_accuracy_gap": 0.10,
+    "min_perturbation_agreement": 0.90,
 }
 
 
@@ -32,7 +35,7 @@ class ModelUnderTest:
 
     name: str
     version: int | None
-    net: nn.Module
+    net: nn.Module = field(repr=False)
     description: str = ""
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -95,6 +98,7 @@ class BehaviorContext:
     num_classes: int = 10
     forget_cases: list[ForgetCase] = field(default_factory=list)
     excluded_labels: tuple[int, ...] = ()
+    report_dir: Path | None = None
 
 
 def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:

@@ -9,9 +9,11 @@ or ``--ume-version N``, read from the registry of the ``params.yaml`` in the cur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits
 
@@ -60,9 +62,20 @@ class Check:
 class BehaviorRecorder:
     """``behavior.check(name, value, at_least=t)`` records the number and asserts it."""
 
-    def __init__(self, node: pytest.Item) -> None:
+    def __init__(self, node: pytest.Item, report_dir: Path | None = None) -> None:
         self.node = node
         self.checks: list[Check] = []
+        self.report_dir = report_dir
+
+    def counterexample(self, original: torch.Tensor, perturbed: torch.Tensor, label: str = "") -> Path | None:
+        """Save an (original, perturbed) pair as a PNG in the report; hypothesis replays the shrunk
+        example last, so the file left behind is the minimal counterexample."""
+        if self.report_dir is None:
+            return None
+        from behaviors.perturbations import save_counterexample
+
+        name = self.node.name + (f"-{label}" if label else "")
+        return save_counterexample(self.report_dir, name, original, perturbed)
 
     def record(self, name: str, value: float) -> None:
         """Record a number for the report without a threshold (evidence, e.g. per-request values)."""
@@ -91,6 +104,7 @@ def ume_context(request: pytest.FixtureRequest) -> BehaviorContext:
 
         ws = Workspace.open(request.config.getoption("--ume-params"))
         context = standalone_context(ws, request.config.getoption("--ume-version"))
+        context.report_dir = ws.reports_dir / "standalone"
         request.config.stash[CONTEXT_KEY] = context
     return context
 
@@ -132,9 +146,9 @@ def num_classes(ume_context: BehaviorContext) -> int:
 
 
 @pytest.fixture
-def behavior(request: pytest.FixtureRequest) -> BehaviorRecorder:
-    """Record measured values with their thresholds (shown in reports)."""
-    return BehaviorRecorder(request.node)
+def behavior(request: pytest.FixtureRequest, ume_context: BehaviorContext) -> BehaviorRecorder:
+    """Record measured values with their thresholds (shown in reports), and counterexample images."""
+    return BehaviorRecorder(request.node, ume_context.report_dir)
 
 
 @pytest.fixture

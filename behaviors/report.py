@@ -1,4 +1,9 @@
-"""Behaviour reports: JSON for machines, Markdown for reviewers (logged to MLflow with each step)."""
+"""Behaviour reports: JSON for machines, Markdown and HTML for reviewers, logged to MLflow with each step.
+
+A report shows every behaviour (outcome, blocking, value, threshold, direction), the decision and
+why, the candidate's confusion matrix on the test split (PNG), and the shrunk counterexamples of
+failing property-based specs (PNGs saved by the specs themselves).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from behaviors.suite import BehaviorResult
+from pipeline.markdown import markdown_to_html
 
 
 def _fmt(value: float | None) -> str:
@@ -32,6 +40,10 @@ def render_markdown(step: dict[str, Any], decision: dict[str, Any], results: Seq
         lines.append(
             f"| `{r.short_name}` | {r.outcome} | {'yes' if r.blocking else 'no'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {better} |"
         )
+    recorded = [(r.short_name, c) for r in results for c in r.checks if c["threshold"] is None]
+    if recorded:
+        lines += ["", "## Recorded values", "", "| behaviour | value | number |", "|---|---|---|"]
+        lines += [f"| `{name}` | {c['name']} | {_fmt(c['value'])} |" for name, c in recorded]
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         lines += ["", "## Failures", ""]
@@ -40,9 +52,50 @@ def render_markdown(step: dict[str, Any], decision: dict[str, Any], results: Seq
     return "\n".join(lines) + "\n"
 
 
-def write_report(directory: Path, step: dict[str, Any], decision: dict[str, Any], results: Sequence[BehaviorResult]) -> None:
-    """``results.json`` and ``report.md`` in ``directory``."""
+def confusion_matrix_png(predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], path: Path) -> None:
+    """The confusion matrix (torchmetrics) as a PNG heat map with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    matrix = MulticlassConfusionMatrix(num_classes=len(classes))(predictions, labels).numpy()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_title("candidate on the test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    directory: Path,
+    step: dict[str, Any],
+    decision: dict[str, Any],
+    results: Sequence[BehaviorResult],
+    *,
+    confusion: tuple[torch.Tensor, torch.Tensor, Sequence[str]] | None = None,
+) -> None:
+    """``results.json``, ``report.md``, ``report.html`` and images in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "decision": decision, "results": [r.to_json() for r in results]}
     (directory / "results.json").write_text(json.dumps(payload, indent=1))
-    (directory / "report.md").write_text(render_markdown(step, decision, results))
+    markdown = render_markdown(step, decision, results)
+    if confusion is not None:
+        confusion_matrix_png(*confusion, directory / "confusion_matrix.png")
+        markdown += "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n"
+    examples = sorted(p.name for p in directory.glob("counterexample-*.png"))
+    if examples:
+        markdown += "\n## Counterexamples (shrunk by hypothesis)\n\n" + "".join(f"![{name}]({name})\n\n" for name in examples)
+    (directory / "report.md").write_text(markdown)
+    title = f"ume behaviour report: {step.get('id')}"
+    (directory / "report.html").write_text(markdown_to_html(markdown, title))

@@ -49,6 +49,15 @@ class BehaviorResult:
         return asdict(self)
 
 
+def _clip(text: str, head: int = 1000, tail: int = 1500) -> str:
+    """A long failure report, shortened: its start, every ``E`` line (the assertion and hypothesis'
+    falsifying example), and its end."""
+    if len(text) <= head + tail:
+        return text
+    errors = "\n".join(line for line in text.splitlines() if line.startswith("E ") or "Falsifying example" in line)[:3000]
+    return f"{text[:head]}\n...\n{errors}\n...\n{text[-tail:]}"
+
+
 class ResultCollector:
     """Pytest hooks that turn reports into :class:`BehaviorResult` rows."""
 
@@ -68,7 +77,7 @@ class ResultCollector:
                 name=report.nodeid or "collection",
                 outcome="failed",
                 blocking=True,
-                message=f"collection error:\n{report.longreprtext[-4000:]}",
+                message=f"collection error:\n{_clip(report.longreprtext)}",
             )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -91,7 +100,7 @@ class ResultCollector:
         if report.failed:
             result.outcome = "failed"
             phase = "" if report.when == "call" else f"error in {report.when}: "
-            result.message = phase + report.longreprtext[-4000:]
+            result.message = phase + _clip(report.longreprtext)
         elif report.skipped and result.outcome != "failed":
             result.outcome = "skipped"
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

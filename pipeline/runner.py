@@ -46,6 +46,7 @@ from pipeline.deletion import (
     uncovered_requests,
 )
 from pipeline.errors import ConfigError, DataError, UmeError
+from pipeline.history import write_history
 from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
 from pipeline.model import check_arch, make_trainer
@@ -230,6 +231,8 @@ def evaluate_and_gate(
     report_dir = ws.reports_dir / (key if attempt == 1 else f"{key}-attempt{attempt}")
     if report_dir.exists():
         shutil.rmtree(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    context.report_dir = report_dir
     results = run_suite([ws.params.behaviors.path], context, junit_xml=report_dir / "junit.xml")
     decision = gate.decide(results)
     mode = "gate"
@@ -240,7 +243,13 @@ def evaluate_and_gate(
         ])
         mode = "rollback"
     decision_info = {"label": decision.label, "reason": decision.reason, "failing": decision.failing}
-    write_report(report_dir, step_info, decision_info, results)
+    write_report(
+        report_dir,
+        step_info,
+        decision_info,
+        results,
+        confusion=(candidate.predictions(context.splits.test), context.splits.test.y, data.classes),
+    )
     metrics = _metrics(results)
     registry = ws.registry
     registry.log_metrics(run_id, {f"behavior.{k}": v for k, v in metrics.items()})
@@ -294,6 +303,7 @@ def evaluate_and_gate(
     record["attempt"] = attempt
     registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
     registry.end_run(run_id)
+    write_history(ws, key, record)
     _write_json_atomic(ws.step_record_path(key), record)
     return StepOutcome(record, results)
 
@@ -611,6 +621,9 @@ def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
     if not decisions:
         return None
     decision = decisions[-1].data
+    champion_now = ws.registry.champion()
+    if champion_now not in (last.data.get("champion"), decision["version"]):
+        return None  # the stream below this step changed since (e.g. the base was retrained): redo it
     if step.kind == "forget":
         request, _, fallback, _ = _forget_plan(ws.params, step)
         if decision["decision"] == gate.BLOCKED and fallback != "none" and len(decisions) == 1:
@@ -632,5 +645,6 @@ def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:
         _resolve_request(ws, step.key, request, method.split("/")[-1], outcome)
     if decision["decision"] == gate.PROMOTED:
         revoke_unservable_versions(ws)
+    write_history(ws, step.key, record)
     _write_json_atomic(ws.step_record_path(step.key), record)
     return outcome

@@ -97,3 +97,36 @@ def test_a_spec_file_that_does_not_import_blocks(tmp_path: Path) -> None:
 
 def test_no_specs_blocks(tmp_path: Path) -> None:
     assert not decide(run_suite([tmp_path], _context())).promote
+
+
+def test_failing_property_saves_the_shrunk_counterexample(tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "test_prop.py").write_text(
+        "from hypothesis import HealthCheck, given, settings\n"
+        "from behaviors.perturbations import brightness\n"
+        "@settings(max_examples=20, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])\n"
+        "@given(p=brightness(0.5))\n"
+        "def test_never_brighter(candidate, splits, behavior, p):\n"
+        "    x = splits.canary.x[:1]\n"
+        "    if p.amount > 0.1:\n"
+        "        behavior.counterexample(x[0], p.apply(x)[0])\n"
+        "    assert p.amount <= 0.1, p.describe()\n"
+    )
+    context = _context()
+    context.report_dir = tmp_path / "report"
+    (result,) = run_suite([specs], context)
+    assert result.outcome == "failed" and "Perturbation('brightness'" in result.message  # the shrunk example
+    assert list((tmp_path / "report").glob("counterexample-test_never_brighter*.png"))
+
+
+def test_report_has_html_and_confusion_matrix(tmp_path: Path) -> None:
+    from behaviors.report import write_report
+    from behaviors.suite import BehaviorResult
+
+    results = [BehaviorResult("a.py::test_x", "failed", True, 0.5, 0.9, True, "boom", [])]
+    preds, labels = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])
+    write_report(tmp_path, {"id": "s1", "kind": "learn"}, {"label": "blocked", "reason": "r"}, results, confusion=(preds, labels, ["a", "b"]))
+    html = (tmp_path / "report.html").read_text()
+    assert "<img" in html and "confusion_matrix.png" in html and "<table>" in html
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0

@@ -65,6 +65,21 @@ def test_stream_runs_gates_and_blocks_the_bad_slice(repo_copy: Path) -> None:
     assert run(repo_copy, "ume", "status", "--check", check=False).returncode == 1
 
 
+def test_history_metrics_plots_and_standalone_specs(repo_copy: Path) -> None:
+    metrics = run(repo_copy, "dvc", "metrics", "show").stdout
+    assert "store/metrics/base.json" in metrics and "s02-learn-u2" in metrics and "blocked" in metrics
+    history = json.loads((repo_copy / "store" / "history.json").read_text())
+    assert [row["step"] for row in history] == ["base", "s01-learn-u1", "s02-learn-u2"]
+    run(repo_copy, "dvc", "plots", "show")
+    assert (repo_copy / "dvc_plots" / "index.html").exists()
+    report = repo_copy / "store" / "reports" / "s02-learn-u2"
+    assert (report / "report.html").exists() and (report / "confusion_matrix.png").exists()
+    specs = run(repo_copy, sys.executable, "-m", "pytest", "behaviors/", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", check=False)
+    assert specs.returncode == 0, specs.stdout[-3000:]
+    blocked = run(repo_copy, sys.executable, "-m", "pytest", "behaviors/", "-q", "--import-mode=importlib", "--ume-version", "3", check=False)
+    assert blocked.returncode == 1 and "test_calibration_error_change" in blocked.stdout
+
+
 def test_no_change_repro_runs_nothing_and_appended_step_runs_alone(repo_copy: Path) -> None:
     again = run(repo_copy, "dvc", "repro")
     assert "Running stage" not in again.stdout

@@ -54,6 +54,13 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    def __repr__(self) -> str:
+        return f"SampleSet({self.name!r}, {len(self)} samples)"
+
+    def _repr_pretty_(self, printer: object, cycle: bool) -> None:
+        """Compact in hypothesis' falsifying examples (which use the IPython pretty protocol)."""
+        printer.text(repr(self))  # type: ignore[attr-defined]
+
     def dataset(self) -> TensorDataset:
         """A torch dataset of ``(x, y)``."""
         return TensorDataset(self.x, self.y)
