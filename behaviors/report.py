@@ -84,12 +84,18 @@ def write_report(
     results: Sequence[BehaviorResult],
     *,
     confusion: tuple[torch.Tensor, torch.Tensor, Sequence[str]] | None = None,
+    comparison: Sequence[tuple[str, float, float | None]] = (),
 ) -> None:
     """``results.json``, ``report.md``, ``report.html`` and images in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "decision": decision, "results": [r.to_json() for r in results]}
     (directory / "results.json").write_text(json.dumps(payload, indent=1))
     markdown = render_markdown(step, decision, results)
+    if comparison:
+        markdown += "\n## Candidate against the champion\n\n| metric | candidate | champion | delta |\n|---|---|---|---|\n"
+        for name, cand, champ in comparison:
+            delta = "" if champ is None else f"{cand - champ:+.4f}"
+            markdown += f"| {name} | {cand:.4f} | {_fmt(champ)} | {delta} |\n"
     if confusion is not None:
         confusion_matrix_png(*confusion, directory / "confusion_matrix.png")
         markdown += "\n## Confusion matrix\n\n![confusion matrix](confusion_matrix.png)\n"

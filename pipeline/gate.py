@@ -70,8 +70,12 @@ def apply_decision(
     manifest_hash: str,
     champion_before: int | None,
     mode: str = "gate",
+    report: str | None = None,
 ) -> None:
-    """Record the decision in the ledger, tag the version and, on promotion, move the alias."""
+    """Record the decision in the ledger, tag the version and, on promotion, move the alias.
+
+    ``report`` is where the behaviour report lives (an MLflow artifact URI); the decision links to it.
+    """
     alias = {"from": champion_before, "to": version} if decision.promote else None
     entry = ledger.append(
         "decision",
@@ -83,10 +87,13 @@ def apply_decision(
             "reason": decision.reason,
             "failing": decision.failing,
             "alias": alias,
+            "report": report,
         },
         step=step,
     )
     tags = {"ume.ledger_entry": entry.hash}
+    if report:
+        tags["ume.report"] = report
     if mode == "gate":
         tags["ume.decision"] = decision.label
     registry.set_version_tags(version, tags)

@@ -146,6 +146,18 @@ def _metrics(results: list[BehaviorResult]) -> dict[str, float]:
     return out
 
 
+def _comparison(context) -> list[tuple[str, float, float | None]]:
+    """Headline numbers of the candidate and the champion on the same (filtered) splits."""
+    rows = []
+    for name, samples in (("test accuracy", context.splits.test), ("canary accuracy", context.splits.canary), ("retain accuracy", context.splits.retain)):
+        if len(samples) == 0:
+            continue
+        cand = (context.candidate.predictions(samples) == samples.y).float().mean().item()
+        champ = (context.champion.predictions(samples) == samples.y).float().mean().item() if context.champion else None
+        rows.append((name, cand, champ))
+    return rows
+
+
 def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
@@ -249,6 +261,7 @@ def evaluate_and_gate(
         decision_info,
         results,
         confusion=(candidate.predictions(context.splits.test), context.splits.test.y, data.classes),
+        comparison=_comparison(context),
     )
     metrics = _metrics(results)
     registry = ws.registry
@@ -291,6 +304,7 @@ def evaluate_and_gate(
         manifest_hash=manifest.hash,
         champion_before=champion_version,
         mode=mode,
+        report=f"runs:/{run_id}/behaviors/report.html",
     )
     champion_after = registry.champion()
     registry.set_run_tags(run_id, {"ume.decision": decision.label, "ume.version": str(version), "ume.reason": decision.reason[:5000]})
