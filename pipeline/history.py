@@ -1,8 +1,9 @@
 """The stream's history for ``dvc metrics show`` and ``dvc plots show``.
 
 Each finished stage writes ``store/metrics/<step>.json`` (a DVC metrics file of that stage) and
-rewrites ``store/history.json``: one row per finished step in stream order, the file behind the
-top-level ``plots`` of ``dvc.yaml``.
+rewrites ``store/history.json`` (one row per finished step in stream order) and
+``store/history/<metric>.json`` (the rows that have that metric: the series behind the top-level
+``plots`` of ``dvc.yaml``; DVC cannot draw a series with missing values).
 """
 
 from __future__ import annotations
@@ -54,3 +55,6 @@ def write_history(ws: Workspace, key: str, record: dict[str, Any]) -> None:
         if done is not None:
             rows.append({"index": index, **step_metrics(done)})
     _write(ws.store_dir / "history.json", rows)
+    for field in HISTORY_FIELDS:  # one file per metric: a plotted series may not have gaps
+        series = [{"index": r["index"], "step": r["step"], field: r[field]} for r in rows if field in r]
+        _write(ws.store_dir / "history" / f"{field}.json", series)

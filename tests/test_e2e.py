@@ -70,8 +70,10 @@ def test_history_metrics_plots_and_standalone_specs(repo_copy: Path) -> None:
     assert "store/metrics/base.json" in metrics and "s02-learn-u2" in metrics and "blocked" in metrics
     history = json.loads((repo_copy / "store" / "history.json").read_text())
     assert [row["step"] for row in history] == ["base", "s01-learn-u1", "s02-learn-u2"]
-    run(repo_copy, "dvc", "plots", "show")
-    assert (repo_copy / "dvc_plots" / "index.html").exists()
+    shown = run(repo_copy, "dvc", "plots", "show")
+    assert "WARNING" not in shown.stderr, shown.stderr
+    page = (repo_copy / "dvc_plots" / "index.html").read_text()
+    assert "test_accuracy" in page and "agreement" in page
     report = repo_copy / "store" / "reports" / "s02-learn-u2"
     assert (report / "report.html").exists() and (report / "confusion_matrix.png").exists()
     specs = run(repo_copy, sys.executable, "-m", "pytest", "behaviors/", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", check=False)
