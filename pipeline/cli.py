@@ -68,8 +68,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.check:
         blocked = [s["id"] for s in status["steps"] if s["decision"] == "blocked"]
         pending = [s["id"] for s in status["steps"] if s["decision"] == "pending"]
-        if blocked or pending:
-            what = "; ".join(p for p in (f"blocked: {', '.join(blocked)}" if blocked else "", f"pending: {', '.join(pending)}" if pending else "") if p)
+        requests = status["pending_requests"]
+        if blocked or pending or requests:
+            parts = (
+                f"blocked: {', '.join(blocked)}" if blocked else "",
+                f"pending: {', '.join(pending)}" if pending else "",
+                f"deletion requests not yet honoured: {', '.join(requests)}" if requests else "",
+            )
+            what = "; ".join(p for p in parts if p)
             print(f"ume status --check: {what}", file=sys.stderr)
             return EXIT_CHECK_FAILED
     return 0
@@ -258,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_step)
     p = sub.add_parser("status", help="champion, steps and decisions, deleted samples")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--check", action="store_true", help="exit 1 when any stream step is blocked or pending")
+    p.add_argument("--check", action="store_true", help="exit 1 when any stream step is blocked or pending, or a deletion request is not yet honoured")
     p.set_defaults(fn=_cmd_status)
     sub.add_parser("audit", help="verify the ledger's hash chain and that the registry agrees").set_defaults(fn=_cmd_audit)
     p = sub.add_parser("rollback", help="append a rollback step to the stream and run it now")

@@ -46,6 +46,8 @@ def test_forget_cli_validates_and_is_idempotent(trained_copy: Path, capsys) -> N
     owner = owner_in("u1", trained_copy / "store")
     assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17") == 0
     key = last_step(params)
+    assert cli("status", "--check") == 1
+    assert "deletion requests not yet honoured" in capsys.readouterr().err
     assert cli("forget", "--owner", owner, "--reason", "asked again") == 0
     assert "already received" in capsys.readouterr().out
     assert last_step(params) == key
