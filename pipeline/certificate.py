@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.deletion import REPEAT_ENTRY, RESOLVED_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
+from pipeline.deletion import REPEAT_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
 from pipeline.errors import ConfigError
 from pipeline.markdown import markdown_to_html
 from pipeline.workspace import Workspace
@@ -118,5 +118,3 @@ def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Pa
     html_path.write_text(markdown_to_html(markdown, f"Deletion certificate {request_id}"))
     return md_path, html_path
 
-
-__all__ = ["RESOLVED_ENTRY", "write_certificate"]

@@ -6,7 +6,7 @@ request. ``requests/<id>.yaml`` is the request as received; the ledger entry ``d
 (hashed ids only) is what makes the data layer drop the samples for every consumer.
 
 Coverage (DESIGN.md invariant 2): a version's *influence* is the union of its components'
-lineage; a forget overlay ``covers`` the samples it unlearned. Influence of a deleted sample that
+lineage (:func:`pipeline.lineage.version_lineage`); a forget overlay ``covers`` the samples it unlearned. Influence of a deleted sample that
 no forget overlay covers makes a version unservable (``revoked``). Influence that is covered only
 by an approximate forget overlay is *deletion debt*: honoured, but not exact until a retrain.
 """
@@ -23,13 +23,14 @@ from typing import Any
 import yaml
 
 from pipeline.components import ComponentStore
+from pipeline.data.module import DELETION_ENTRY
 from pipeline.data.table import SampleTable
 from pipeline.errors import ConfigError, DataError
 from pipeline.ledger import Entry, Ledger, canonical_json
-from pipeline.lineage import hash_sample_ids
+from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
 
-REQUEST_ENTRY = "deletion_request"
+REQUEST_ENTRY = DELETION_ENTRY  # what the data layer's filter reads
 REPEAT_ENTRY = "deletion_repeated"
 RESOLVED_ENTRY = "deletion_resolved"
 REVOKED_ENTRY = "revocation"
@@ -216,14 +217,6 @@ def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str]) -> E
     )
 
 
-def influence(manifest: Manifest, store: ComponentStore) -> set[str]:
-    """Hashed ids of every sample that influenced some component of the version."""
-    out: set[str] = set()
-    for cid in (manifest.base, *manifest.overlays):
-        out.update(store.sidecar(cid).lineage)
-    return out
-
-
 def covered(manifest: Manifest, store: ComponentStore) -> set[str]:
     """Hashed ids unlearned by forget overlays of the version."""
     out: set[str] = set()
@@ -234,7 +227,7 @@ def covered(manifest: Manifest, store: ComponentStore) -> set[str]:
 
 def uncovered_requests(manifest: Manifest, store: ComponentStore, log: DeletionLog, request_ids: Iterable[str] | None = None) -> dict[str, int]:
     """Request id -> number of its samples whose influence the version still carries, uncovered."""
-    carried = influence(manifest, store) - covered(manifest, store)
+    carried = version_lineage(manifest, store) - covered(manifest, store)
     ids = log.requests if request_ids is None else request_ids
     out = {}
     for rid in ids:
@@ -246,7 +239,7 @@ def uncovered_requests(manifest: Manifest, store: ComponentStore, log: DeletionL
 
 def deletion_debt(manifest: Manifest, store: ComponentStore, log: DeletionLog) -> dict[str, int]:
     """Request id -> samples removed only approximately (covered by a forget overlay, still in the lineage)."""
-    approx = influence(manifest, store) & covered(manifest, store)
+    approx = version_lineage(manifest, store) & covered(manifest, store)
     out = {}
     for rid, entry in log.requests.items():
         hit = approx & set(entry.data["hashed_ids"])

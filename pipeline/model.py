@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import Params, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -139,7 +139,3 @@ def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
     outs = [net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 
-
-def in_chans(params: Params) -> int:
-    """Input channels of the configured data."""
-    return params.data.channels

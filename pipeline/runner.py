@@ -397,8 +397,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     if resumed is not None:
         return resumed
     champion_version, champion_manifest = _current_champion(ws)
-    if step.kind == "rollback":  # refuse before anything is written
-        how, target = _rollback_target(step, ws.params)
+    how, target = _rollback_target(step, ws.params) if step.kind == "rollback" else (None, None)
+    if how is not None:  # refuse before anything is written
         if how == "to":
             check_rollback_to(ws, int(target), field=f"stream.{key}.to")
         else:
@@ -427,13 +427,10 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         "data": data,
         "started": started,
     }
-    if step.kind == "rollback":
-        how, target = _rollback_target(step, ws.params)
-        if how == "to":
-            return _rollback_to(ws, int(target), common)
-        check_rollback_drop(ws, str(target), field=f"stream.{key}.drop")
-        manifest = champion_manifest.without_step(str(target))
-        return evaluate_and_gate(ws, manifest=manifest, **common)
+    if how == "to":
+        return evaluate_and_gate(ws, manifest=ws.manifest_of(int(target)), existing_version=int(target), **common)
+    if how == "drop":
+        return evaluate_and_gate(ws, manifest=champion_manifest.without_step(str(target)), **common)
 
     method = get_method(step.kind, method_name, file=ws.params.file, where=f"stream.{key}.method")
     config = method.parse_config(options, where=f"stream.{key}", file=ws.params.file)
@@ -457,9 +454,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         run_id = ws.registry.start_run(f"{key} (fallback {fallback})", {"ume.step": key, "ume.kind": step.kind, "ume.attempt": "2"})
         exact = get_method("forget", fallback)
         env = dataclasses.replace(env, make_trainer=_trainer_factory(ws, run_id))
-        net_env = dataclasses.replace(env)
         manifest, notes = _run_operator(ws, key, exact, exact.parse_config({}, where=f"stream.{key}", file=ws.params.file),
-                                        champion_manifest, data, net_env)
+                                        champion_manifest, data, env)
         _check_covers(ws, manifest, request, exact.name)
         notes["first_attempt"] = {k: first[k] for k in ("version", "decision", "reason", "failing", "metrics")} | {"method": method.name}
         common.update(run_id=run_id, started=started)
@@ -563,15 +559,17 @@ def revoke_unservable_versions(ws: Workspace) -> list[int]:
     return sorted(revoked)
 
 
-def _reintroduced(ws: Workspace, target: Manifest) -> dict[str, int]:
-    """Requests whose samples ``target`` would serve again (uncovered) that the champion does not."""
+def _refuse_reintroduction(ws: Workspace, target: Manifest, *, field: str, what: str, why: str) -> None:
+    """Refuse ``target`` when it would serve (uncovered) samples of a request the champion does not."""
     log = DeletionLog.read(ws.ledger)
     if not log.requests:
-        return {}
+        return
     carried = uncovered_requests(target, ws.components, log)
     version = ws.registry.champion()
     already = uncovered_requests(ws.manifest_of(version), ws.components, log) if version else {}
-    return {r: n for r, n in carried.items() if r not in already}
+    reintroduced = sorted(r for r in carried if r not in already)
+    if reintroduced:
+        raise ConfigError(f"refused: {what} request(s) {', '.join(reintroduced)}{why}", file=ws.params.file, field=field)
 
 
 def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
@@ -584,14 +582,13 @@ def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
             file=ws.params.file,
             field=field,
         )
-    reintroduced = _reintroduced(ws, ws.manifest_of(target))
-    if reintroduced:
-        raise ConfigError(
-            f"refused: version {target} still carries the influence of deleted samples of request(s) "
-            f"{', '.join(sorted(reintroduced))}; serving it would undo those deletions",
-            file=ws.params.file,
-            field=field,
-        )
+    _refuse_reintroduction(
+        ws,
+        ws.manifest_of(target),
+        field=field,
+        what=f"version {target} still carries the influence of deleted samples of",
+        why="; serving it would undo those deletions",
+    )
 
 
 def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
@@ -603,20 +600,13 @@ def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
             file=ws.params.file,
             field=field,
         )
-    reintroduced = _reintroduced(ws, manifest.without_step(step_id))
-    if reintroduced:
-        raise ConfigError(
-            f"refused: dropping {step_id!r} would serve deleted samples of request(s) {', '.join(sorted(reintroduced))} again "
-            "(the overlay is pinned until a retrain pays the deletion debt)",
-            file=ws.params.file,
-            field=field,
-        )
-
-
-def _rollback_to(ws: Workspace, target: int, common: dict[str, Any]) -> StepOutcome:
-    check_rollback_to(ws, target, field=f"stream.{common['key']}.to")
-    manifest = ws.manifest_of(target)
-    return evaluate_and_gate(ws, manifest=manifest, existing_version=target, **common)
+    _refuse_reintroduction(
+        ws,
+        manifest.without_step(step_id),
+        field=field,
+        what=f"dropping {step_id!r} would serve deleted samples of",
+        why=" again (the overlay is pinned until a retrain pays the deletion debt)",
+    )
 
 
 def _resume_decided_step(ws: Workspace, step: StepConfig) -> StepOutcome | None:

@@ -16,7 +16,6 @@ from pipeline.deletion import (
     DeletionLog,
     covered,
     deletion_debt,
-    influence,
     ingest,
     load_request,
     make_request,
@@ -27,7 +26,7 @@ from pipeline.deletion import (
 )
 from pipeline.errors import ConfigError, DataError
 from pipeline.ledger import Ledger
-from pipeline.lineage import hash_sample_ids
+from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
 
 
@@ -99,7 +98,7 @@ def test_uncovered_is_influence_of_deleted_minus_covered(tmp_path_factory, base,
     log = DeletionLog.read(ledger)
     expected = (set(hash_sample_ids(base | overlay)) & set(hash_sample_ids(deleted))) - set(hash_sample_ids(covers))
     assert uncovered_requests(manifest, store, log).get("r1", 0) == len(expected)
-    assert influence(manifest, store) == set(hash_sample_ids(base | overlay))
+    assert version_lineage(manifest, store) == set(hash_sample_ids(base | overlay))
     assert covered(manifest, store) == set(hash_sample_ids(covers))
     debt = set(hash_sample_ids(base | overlay)) & set(hash_sample_ids(covers)) & set(hash_sample_ids(deleted))
     assert deletion_debt(manifest, store, log).get("r1", 0) == len(debt)

@@ -12,7 +12,7 @@ from edits import OperatorEnv, get_method
 from pipeline.cli import append_stream_step, main
 from pipeline.compose import compose
 from pipeline.data import open_data
-from pipeline.deletion import DeletionLog, deletion_debt, influence, uncovered_requests
+from pipeline.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.errors import ConfigError
 from pipeline.lineage import version_lineage
 from pipeline.model import make_trainer
@@ -70,7 +70,7 @@ def test_exact_deletion_retrains_only_the_affected_overlay(trained_copy: Path) -
     new = ws.versions.load(record["manifest_hash"])
     assert new.base == old.base and new.overlay_steps == ("s01",) and new.overlays != old.overlays
     log = DeletionLog.read(ws.ledger)
-    assert not influence(new, ws.components) & log.hashed_ids()
+    assert not version_lineage(new, ws.components) & log.hashed_ids()
     assert record["notes"]["exact"] and record["notes"]["retrained_steps"] == ["s01"]
     assert uncovered_requests(old, ws.components, log)
     with pytest.raises(ConfigError, match="del-"):
@@ -108,7 +108,7 @@ def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_co
     record = run_step(ws, "pay-debt").record
     manifest = ws.versions.load(record["manifest_hash"])
     assert manifest.overlays == () and not deletion_debt(manifest, ws.components, DeletionLog.read(ws.ledger))
-    assert not influence(manifest, ws.components) & log.hashed_ids()
+    assert not version_lineage(manifest, ws.components) & log.hashed_ids()
 
 
 @pytest.mark.parametrize("method", ["finetune", "neggrad", "scrub", "ssd", "salun"])

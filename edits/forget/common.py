@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from edits.registry import Change, OperatorEnv
 from pipeline.components import ComponentDraft
 from pipeline.data import SampleSet, UmeData
-from pipeline.deletion import DeletionLog
 from pipeline.delta import snapshot, weight_delta
 from pipeline.lineage import hash_sample_ids
 from pipeline.model import set_norm_eval
@@ -135,4 +134,4 @@ def forget_meta(method: str, config: object, forget: SampleSet, retain: SampleSe
     return {"method": f"forget/{method}", "config": asdict(config), "forgotten_samples": len(forget), "retain_samples": len(retain)}
 
 
-__all__ = ["DeletionLog", "snapshot"]  # re-exported for the method files
+__all__ = ["snapshot"]  # the method files take it from here, with the rest of their toolkit

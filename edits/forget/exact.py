@@ -21,7 +21,7 @@ from edits.forget.retrain import RetrainConfig, retrain_from_scratch
 from edits.registry import Change, OperatorEnv, get_method, register_method
 from pipeline.compose import compose
 from pipeline.data import UmeData
-from pipeline.deletion import influence
+from pipeline.lineage import version_lineage
 from pipeline.lora import LoraSettings, fold_lora
 
 
@@ -60,7 +60,7 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         return change
     prefix = manifest.truncated(first)
     current = compose(prefix, store)
-    lineage = set(influence(prefix, store))
+    lineage = version_lineage(prefix, store)
     learn = get_method("learn", "lora")
     drafts = []
     for sidecar, step in suffix:

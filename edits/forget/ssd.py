@@ -85,7 +85,7 @@ def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEn
     original = {n: p.detach().clone() for n, p in net.named_parameters()}
     baseline = _accuracy(net, retain)
     class_scope = env.request is not None and env.request.scope == "class"
-    chosen = (config.alphas[-1], config.dampenings[0])
+    chosen = (max(config.alphas), config.dampenings[0])  # gentlest, when nothing fits the budget
     for alpha in sorted(config.alphas):
         passing = None
         for lam in config.dampenings if class_scope else config.dampenings[:1]:
@@ -98,8 +98,7 @@ def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEn
         if passing is not None:
             chosen = passing
             break
-    dampen(net, original, fisher_f, fisher_d, chosen[0], chosen[1])
-    meta["lambda_selected"] = chosen[1]
-    chosen = chosen[0]
-    meta["alpha_selected"] = chosen
+    alpha, lam = chosen
+    dampen(net, original, fisher_f, fisher_d, alpha, lam)
+    meta["alpha_selected"], meta["lambda_selected"] = alpha, lam
     return delta_change(before, net, set(env.forget_ids), meta, used=retain)

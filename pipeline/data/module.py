@@ -26,7 +26,7 @@ from pipeline.lineage import hash_sample_id
 DELETION_ENTRY = "deletion_request"
 
 
-def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:  # noqa: D401
+def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:
     """Union of the hashed sample ids of every deletion request recorded in the ledger."""
     out: set[str] = set()
     for entry in ledger.of_type(DELETION_ENTRY):
