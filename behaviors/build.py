@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from behaviors.context import BehaviorContext, ForgetCase, ModelUnderTest, Splits, merged_thresholds
+from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from pipeline.compose import compose
 from pipeline.data import UmeData, open_data
 from pipeline.data.table import EVAL_SLICES
 from pipeline.deletion import DeletionLog
-from pipeline.lineage import version_lineage
+from pipeline.lineage import hash_sample_id, version_lineage
 from pipeline.manifest import Manifest
 from pipeline.workspace import Workspace
 
@@ -54,7 +54,26 @@ def build_context(
         num_classes=ws.params.model.num_classes,
         forget_cases=cases,
         excluded_labels=excluded,
+        edits=edit_cases(ws, data, candidate_manifest, step),
     )
+
+
+def edit_cases(ws: Workspace, data: UmeData, manifest: Manifest, step: dict[str, Any]) -> list[EditCase]:
+    """Every edit the candidate's overlays carry (merges carry the edits they absorbed)."""
+    out = []
+    for component_id, overlay_step in zip(manifest.overlays, manifest.overlay_steps, strict=True):
+        for edit in ws.components.sidecar(component_id).meta.get("edits", []):
+            out.append(
+                EditCase(
+                    name=edit["name"],
+                    scope_labels=tuple(edit["scope_labels"]),
+                    cases=data.select(f"edit:{edit['name']}:cases", hashed_ids=edit["cases"]),
+                    holdout=data.select(f"edit:{edit['name']}:holdout", hashed_ids=edit["holdout"]),
+                    current=step.get("kind") == "edit" and overlay_step == step.get("id"),
+                    locality=edit.get("locality", "canary"),
+                )
+            )
+    return out
 
 
 def forget_cases(ws: Workspace, data: UmeData, current_request: str | None) -> list[ForgetCase]:
@@ -66,7 +85,12 @@ def forget_cases(ws: Workspace, data: UmeData, current_request: str | None) -> l
     for rid in wanted:
         entry = log.requests[rid].data
         samples = data.forgotten(f"forgotten:{rid}", entry["hashed_ids"])
-        trained = samples.take([i for i, s in enumerate(samples.slices) if s not in EVAL_SLICES])
+        influenced = entry.get("influenced_ids")
+        if influenced is not None:  # only samples that influenced the served model can be "remembered"
+            keep = set(influenced)
+            trained = samples.take([i for i, s in enumerate(samples.sample_ids) if hash_sample_id(s) in keep])
+        else:
+            trained = samples.take([i for i, s in enumerate(samples.slices) if s not in EVAL_SLICES])
         if entry["scope"] == "class":
             label = data.classes.index(entry["label"])
             unseen = samples.take([i for i, s in enumerate(samples.slices) if s in EVAL_SLICES])

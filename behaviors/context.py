@@ -26,6 +26,9 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "max_mia_accuracy": 0.70,
     "max_group_accuracy_gap": 0.10,
     "min_perturbation_agreement": 0.90,
+    "min_edit_success": 0.90,
+    "min_edit_holdout_success": 0.75,
+    "min_edit_locality": 0.97,
 }
 
 
@@ -41,7 +44,7 @@ class ModelUnderTest:
 
     def logits(self, samples: SampleSet) -> torch.Tensor:
         """Cached logits on a named sample set."""
-        key = f"{samples.name}:{len(samples)}"
+        key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
         if key not in self._cache:
             self._cache[key] = predict_logits(self.net, samples.x)
         return self._cache[key]
@@ -86,6 +89,22 @@ class ForgetCase:
 
 
 @dataclass
+class EditCase:
+    """One edit the candidate carries: its cases, a held-out set of the same kind, the labels in scope.
+
+    ``current`` marks the edit made by the step under test (its locality is checked against the
+    champion); every earlier edit the candidate carries must still succeed (a merge may not lose it).
+    """
+
+    name: str
+    scope_labels: tuple[int, ...]
+    cases: SampleSet
+    holdout: SampleSet
+    current: bool
+    locality: str = "canary"
+
+
+@dataclass
 class BehaviorContext:
     """Everything the fixtures hand to specs."""
 
@@ -98,6 +117,7 @@ class BehaviorContext:
     num_classes: int = 10
     forget_cases: list[ForgetCase] = field(default_factory=list)
     excluded_labels: tuple[int, ...] = ()
+    edits: list[EditCase] = field(default_factory=list)
     report_dir: Path | None = None
 
 

@@ -38,12 +38,14 @@ class Change:
     """What an operator returns: new overlays on top of (a prefix of) the champion, or a new base.
 
     ``keep_overlays=None`` keeps every overlay of the champion; ``keep_overlays=k`` keeps the first
-    ``k`` (an exact deletion retrains the rest); ``new_base`` replaces the base (a full retrain).
+    ``k`` (an exact deletion retrains the rest); ``drop_overlays`` removes overlays by position (a
+    merge replaces them by its draft); ``new_base`` replaces the base (a full retrain).
     A draft's ``meta["overlay_step"]`` labels its overlay (default: the current step).
     """
 
     drafts: list[ComponentDraft] = field(default_factory=list)
     keep_overlays: int | None = None
+    drop_overlays: tuple[int, ...] = ()
     new_base: ComponentDraft | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -68,7 +70,7 @@ class Method:
 
 
 _METHODS: dict[tuple[str, str], Method] = {}
-DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "forget": "exact", "retrain": "full"}
+DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "edit": "lora", "forget": "exact", "retrain": "full", "merge": "cat"}
 
 
 def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operator], Operator]:
@@ -84,8 +86,10 @@ def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operato
 
 
 def _load_builtin() -> None:
-    import edits.forget  # noqa: F401  (registers its methods)
+    import edits.edit  # noqa: F401  (registers its methods)
+    import edits.forget  # noqa: F401
     import edits.learn  # noqa: F401
+    import edits.merge  # noqa: F401
 
 
 def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where: str = "method") -> Method:

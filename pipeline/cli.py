@@ -176,6 +176,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_forget(args: argparse.Namespace) -> int:
     from pipeline.data.table import SampleTable
     from pipeline.deletion import REPEAT_ENTRY, ingest, make_request, request_path, resolve, write_request
+    from pipeline.lineage import version_lineage
     from pipeline.runner import open_workspace
 
     params_path = Path(args.params)
@@ -226,7 +227,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
                 existing.unlink(missing_ok=True)
             params_path.write_text(original)
             raise
-    ingest(ws.ledger, request, sample_ids)
+    champion = ws.registry.champion()
+    served = version_lineage(ws.manifest_of(champion), ws.components) if champion is not None else None
+    ingest(ws.ledger, request, sample_ids, served)
     print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
     print(f"request file {existing}; stream step {key}; run `dvc repro` to honour it")
     return 0

@@ -60,6 +60,8 @@ class DataConfig:
     owner_size_min: int = 15
     owner_size_max: int = 25
     minority_fraction: float = 0.1
+    field_fraction: float = 0.0
+    field_rotation: float = 30.0
     corrupt_labels: dict[str, float] = field(default_factory=dict)
 
 
@@ -116,6 +118,9 @@ class StepConfig:
     def params_hash(self) -> str:
         """A stable hash of this step's parameters (used to recognise a rerun of the same step)."""
         payload = {"kind": self.kind, "parent": self.parent, "method": self.method, **self.options}
+        spec = self.options.get("spec")
+        if isinstance(spec, str) and Path(spec).is_file():  # an edited spec file is a new step
+            payload["spec_sha256"] = hashlib.sha256(Path(spec).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -259,6 +264,9 @@ def _validate_data(data: DataConfig, file: str) -> None:
     _check_fraction(data.canary_fraction, "data.canary_fraction", file, upper=0.5)
     _check_fraction(data.base_fraction, "data.base_fraction", file)
     _check_fraction(data.minority_fraction, "data.minority_fraction", file, upper=0.5)
+    _check_fraction(data.field_fraction, "data.field_fraction", file, upper=0.5)
+    if not -180.0 <= data.field_rotation <= 180.0:
+        raise ConfigError(f"expected degrees in -180..180, got {data.field_rotation}", file=file, field="data.field_rotation")
     if data.update_slices < 0 or data.update_slices > 50:
         raise ConfigError(f"expected 0..50, got {data.update_slices}", file=file, field="data.update_slices")
     if not 1 <= data.owner_size_min <= data.owner_size_max:

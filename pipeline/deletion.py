@@ -23,8 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.components import ComponentStore
-from pipeline.data.module import DELETION_ENTRY
-from pipeline.data.table import SampleTable
+from pipeline.data.table import DELETION_ENTRY, SampleTable
 from pipeline.errors import ConfigError, DataError
 from pipeline.ledger import Entry, Ledger, canonical_json
 from pipeline.lineage import hash_sample_ids, version_lineage
@@ -197,10 +196,15 @@ class DeletionLog:
         return [r for r in self.requests if r not in self.resolved]
 
 
-def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str]) -> Entry | None:
-    """Record the request in the ledger once (from then on no consumer sees its samples)."""
+def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str], served_lineage: set[str] | None = None) -> Entry | None:
+    """Record the request in the ledger once (from then on no consumer sees its samples).
+
+    ``served_lineage`` (the champion's lineage when the request arrives) records which of the
+    samples actually influenced the served model: the forget checks test exactly those.
+    """
     if request.id in DeletionLog.read(ledger).requests:
         return None
+    hashed = hash_sample_ids(sample_ids)
     return ledger.append(
         REQUEST_ENTRY,
         {
@@ -212,7 +216,8 @@ def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str]) -> E
             "reason": request.reason,
             "received": request.received,
             "count": len(sample_ids),
-            "hashed_ids": hash_sample_ids(sample_ids),
+            "hashed_ids": hashed,
+            "influenced_ids": sorted(set(hashed) & served_lineage) if served_lineage is not None else None,
         },
     )
 

@@ -64,6 +64,17 @@ class Manifest:
             overlay_steps=tuple(s for _, s in kept),
         )
 
+    def without_positions(self, positions: tuple[int, ...]) -> Manifest:
+        """A new manifest without the overlays at ``positions`` (a merge replaces them)."""
+        drop = set(positions)
+        kept = [(c, s) for i, (c, s) in enumerate(zip(self.overlays, self.overlay_steps, strict=True)) if i not in drop]
+        return Manifest(
+            base=self.base,
+            overlays=tuple(c for c, _ in kept),
+            transforms=self.transforms,
+            overlay_steps=tuple(s for _, s in kept),
+        )
+
     def describe(self) -> str:
         """``base + s1 + s2`` style one-liner."""
         return " + ".join(["base", *self.overlay_steps, *(f"[{t}]" for t in self.transforms)])

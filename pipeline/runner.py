@@ -413,7 +413,7 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         step=key,
     )
     if request is not None:
-        ingest(ws.ledger, request, sample_ids)  # from here on no consumer reads these samples
+        ingest(ws.ledger, request, sample_ids, version_lineage(champion_manifest, ws.components))  # from here on no consumer reads these samples
     run_id = ws.registry.start_run(key, {"ume.step": key, "ume.kind": step.kind})
     ws.registry.log_params(run_id, {"kind": step.kind, "method": method_name, "parent": step.parent, **step.options})
     data = open_data(ws.data_dir, ws.ledger, num_workers=ws.params.train.num_workers, seed=ws.params.seed)
@@ -499,6 +499,8 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
     if isinstance(change, list):
         change = Change(drafts=change)
     manifest = champion_manifest if change.keep_overlays is None else champion_manifest.truncated(change.keep_overlays)
+    if change.drop_overlays:
+        manifest = manifest.without_positions(change.drop_overlays)
     if change.new_base is not None:
         component = ws.components.save(change.new_base, parent=champion_manifest.hash)
         _record_component(ws, key, component)

@@ -4,7 +4,8 @@ The idea of SISA (Bourtoule et al. 2021, "Machine Unlearning", IEEE S&P): split 
 a deletion retrains only the parts that saw the sample; and of S3T (Chowdhury et al. 2024,
 "Towards Scalable Exact Machine Unlearning Using Parameter-Efficient Fine-Tuning"), where the parts
 are stacked adapters. The first overlay whose lineage holds a deleted sample, and every overlay
-trained on top of it, are retrained with their recorded settings on the remaining data; overlays
+trained on top of it, are retrained with their recorded settings (learn and edit overlays) on
+the remaining data; overlays
 below are kept as they are. Exact by construction. When the clean base itself is affected, fall
 back to ``base_fallback``: ``retrain`` (exact) or an approximate method (recorded deletion debt).
 """
@@ -23,6 +24,8 @@ from pipeline.compose import compose
 from pipeline.data import UmeData
 from pipeline.lineage import version_lineage
 from pipeline.lora import LoraSettings, fold_lora
+
+REPLAYABLE = ("learn/lora", "edit/lora")  # overlays retrained from their recorded settings
 
 
 @dataclass(frozen=True)
@@ -54,22 +57,22 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         return Change(notes={"reason": "no component of the champion was trained on these samples", "exact": True})
     first = affected[0]
     suffix = list(zip(sidecars[first:], manifest.overlay_steps[first:], strict=True))
-    if any(sc.kind != "lora" or sc.meta.get("method") != "learn/lora" for sc, _ in suffix):
+    if any(sc.kind != "lora" or sc.meta.get("method") not in REPLAYABLE for sc, _ in suffix):
         change = retrain_from_scratch(net, data, RetrainConfig(), env)
-        change.notes["reason"] = "a non-learn overlay sits above the affected one: full retrain"
+        change.notes["reason"] = "an overlay without a replayable recipe (a merge or a forget delta) sits above the affected one: full retrain"
         return change
     prefix = manifest.truncated(first)
     current = compose(prefix, store)
     lineage = version_lineage(prefix, store)
-    learn = get_method("learn", "lora")
     drafts = []
     for sidecar, step in suffix:
-        config_ = learn.parse_config(sidecar.meta["config"], where=f"component {sidecar.id}", file=str(store.sidecar_path(sidecar.id)))
+        method = get_method(*sidecar.meta["method"].split("/"))
+        config_ = method.parse_config(sidecar.meta["config"], where=f"component {sidecar.id}", file=str(store.sidecar_path(sidecar.id)))
         trainable = copy.deepcopy(current)
         for p in trainable.parameters():
             p.requires_grad_(True)
-        sub_env = dataclasses.replace(env, champion_lineage=frozenset(lineage))
-        (draft,) = learn.fn(trainable, data, config_, sub_env)
+        sub_env = dataclasses.replace(env, step=step, champion_lineage=frozenset(lineage))
+        (draft,) = method.fn(trainable, data, config_, sub_env)
         draft = dataclasses.replace(draft, meta={**draft.meta, "overlay_step": step, "retrained_exactly_for": env.request.id if env.request else None})
         drafts.append(draft)
         current = fold_lora(copy.deepcopy(current), draft.tensors, LoraSettings.from_json(draft.meta["lora"])).eval()

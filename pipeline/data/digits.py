@@ -2,12 +2,17 @@
 
 Each image is upsampled to ``image_size``. A ``minority_fraction`` of the samples, spread over
 every class and slice, is re-rendered as if from a second scanner (thicker strokes, lower contrast,
-grey background) and marked ``group=scanner_b``; the rest are ``scanner_a``. Owners are simulated
+grey background) and marked ``group=scanner_b``; the rest are ``scanner_a``. A ``field_fraction`` of
+the contributors uploaded tilted phone photos (rotated by ``field_rotation`` degrees): the ``field``
+slice, where a model trained on flat scans makes real, structured confusions for an ``edit`` step to
+fix. Owners are simulated
 contributors of ``owner_size_min..owner_size_max`` samples each; an owner's samples arrive together
 in one slice, as an upload would.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -21,10 +26,23 @@ MAJORITY_GROUP = "scanner_a"
 MINORITY_GROUP = "scanner_b"
 
 
-def render(images8: np.ndarray, image_size: int, channels: int, minority: np.ndarray) -> torch.Tensor:
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate images (N x 1 x S x S, background 0) by ``degrees`` about their centre."""
+    theta = math.radians(degrees)
+    affine = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]])
+    grid = F.affine_grid(affine.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros").clamp(0, 1)
+
+
+def render(
+    images8: np.ndarray, image_size: int, channels: int, minority: np.ndarray, tilted: np.ndarray | None = None, degrees: float = 0.0
+) -> torch.Tensor:
     """Digits (N x 8 x 8, values 0..16) -> uint8 N x C x S x S, the minority with the second scanner's look."""
     x = torch.from_numpy(images8.astype(np.float32) / 16.0).unsqueeze(1)
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if tilted is not None and tilted.any() and degrees:
+        sel = torch.from_numpy(tilted)
+        x[sel] = rotate(x[sel], degrees)
     if minority.any():
         sel = torch.from_numpy(minority)
         thick = F.max_pool2d(x[sel], kernel_size=3, stride=1, padding=1)
@@ -70,9 +88,12 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
     pool_owners, next_owner = _assign_owners(pool_idx, rng, config.owner_size_min, config.owner_size_max, next_owner)
     owner_of.update(pool_owners)
     owner_names = list(dict.fromkeys(pool_owners[int(i)] for i in pool_idx))
+    n_field = int(round(config.field_fraction * len(owner_names)))
+    slice_of_owner = {o: "field" for o in owner_names[len(owner_names) - n_field :]}
+    owner_names = owner_names[: len(owner_names) - n_field]
     n_base = int(round(config.base_fraction * len(owner_names)))
     update_names = [f"u{k + 1}" for k in range(config.update_slices)]
-    slice_of_owner = {o: "base" for o in owner_names[:n_base]}
+    slice_of_owner.update({o: "base" for o in owner_names[:n_base]})
     rest = owner_names[n_base:]
     for k, owner in enumerate(rest):
         slice_of_owner[owner] = update_names[k * len(update_names) // len(rest)] if update_names else "base"
@@ -93,7 +114,7 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         labels[chosen] = (labels[chosen] + shift) % 10
         noted[slice_name] = {"samples": int(len(members)), "labels_corrupted": int(len(chosen))}
 
-    images = render(images8, config.image_size, config.channels, minority)
+    images = render(images8, config.image_size, config.channels, minority, slice_of == "field", config.field_rotation)
     ids = assign_content_ids(images.numpy(), labels)
     rows = pd.DataFrame(
         {

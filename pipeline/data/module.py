@@ -18,12 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.table import SampleTable
+from pipeline.data.table import DELETION_ENTRY, SampleTable
 from pipeline.errors import DataError
 from pipeline.ledger import Ledger
 from pipeline.lineage import hash_sample_id
-
-DELETION_ENTRY = "deletion_request"
 
 
 def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:

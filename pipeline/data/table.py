@@ -20,6 +20,7 @@ from pipeline.errors import DataError
 
 COLUMNS = ("sample_id", "label", "group", "owner", "slice")
 EVAL_SLICES = ("test", "canary")
+DELETION_ENTRY = "deletion_request"  # the ledger entry whose hashed ids the data layer filters out
 
 
 def content_sample_id(image: np.ndarray, label: int, occurrence: int = 0) -> str:
