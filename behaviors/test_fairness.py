@@ -1,26 +1,59 @@
-"""Fairness across groups (advisory here; compression steps make it blocking in a later issue).
+"""Fairness across groups: nobody pays alone for a change (Hooker et al. 2019, "What Do Compressed
+Deep Neural Networks Forget?": compression hurts small groups first).
 
-Per-group accuracy on the test split (the ``group`` column of the sample table, e.g. the
-``scanner_b`` minority of the default data); the largest gap between groups is reported.
+Per-group accuracy and per-group macro recall (torchmetrics) on the evaluation samples (test and
+canary together, for enough minority samples), by the ``group`` column of the sample table, e.g.
+the ``scanner_b`` minority of the default data. The largest gap between groups must stay under a
+bound and must not grow by more than a tolerance against the champion.
 """
+
+import pytest
+from torchmetrics.classification import MulticlassAccuracy, MulticlassRecall
 
 from behaviors.context import ModelUnderTest, Splits
 
+pytestmark = pytest.mark.blocking
 
-def group_accuracies(model: ModelUnderTest, samples) -> dict[str, float]:
-    """Accuracy of every group present in ``samples``."""
-    correct = (model.predictions(samples) == samples.y).tolist()
-    out: dict[str, float] = {}
+
+def fairness_set(splits: Splits):
+    """Test and canary samples together."""
+    return splits.test.concat(splits.canary, name="fairness")
+
+
+def group_metrics(model: ModelUnderTest, samples, num_classes: int) -> dict[str, dict[str, float]]:
+    """``{group: {"accuracy": ..., "recall": ...}}`` for every group present in ``samples``."""
+    predicted = model.predictions(samples)
+    out: dict[str, dict[str, float]] = {}
     for group in sorted(set(samples.groups)):
-        hits = [c for c, g in zip(correct, samples.groups, strict=True) if g == group]
-        out[group] = sum(hits) / len(hits)
+        idx = [i for i, g in enumerate(samples.groups) if g == group]
+        p, y = predicted[idx], samples.y[idx]
+        accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(p, y).item()
+        recall = MulticlassRecall(num_classes=num_classes, average="macro")(p, y).item()
+        out[group] = {"accuracy": accuracy, "recall": recall}
     return out
 
 
-def test_group_accuracy_gap(candidate: ModelUnderTest, splits: Splits, thresholds, behavior) -> None:
+def gap(metrics: dict[str, dict[str, float]], key: str) -> float:
+    """Largest difference between groups (0 with a single group)."""
+    values = [m[key] for m in metrics.values()]
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+def test_group_accuracy_gap(candidate: ModelUnderTest, splits: Splits, thresholds, num_classes: int, behavior) -> None:
     """The largest accuracy gap between groups stays under ``max_group_accuracy_gap``."""
-    accs = group_accuracies(candidate, splits.test)
-    for group, acc in accs.items():
-        behavior.record(f"group_accuracy[{group}]", acc)
-    gap = max(accs.values()) - min(accs.values()) if len(accs) > 1 else 0.0
-    behavior.check("group_accuracy_gap", gap, at_most=thresholds["max_group_accuracy_gap"])
+    metrics = group_metrics(candidate, fairness_set(splits), num_classes)
+    for group, m in metrics.items():
+        behavior.record(f"group_accuracy[{group}]", m["accuracy"])
+        behavior.record(f"group_recall[{group}]", m["recall"])
+    behavior.check("group_accuracy_gap", gap(metrics, "accuracy"), at_most=thresholds["max_group_accuracy_gap"])
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "recall"])
+def test_group_gap_does_not_grow(candidate, needs_champion, splits: Splits, thresholds, num_classes: int, behavior, metric: str) -> None:
+    """The gap between groups grows by at most ``max_group_gap_increase`` against the champion."""
+    samples = fairness_set(splits)
+    cand, champ = group_metrics(candidate, samples, num_classes), group_metrics(needs_champion, samples, num_classes)
+    for group in cand:
+        behavior.record(f"group_{metric}_change[{group}]", cand[group][metric] - champ.get(group, cand[group])[metric])
+    behavior.record(f"group_{metric}_gap_before", gap(champ, metric))
+    behavior.check(f"group_{metric}_gap_increase", gap(cand, metric) - gap(champ, metric), at_most=thresholds["max_group_gap_increase"])

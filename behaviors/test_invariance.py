@@ -5,13 +5,21 @@ and perturbed, as ``counterexample-*.png`` in the step's report.
 """
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
 from behaviors.context import ModelUnderTest, Splits
 from behaviors.perturbations import Perturbation, occlusion, perturbations
 
 # `behavior` only records and saves images, so sharing it across generated inputs is safe.
-PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# No shrinking: a failing example is reported as found, so a regression costs the gate seconds, not minutes.
+PROPERTY = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 @PROPERTY

@@ -39,13 +39,15 @@ class Change:
 
     ``keep_overlays=None`` keeps every overlay of the champion; ``keep_overlays=k`` keeps the first
     ``k`` (an exact deletion retrains the rest); ``drop_overlays`` removes overlays by position (a
-    merge replaces them by its draft); ``new_base`` replaces the base (a full retrain).
+    merge replaces them by its draft); ``transform`` adds an export transform (a compress step);
+    ``new_base`` replaces the base (a full retrain).
     A draft's ``meta["overlay_step"]`` labels its overlay (default: the current step).
     """
 
     drafts: list[ComponentDraft] = field(default_factory=list)
     keep_overlays: int | None = None
     drop_overlays: tuple[int, ...] = ()
+    transform: ComponentDraft | None = None
     new_base: ComponentDraft | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -70,7 +72,7 @@ class Method:
 
 
 _METHODS: dict[tuple[str, str], Method] = {}
-DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "edit": "lora", "forget": "exact", "retrain": "full", "merge": "cat"}
+DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "edit": "lora", "forget": "exact", "retrain": "full", "merge": "cat", "compress": "quantize"}
 
 
 def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operator], Operator]:
@@ -86,7 +88,8 @@ def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operato
 
 
 def _load_builtin() -> None:
-    import edits.edit  # noqa: F401  (registers its methods)
+    import edits.compress  # noqa: F401  (registers its methods)
+    import edits.edit  # noqa: F401
     import edits.forget  # noqa: F401
     import edits.learn  # noqa: F401
     import edits.merge  # noqa: F401

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pipeline.components import ComponentStore
 from pipeline.deletion import DeletionLog, uncovered_requests
-from pipeline.errors import LedgerError
+from pipeline.errors import ComponentError, LedgerError
 from pipeline.gate import PROMOTED, ledger_champion
 from pipeline.ledger import Ledger
 from pipeline.manifest import Manifest
@@ -78,15 +78,19 @@ def audit(
     expected = ledger_champion(ledger)
     actual = registry.champion()
     if expected != actual:
+        alias = f"points at version {actual}" if actual is not None else "is not set"
+        moved = f"the ledger's last alias move is to version {expected}" if expected is not None else "the ledger records no promotion"
         report.problems.append(
-            f"champion alias points at version {actual} but the ledger's last alias move is to version {expected}"
-            " (moved outside ume, or a promotion was interrupted: rerun `dvc repro`)"
+            f"champion alias {alias} but {moved} (moved outside ume, or a promotion was interrupted: rerun `dvc repro`)"
         )
     elif actual is not None and actual not in promoted_ever:
         report.problems.append(f"champion version {actual} never passed the gate")
     else:
         report.checked.append(f"champion alias: version {actual} matches the ledger")
-    if actual is not None and actual in versions and manifest_of is not None:
+    unusable: set[int] = set()
+    if store is not None and manifest_of is not None:
+        unusable = _check_components(report, sorted(v for v in versions if v in candidates), actual, store, manifest_of)
+    if actual is not None and actual in versions and manifest_of is not None and actual not in unusable:
         log = DeletionLog.read(ledger)
         carried = uncovered_requests(manifest_of(actual), store, log, list(log.resolved)) if store is not None else {}
         if carried:
@@ -96,3 +100,56 @@ def audit(
         elif log.resolved:
             report.checked.append(f"champion carries no deleted sample of {len(log.resolved)} resolved request(s)")
     return report
+
+
+def _check_components(
+    report: AuditReport, numbers: list[int], champion: int | None, store: ComponentStore, manifest_of: Callable[[int], Manifest]
+) -> set[int]:
+    """Every component of every registered version matches its sidecar (hash, safetensors); the champion composes.
+
+    Returns the versions that cannot be composed (each reported once).
+    """
+    from pipeline.compose import apply_overlay, build_base, compose
+
+    broken: dict[str, str] = {}
+    checked: set[str] = set()
+    unusable: set[int] = set()
+    for number in numbers:
+        try:
+            manifest = manifest_of(number)
+        except ComponentError as exc:
+            report.problems.append(f"registry version {number}: {exc}")
+            unusable.add(number)
+            continue
+        for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+            if component_id in checked:
+                continue
+            checked.add(component_id)
+            try:
+                store.verify(component_id)
+            except ComponentError as exc:
+                broken[component_id] = str(exc)
+                report.problems.append(f"component {component_id} of version {number}: {exc}")
+        if any(c in broken for c in (manifest.base, *manifest.overlays, *manifest.transforms)):
+            unusable.add(number)
+            continue
+        if number != champion:
+            continue
+        component_id = manifest.base
+        try:  # the served version must compose: tensors that verify can still not fit the network
+            net = build_base(store, component_id)
+            for component_id in manifest.overlays:
+                net = apply_overlay(net, store, component_id)
+            if manifest.transforms:  # export transforms apply to the folded network: compose the whole version
+                component_id = manifest.transforms[-1]
+                compose(manifest, store)
+        except (ComponentError, RuntimeError, ValueError, KeyError) as exc:
+            lines = [line.strip() for text in (str(exc), str(exc.__context__ or "")) for line in text.splitlines() if line.strip()]
+            detail = next((line for line in lines if "mismatch" in line or "key" in line.lower()), "")
+            first = " ".join(dict.fromkeys(line for line in (lines[:1] or [type(exc).__name__]) + [detail] if line))[:400]
+            where = "" if str(store.root) in first else f"{store.weights_path(component_id)}: "
+            report.problems.append(f"champion version {number} does not compose: {where}{first}")
+            unusable.add(number)
+    if checked:
+        report.checked.append(f"components: {len(checked) - len(broken)} of {len(checked)} match their sidecars")
+    return unusable

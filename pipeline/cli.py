@@ -207,6 +207,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         ws.ledger.append(REPEAT_ENTRY, {"request_id": request.id, "reason": request.reason}, step=None)
         print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps)})")
         return 0
+    champion = ws.registry.champion()  # read before any write: an unreachable registry changes nothing
+    served = version_lineage(ws.manifest_of(champion), ws.components) if champion is not None else None
     original = params_path.read_text()
     wrote_file = not existing.exists()
     if wrote_file:
@@ -227,8 +229,6 @@ def _cmd_forget(args: argparse.Namespace) -> int:
                 existing.unlink(missing_ok=True)
             params_path.write_text(original)
             raise
-    champion = ws.registry.champion()
-    served = version_lineage(ws.manifest_of(champion), ws.components) if champion is not None else None
     ingest(ws.ledger, request, sample_ids, served)
     print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
     print(f"request file {existing}; stream step {key}; run `dvc repro` to honour it")
@@ -250,6 +250,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bench.forget import main as forget_main
 
         return forget_main(args.rest)
+    if args.suite == "overlays":
+        from bench.overlays import main as overlays_main
+
+        return overlays_main(args.rest)
+    if args.suite == "compress":
+        from bench.compress import main as compress_main
+
+        return compress_main(args.rest)
     from bench.forget_exact import main as exact_main
 
     return exact_main(args.rest)
@@ -285,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="legal basis or ticket, e.g. 'GDPR art. 17'")
     p.add_argument("--method", help="unlearning method (default: exact; see docs)")
     p.set_defaults(fn=_cmd_forget)
-    p = sub.add_parser("bench", help="run a benchmark: forget (all methods vs retrain) or forget-exact (exact vs retrain)")
-    p.add_argument("suite", choices=["forget", "forget-exact"])
+    p = sub.add_parser("bench", help="run a benchmark: forget, forget-exact, overlays (serving latency) or compress (quantize and prune the champion)")
+    p.add_argument("suite", choices=["forget", "forget-exact", "overlays", "compress"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
     p.set_defaults(fn=_cmd_bench)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load, save
 
 from pipeline.errors import ComponentError
 
@@ -112,20 +112,40 @@ class ComponentStore:
             raise ComponentError(f"sidecar id {component.id!r} does not match its file name", file=str(path), field="id")
         return component
 
-    def load(self, component_id: str) -> tuple[dict[str, torch.Tensor], Component]:
-        """Tensors and sidecar of ``component_id``, after checking the file's SHA-256."""
-        component = self.sidecar(component_id)
-        path = self.weights_path(component_id)
+    def _checked_bytes(self, component: Component) -> bytes:
+        path = self.weights_path(component.id)
         if not path.exists():
             raise ComponentError("component weights not found", file=str(path))
         blob = path.read_bytes()
         if hashlib.sha256(blob).hexdigest() != component.sha256:
             raise ComponentError("weights do not match the sha256 in their sidecar (corrupt or replaced)", file=str(path))
+        if blob[:1] == b"\x80" or blob[:4] == b"PK\x03\x04":
+            raise ComponentError(
+                "not a valid safetensors file: it is a pickle (or torch.save zip); ume never unpickles weights", file=str(path)
+            )
+        return blob
+
+    def load(self, component_id: str) -> tuple[dict[str, torch.Tensor], Component]:
+        """Tensors and sidecar of ``component_id``, after checking the file's SHA-256 (safetensors only, never pickle)."""
+        component = self.sidecar(component_id)
+        blob = self._checked_bytes(component)
         try:
-            tensors = load_file(str(path))
+            tensors = load(blob)  # the bytes that were hashed, not a second read of the file
+        except SafetensorError as exc:
+            raise ComponentError(f"not a valid safetensors file ({exc})", file=str(self.weights_path(component_id))) from None
+        return tensors, component
+
+    def verify(self, component_id: str) -> Component:
+        """Check the sidecar, the file's SHA-256 and its safetensors header without loading tensors."""
+        component = self.sidecar(component_id)
+        self._checked_bytes(component)
+        path = self.weights_path(component_id)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
         except SafetensorError as exc:
             raise ComponentError(f"not a valid safetensors file ({exc})", file=str(path)) from None
-        return tensors, component
+        return component
 
     def exists(self, component_id: str) -> bool:
         """Whether both files of ``component_id`` are present."""

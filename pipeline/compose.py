@@ -18,6 +18,8 @@ from pipeline.errors import ComponentError
 from pipeline.lora import LoraSettings, fold_lora
 from pipeline.manifest import Manifest
 from pipeline.model import create_net
+from pipeline.prune import apply_masks
+from pipeline.quantize import quantize
 
 
 def build_base(store: ComponentStore, base_id: str) -> nn.Module:
@@ -48,15 +50,34 @@ def apply_overlay(net: nn.Module, store: ComponentStore, component_id: str) -> n
     raise ComponentError(f"cannot apply overlay kind {component.kind!r}", file=str(store.sidecar_path(component_id)), field="kind")
 
 
+def apply_transform(net: nn.Module, store: ComponentStore, component_id: str) -> nn.Module:
+    """Apply one export transform (pruning masks, int8 quantization) to ``net``."""
+    tensors, component = store.load(component_id)
+    where = str(store.sidecar_path(component_id))
+    kind = component.meta.get("transform")
+    try:
+        if kind == "prune":
+            masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
+            delta = {k.removeprefix("delta/"): v for k, v in tensors.items() if k.startswith("delta/")}
+            return apply_masks(net, masks, delta)
+        if kind == "quantize":
+            shape = component.meta["input_shape"]
+            return quantize(net, tensors, torch.zeros(1, *shape))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ComponentError(f"transform does not fit this network ({exc})", file=where) from None
+    raise ComponentError(f"unknown transform {kind!r}", file=where, field="meta.transform")
+
+
 def compose(manifest: Manifest, store: ComponentStore) -> nn.Module:
-    """The network of ``manifest`` in eval mode; deterministic."""
+    """The network of ``manifest`` in eval mode (overlays folded, then transforms applied); deterministic."""
     net = build_base(store, manifest.base)
     for component_id in manifest.overlays:
         net = apply_overlay(net, store, component_id)
-    if manifest.transforms:
-        raise ComponentError("export transforms are not supported yet", field="transforms")
     for p in net.parameters():
         p.requires_grad_(False)
+    net.eval()
+    for component_id in manifest.transforms:
+        net = apply_transform(net, store, component_id)
     return net.eval()
 
 
@@ -64,6 +85,10 @@ def weights_hash(net: nn.Module) -> str:
     """SHA-256 over every tensor of the state dict (names and bytes): bit-identity check."""
     digest = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
         digest.update(name.encode())
+        if tensor.is_quantized:
+            tensor = tensor.int_repr()
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

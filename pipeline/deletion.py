@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.components import ComponentStore
+from pipeline.config import load_yaml, yaml_problem
 from pipeline.data.table import DELETION_ENTRY, SampleTable
 from pipeline.errors import ConfigError, DataError
 from pipeline.ledger import Entry, Ledger, canonical_json
@@ -117,17 +118,19 @@ def load_request(request_id: str, root: Path = REQUESTS_DIR) -> DeletionRequest:
     if not path.exists():
         raise ConfigError("deletion request file not found", file=file)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+        raise ConfigError(f"not valid YAML: {yaml_problem(exc)}", file=file) from None
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping", file=file)
     unknown = set(raw) - {"id", "selector", "reason", "received", "method"}
     if unknown:
         raise ConfigError("unknown key (allowed: id, selector, reason, received, method)", file=file, field=sorted(unknown)[0])
     for name in ("id", "reason", "received"):
-        if not isinstance(raw.get(name), str) or not raw[name]:
-            raise ConfigError("required string field is missing", file=file, field=name)
+        if name not in raw:
+            raise ConfigError("required field is missing", file=file, field=name)
+        if not isinstance(raw[name], str) or not raw[name]:
+            raise ConfigError(f"expected a non-empty string, got {type(raw[name]).__name__} {repr(raw[name])[:40]}", file=file, field=name)
     _check_selector(raw.get("selector"), "selector", file)
     if raw["id"] != request_id:
         raise ConfigError(f"id {raw['id']!r} does not match the file name", file=file, field="id")

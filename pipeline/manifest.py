@@ -26,10 +26,13 @@ class Manifest:
     overlays: tuple[str, ...] = ()
     transforms: tuple[str, ...] = ()
     overlay_steps: tuple[str, ...] = field(default=())
+    transform_steps: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready mapping (tuples become lists)."""
+        """A JSON-ready mapping (tuples become lists; no ``transform_steps`` key when there are none)."""
         raw = asdict(self)
+        if not self.transform_steps:
+            raw.pop("transform_steps")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
 
     @property
@@ -44,7 +47,22 @@ class Manifest:
             overlays=(*self.overlays, component_id),
             transforms=self.transforms,
             overlay_steps=(*self.overlay_steps, step),
+            transform_steps=self.transform_steps,
         )
+
+    def with_transform(self, component_id: str, step: str) -> Manifest:
+        """A new manifest with one more export transform (applied after every overlay)."""
+        return Manifest(
+            base=self.base,
+            overlays=self.overlays,
+            transforms=(*self.transforms, component_id),
+            overlay_steps=self.overlay_steps,
+            transform_steps=(*self.transform_steps, step),
+        )
+
+    def float_shadow(self) -> Manifest:
+        """The same version without export transforms: what later steps train on."""
+        return Manifest(base=self.base, overlays=self.overlays, overlay_steps=self.overlay_steps)
 
     def truncated(self, keep: int) -> Manifest:
         """The same base with only the first ``keep`` overlays."""
@@ -55,13 +73,15 @@ class Manifest:
         return Manifest(base=base)
 
     def without_step(self, step: str) -> Manifest:
-        """A new manifest without the overlays that ``step`` produced."""
+        """A new manifest without the overlays and transforms that ``step`` produced."""
         kept = [(c, s) for c, s in zip(self.overlays, self.overlay_steps, strict=True) if s != step]
+        kept_t = [(c, s) for c, s in zip(self.transforms, self.transform_steps, strict=True) if s != step]
         return Manifest(
             base=self.base,
             overlays=tuple(c for c, _ in kept),
-            transforms=self.transforms,
+            transforms=tuple(c for c, _ in kept_t),
             overlay_steps=tuple(s for _, s in kept),
+            transform_steps=tuple(s for _, s in kept_t),
         )
 
     def without_positions(self, positions: tuple[int, ...]) -> Manifest:
@@ -73,11 +93,12 @@ class Manifest:
             overlays=tuple(c for c, _ in kept),
             transforms=self.transforms,
             overlay_steps=tuple(s for _, s in kept),
+            transform_steps=self.transform_steps,
         )
 
     def describe(self) -> str:
         """``base + s1 + s2`` style one-liner."""
-        return " + ".join(["base", *self.overlay_steps, *(f"[{t}]" for t in self.transforms)])
+        return " + ".join(["base", *self.overlay_steps, *(f"[{t}]" for t in self.transform_steps)])
 
     @classmethod
     def from_json(cls, raw: Any, *, file: str = "manifest") -> Manifest:
@@ -88,7 +109,11 @@ class Manifest:
         steps = tuple(raw.get("overlay_steps", ()))
         if len(overlays) != len(steps):
             raise ComponentError("overlays and overlay_steps differ in length", file=file, field="overlay_steps")
-        return cls(base=raw["base"], overlays=overlays, transforms=tuple(raw.get("transforms", ())), overlay_steps=steps)
+        transforms = tuple(raw.get("transforms", ()))
+        transform_steps = tuple(raw.get("transform_steps", ()))
+        if len(transforms) != len(transform_steps):
+            raise ComponentError("transforms and transform_steps differ in length", file=file, field="transform_steps")
+        return cls(base=raw["base"], overlays=overlays, transforms=transforms, overlay_steps=steps, transform_steps=transform_steps)
 
 
 class VersionStore:

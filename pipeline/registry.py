@@ -22,6 +22,11 @@ CHAMPION = "champion"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from our processes
+# An unreachable tracking server must fail a step in seconds, not after MLflow's default of 7 retries
+# with exponential backoff and a 120 s timeout (minutes). Set these variables to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
@@ -46,6 +51,55 @@ class VersionInfo:
         return self.tags.get("ume.manifest_hash")
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error is the transport failing (no answer from the server), not an answer."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.RequestException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    message = str(getattr(exc, "message", exc))
+    return message.startswith("API request to ") and " failed with " in message
+
+
+class _FailClosedClient:
+    """An :class:`mlflow.MlflowClient` whose transport failures become one-line :class:`RegistryError` s.
+
+    Any MLflow call that cannot reach the tracking server stops the command there: nothing after it
+    runs, so no alias moves (the gate fails closed); rerunning once the server is back completes the step.
+    """
+
+    def __init__(self, client: Any, tracking_uri: str) -> None:
+        self._client = client
+        self._tracking_uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except MlflowException as exc:
+                if not _unreachable(exc):
+                    raise
+                text = str(getattr(exc, "message", exc))
+                errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+                reason = errno.group(0).strip() if errno else ("timed out" if "timeout" in text.lower() else " ".join(text.split())[:200])
+                raise RegistryError(
+                    f"cannot reach the MLflow tracking server at {self._tracking_uri} ({reason}); stopped before any"
+                    " further change, nothing more is promoted: rerun once the server is back",
+                    field="registry.tracking_uri",
+                ) from None
+
+        return call
+
+
 class Registry:
     """A thin, typed wrapper over :class:`mlflow.MlflowClient` for one registered model."""
 
@@ -54,7 +108,7 @@ class Registry:
 
         self.config = config
         self.model_name = config.model_name
-        self.client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+        self.client = _FailClosedClient(MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri), config.tracking_uri)
         self._experiment_id: str | None = None
 
     @property
@@ -135,8 +189,10 @@ class Registry:
 
         try:
             return int(self.client.get_model_version_by_alias(self.model_name, CHAMPION).version)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no model, or no alias yet
+                return None
+            raise RegistryError(f"cannot read the {CHAMPION!r} alias of {self.model_name!r}: {exc.message}", field="registry") from None
 
     def set_champion(self, version: int) -> None:
         """Move the ``champion`` alias (only the gate calls this)."""
@@ -158,7 +214,7 @@ class Registry:
 
         try:
             found = self.client.search_model_versions(f"name='{self.model_name}'", max_results=10000)
-        except MlflowException:
-            return []
+        except MlflowException as exc:  # an unknown model is an empty list, not an error: this is something else
+            raise RegistryError(f"cannot list the versions of {self.model_name!r}: {exc.message}", field="registry") from None
         out = [VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source) for mv in found]
         return sorted(out, key=lambda v: v.version)

@@ -120,9 +120,13 @@ def _trainer_factory(ws: Workspace, run_id: str):
 
 def run_prepare(ws: Workspace) -> dict[str, Any]:
     """Build the sample table into ``store/data`` and record its hash in the ledger."""
+    staging = ws.data_dir.with_name(".data.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    info = prepare_data(ws.params, staging)  # a bad source fails here, leaving the prepared data as it was
     if ws.data_dir.exists():
         shutil.rmtree(ws.data_dir)
-    info = prepare_data(ws.params, ws.data_dir)
+    os.replace(staging, ws.data_dir)
     ws.ledger.append("prepare", {"content_hash": info["content_hash"], "slices": info["slices"], "groups": info["groups"]})
     return info
 
@@ -161,7 +165,7 @@ def _comparison(context) -> list[tuple[str, float, float | None]]:
 def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
-    for component_id in (manifest.base, *manifest.overlays):
+    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
         for src in (ws.components.weights_path(component_id), ws.components.sidecar_path(component_id)):
             shutil.copy2(src, directory / src.name)
 
@@ -407,6 +411,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     if step.kind == "forget":  # resolve the request before anything is written: unknown ids are errors
         request, method_name, fallback, options = _forget_plan(ws.params, step)
         sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=str(request_path(request.id, ws.params.requests_dir)))
+    for component_id in (champion_manifest.base, *champion_manifest.overlays, *champion_manifest.transforms):
+        ws.components.verify(component_id)  # a corrupt champion fails the step before anything is written
     ws.ledger.append(
         "step_started",
         {"kind": step.kind, "method": method_name, "params_hash": step.params_hash(), "champion": champion_version},
@@ -484,9 +490,18 @@ def _forget_plan(params: Params, step: StepConfig) -> tuple[DeletionRequest, str
 
 
 def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Manifest, data: UmeData, env: OperatorEnv):
-    """Compose the champion, run the operator, store its components; returns the candidate manifest."""
+    """Compose the champion, run the operator, store its components; returns the candidate manifest.
+
+    A compress step works on the champion as served (its transforms included, so pruning can be
+    followed by quantization); every other step works on the float shadow, and the champion's
+    transforms are then re-derived from their recorded recipes on the result.
+    """
     L.seed_everything(ws.params.seed, workers=True, verbose=False)
-    net = compose(champion_manifest, ws.components)
+    compress = method.kind == "compress"
+    if compress and any(ws.components.sidecar(t).meta.get("transform") == "quantize" for t in champion_manifest.transforms):
+        raise ConfigError("the champion is already quantized: put compress steps before the quantize step", file=ws.params.file, field=f"stream.{key}")
+    source = champion_manifest if compress else champion_manifest.float_shadow()
+    net = compose(source, ws.components)
     for p in net.parameters():
         p.requires_grad_(True)
     operator_started = time.time()
@@ -498,7 +513,7 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
         raise exc from None
     if isinstance(change, list):
         change = Change(drafts=change)
-    manifest = champion_manifest if change.keep_overlays is None else champion_manifest.truncated(change.keep_overlays)
+    manifest = source if change.keep_overlays is None else source.truncated(change.keep_overlays)
     if change.drop_overlays:
         manifest = manifest.without_positions(change.drop_overlays)
     if change.new_base is not None:
@@ -509,7 +524,34 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
         component = ws.components.save(draft, parent=champion_manifest.hash)
         _record_component(ws, key, component)
         manifest = manifest.with_overlay(component.id, draft.meta.get("overlay_step", key))
-    return manifest, {"method": f"{method.kind}/{method.name}", "operator_seconds": round(time.time() - operator_started, 3), **change.notes}
+    notes = {"method": f"{method.kind}/{method.name}", **change.notes}
+    if change.transform is not None:
+        component = ws.components.save(change.transform, parent=champion_manifest.hash)
+        _record_component(ws, key, component)
+        manifest = manifest.with_transform(component.id, key)
+    elif champion_manifest.transforms:
+        manifest = _reapply_transforms(ws, key, champion_manifest, manifest, data, env)
+        notes["reapplied_transforms"] = list(champion_manifest.transform_steps)
+    notes["operator_seconds"] = round(time.time() - operator_started, 3)
+    return manifest, notes
+
+
+def _reapply_transforms(ws: Workspace, key: str, champion: Manifest, manifest: Manifest, data: UmeData, env: OperatorEnv) -> Manifest:
+    """Re-derive the champion's export transforms, in order, on the new float version."""
+    for transform_id, transform_step in zip(champion.transforms, champion.transform_steps, strict=True):
+        sidecar = ws.components.sidecar(transform_id)
+        method = get_method(*sidecar.meta["method"].split("/"), file=str(ws.components.sidecar_path(transform_id)), where="meta.method")
+        config = method.parse_config(sidecar.meta["config"], where="meta.config", file=str(ws.components.sidecar_path(transform_id)))
+        L.seed_everything(ws.params.seed, workers=True, verbose=False)
+        net = compose(manifest, ws.components)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        sub_env = dataclasses.replace(env, step=transform_step, champion_lineage=frozenset(version_lineage(manifest.float_shadow(), ws.components)))
+        change = method.fn(net, data, config, sub_env)
+        component = ws.components.save(change.transform, parent=manifest.hash)
+        _record_component(ws, key, component)
+        manifest = manifest.with_transform(component.id, transform_step)
+    return manifest
 
 
 def _check_covers(ws: Workspace, manifest: Manifest, request: DeletionRequest, method: str) -> None:
@@ -596,9 +638,9 @@ def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
 def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
     """Refuse to drop a step whose overlay the champion does not carry."""
     version, manifest = _current_champion(ws)
-    if step_id not in manifest.overlay_steps:
+    if step_id not in manifest.overlay_steps and step_id not in manifest.transform_steps:
         raise ConfigError(
-            f"the champion (v{version}: {manifest.describe()}) has no overlay from step {step_id!r}",
+            f"the champion (v{version}: {manifest.describe()}) has no overlay or transform from step {step_id!r}",
             file=ws.params.file,
             field=field,
         )

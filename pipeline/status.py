@@ -77,13 +77,14 @@ def render_status(status: dict[str, Any]) -> str:
         f"deletion debt: {debt['samples']} samples   ledger entries: {status['ledger_entries']}"
     )
     lines.append("")
-    header = f"{'step':<18} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
+    width = max([18, *(len(s["id"]) for s in status["steps"])])
+    header = f"{'step':<{width}} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
     lines.append(header)
     lines.append("-" * len(header))
     for s in status["steps"]:
         m = s.get("metrics", {})
         lines.append(
-            f"{s['id']:<18} {s['kind']:<9} {s['decision']:<9} {s.get('version', '-')!s:>4} {s.get('champion_after', '-')!s:>5} "
+            f"{s['id']:<{width}} {s['kind']:<9} {s['decision']:<9} {s.get('version', '-')!s:>4} {s.get('champion_after', '-')!s:>5} "
             f"{_num(m, 'test_accuracy'):>8} {_num(m, 'retained_accuracy'):>8} {_num(m, 'canary_agreement'):>7} "
             f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
         )

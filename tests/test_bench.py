@@ -1,6 +1,9 @@
-"""The benchmark's summary arithmetic (the benchmark itself runs with `ume bench`, not in tests)."""
+"""The benchmarks' summary arithmetic, and a few-round smoke run of the overlay latency bench (full runs: `ume bench`)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,24 @@ def test_gap_and_time_ratio_are_against_retrain_of_the_same_seed() -> None:
     meta = {"machine": "m", "date": "d", "seeds": [0, 1], "wall_seconds": 1.0, "complete": True}
     text = markdown(list(summary.values()), [], meta)
     assert "| class | ssd |" in text and "7.50" in text
+
+
+def test_overlay_latency_bench_writes_rows_for_every_variant(tmp_path: Path) -> None:
+    from bench.overlays import run_overlay_bench
+
+    # folded == unmerged-5 within 1e-4 and unmerged-N != base are asserted inside the bench
+    result = run_overlay_bench(tmp_path, rounds=3, warmup=1, log=lambda message: None)
+    written = json.loads((tmp_path / "overlays.json").read_text())
+    assert written["rows"] == result["rows"]
+    rows = {r["variant"]: r for r in written["rows"]}
+    assert list(rows) == ["base", "unmerged-1", "unmerged-3", "unmerged-5", "folded"]
+    assert [rows[v]["overlays"] for v in rows] == [0, 1, 3, 5, 5]
+    for row in rows.values():
+        assert row["latency_ms_b1"] > 0 and row["latency_ms_b64"] > 0
+        assert row["ratio_b1"] > 0 and row["ratio_b64"] > 0
+    assert rows["base"]["ratio_b1"] == rows["base"]["ratio_b64"] == 1.0
+    assert rows["folded"]["macs_ratio"] == 1.0 and rows["unmerged-5"]["macs_ratio"] > rows["unmerged-1"]["macs_ratio"] > 1.0
+    assert isinstance(written["goals"]["folded_le_1.05x_base"], bool)
+    assert isinstance(written["goals"]["unmerged5_le_1.5x_base"], bool)
+    assert {"machine", "date", "arch", "rounds", "threads"} <= set(written)
+    assert "| folded | 5 |" in (tmp_path / "overlays.md").read_text()

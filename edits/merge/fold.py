@@ -19,7 +19,6 @@ from pipeline.components import ComponentDraft
 from pipeline.compose import build_base
 from pipeline.data import UmeData
 from pipeline.delta import snapshot, weight_delta
-from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ def merge_fold(net: nn.Module, data: UmeData, config: FoldConfig, env: OperatorE
     manifest, store = env.champion_manifest, env.components
     if manifest is None or store is None:
         raise RuntimeError("a fold needs the champion manifest and the component store")
-    if len(manifest.overlays) < 2:
-        raise ConfigError(f"nothing to fold: the champion has {len(manifest.overlays)} overlay(s)", file="params.yaml", field=f"stream.{env.step}")
+    if not manifest.overlays:  # the stream goes on: an earlier step (e.g. a full retrain) left nothing to fold
+        return Change(notes={"merged_steps": [], "reason": "the champion has no overlay: nothing to fold"})
     base = snapshot(build_base(store, manifest.base))
     sidecars = [store.sidecar(cid) for cid in manifest.overlays]
     lineage, meta = merged_bookkeeping(sidecars, list(manifest.overlay_steps))

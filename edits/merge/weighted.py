@@ -56,7 +56,10 @@ def _merge(combination: str, config: WeightedMergeConfig, env: OperatorEnv) -> C
                 field=f"{where}.overlays",
             )
     if len(sidecars) < 2:
-        raise ConfigError(f"a merge needs at least two LoRA overlays, the champion has {len(sidecars)}", file="params.yaml", field=f"{where}.overlays")
+        if config.overlays:
+            raise ConfigError(f"a merge needs at least two LoRA overlays, got {len(sidecars)}", file="params.yaml", field=f"{where}.overlays")
+        # Merging "every LoRA overlay" when an earlier step (e.g. a full retrain) left fewer than two: nothing to do.
+        return Change(notes={"merged_steps": [], "reason": f"the champion has {len(sidecars)} LoRA overlay(s): nothing to merge"})
     weights = list(config.weights) or [1.0] * len(sidecars)
     if len(weights) != len(sidecars):
         raise ConfigError(f"expected {len(sidecars)} weights, got {len(weights)}", file="params.yaml", field=f"{where}.weights")

@@ -27,10 +27,21 @@ OPTIONAL = ("group", "owner", "slice", "sample_id")
 def _read_image(path: Path, size: int, channels: int, where: str, manifest: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > Image.MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{where}: image is {width}x{height} pixels, too large to decode safely (at most {Image.MAX_IMAGE_PIXELS}): {path}",
+                    file=manifest,
+                    field="path",
+                )
+            if img.mode in ("F", "I;16F") and not np.isfinite(np.asarray(img, dtype=np.float32)).all():
+                raise DataError(f"{where}: image has NaN or infinite pixel values (expected finite pixels): {path}", file=manifest, field="path")
             img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{where}: image not found: {path}", file=manifest, field="path") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{where}: image too large to decode safely ({exc}): {path}", file=manifest, field="path") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{where}: not a readable image: {path} ({exc})", file=manifest, field="path") from None
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
@@ -68,6 +79,15 @@ def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
     ids = [rec.get("sample_id") or None for rec in records]
     content_ids = assign_content_ids(stacked, label_ids)
     ids = [given or auto for given, auto in zip(ids, content_ids, strict=True)]
+    first_line: dict[str, int] = {}
+    for line, sample_id in enumerate(ids, start=2):
+        if sample_id in first_line:
+            raise DataError(
+                f"line {line}: duplicate sample_id {sample_id!r} (first on line {first_line[sample_id]}); ids must be unique",
+                file=str(manifest),
+                field="sample_id",
+            )
+        first_line[sample_id] = line
 
     rng = np.random.default_rng(seed)
     if "slice" in header and all(rec.get("slice") for rec in records):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import DataError
@@ -97,6 +98,23 @@ class SampleTable:
         if not csv_path.exists():
             raise DataError("prepared data not found; run `ume prepare` (or `dvc repro`) first", file=str(csv_path))
         rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str})
-        images = load_file(str(directory / "images.safetensors"))["images"]
+        images_path = directory / "images.safetensors"
+        try:
+            images = load_file(str(images_path))["images"]
+        except (SafetensorError, FileNotFoundError, KeyError) as exc:
+            raise DataError(f"cannot read the prepared images ({exc}); rerun `ume prepare`", file=str(images_path)) from None
         info = json.loads((directory / "dataset.json").read_text())
+        shape = "x".join(str(n) for n in images.shape[1:])
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataError(
+                f"expected uint8 images N x C x H x W, got {str(images.dtype).removeprefix('torch.')} {tuple(images.shape)}",
+                file=str(images_path),
+            )
+        expected = "x".join(str(n) for n in info.get("image_shape", images.shape[1:]))
+        if shape != expected or len(images) != len(rows):
+            raise DataError(
+                f"{len(images)} images of {shape} but samples.csv has {len(rows)} rows and dataset.json records {expected}"
+                " (replaced or modified); rerun `ume prepare`",
+                file=str(images_path),
+            )
         return cls(rows=rows, images=images, classes=list(info["classes"]))

@@ -1,0 +1,47 @@
+"""Budgets against the champion, measured in-process: model size and latency (batch 64, CPU).
+
+Latency is the minimum over interleaved repeats (candidate, champion, candidate, ...), so load on
+the machine hits both alike; bounds are ratios in ``params.yaml`` (``max_size_ratio``,
+``max_latency_ratio``).
+"""
+
+import time
+
+import pytest
+import torch
+
+from behaviors.context import ModelUnderTest, Splits
+from pipeline.quantize import model_bytes
+
+pytestmark = pytest.mark.blocking
+
+REPEATS = 9
+
+
+def _latency_ms(model: ModelUnderTest, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.net(x)
+        return (time.perf_counter() - start) * 1000
+
+
+def test_model_size_within_budget(candidate: ModelUnderTest, needs_champion, thresholds, behavior) -> None:
+    """Serialized weights are at most ``max_size_ratio`` x the champion's."""
+    cand, champ = model_bytes(candidate.net), model_bytes(needs_champion.net)
+    behavior.record("size_bytes", cand)
+    behavior.record("size_bytes_champion", champ)
+    behavior.check("size_ratio", cand / champ, at_most=thresholds["max_size_ratio"])
+
+
+def test_latency_within_budget(candidate: ModelUnderTest, needs_champion, splits: Splits, thresholds, behavior) -> None:
+    """Batch-64 latency is at most ``max_latency_ratio`` x the champion's."""
+    x = splits.test.x[:64]
+    for model in (candidate, needs_champion):  # warm-up
+        _latency_ms(model, x)
+    cand, champ = [], []
+    for _ in range(REPEATS):
+        cand.append(_latency_ms(candidate, x))
+        champ.append(_latency_ms(needs_champion, x))
+    behavior.record("latency_ms_b64", min(cand))
+    behavior.record("latency_ms_b64_champion", min(champ))
+    behavior.check("latency_ratio", min(cand) / min(champ), at_most=thresholds["max_latency_ratio"])

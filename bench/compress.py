@@ -1,0 +1,265 @@
+"""Benchmark: compression of the champion (int8 quantization, magnitude pruning) and who pays for it.
+
+Runs in one process on the current project's champion (after ``make demo``): an fp32 baseline, int8
+quantization, and a sparsity sweep of global magnitude pruning, unstructured and structured, each
+through the same ``compress`` methods the stream uses. For every row: bytes of the served weights,
+latency at batch 1 and 64 (median of interleaved repeats), test accuracy, accuracy per group on the
+evaluation samples (test + canary), and whether the forget checks of every past deletion still
+pass (the real ``behaviors/test_forget.py`` specs). The plot shows accuracy by group against
+sparsity: compressed models lose accuracy on the small group first (Hooker et al. 2019).
+
+    python -m bench.compress [--params params.yaml] [--out bench/results] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+QUANTIZE = {"method": "quantize", "setting": "int8", "options": {}}
+FINETUNE_STEPS = 150
+
+
+def _prune(sparsity: float, structured: bool, finetune: bool) -> dict[str, Any]:
+    kind = "structured" if structured else "unstructured"
+    options: dict[str, Any] = {"sparsity": sparsity, "structured": structured}
+    if finetune:
+        options["finetune_steps"] = FINETUNE_STEPS
+    setting = f"{kind} {sparsity:.0%}" + (f" + {FINETUNE_STEPS} fine-tune steps" if finetune else "")
+    return {"method": "prune", "setting": setting, "sparsity": sparsity, "structured": structured, "finetune": finetune, "options": options}
+
+
+SWEEP = [
+    *(_prune(s, False, False) for s in (0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9)),
+    *(_prune(s, False, True) for s in (0.8, 0.9, 0.95)),
+    *(_prune(s, True, False) for s in (0.1, 0.2, 0.3)),
+    *(_prune(s, True, True) for s in (0.3, 0.4, 0.5)),
+]
+
+
+def _latencies(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median milliseconds per forward for every net, interleaved so machine noise hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    with torch.inference_mode():
+        for net in nets.values():
+            net(x)
+        for _ in range(repeats):
+            for name, net in nets.items():
+                start = time.perf_counter()
+                net(x)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _accuracy(net: nn.Module, samples) -> float:
+    from pipeline.model import predict_logits
+
+    return float((predict_logits(net, samples.x).argmax(1) == samples.y).float().mean()) if len(samples) else float("nan")
+
+
+def _group_accuracy(net: nn.Module, samples) -> dict[str, float]:
+    from pipeline.model import predict_logits
+
+    correct = (predict_logits(net, samples.x).argmax(1) == samples.y).tolist()
+    out = {}
+    for group in sorted(set(samples.groups)):
+        hits = [c for c, g in zip(correct, samples.groups, strict=True) if g == group]
+        out[group] = sum(hits) / len(hits)
+    return out
+
+
+def _forget_checks_pass(ws, net: nn.Module, manifest, champion_net: nn.Module, champion_manifest, data) -> bool | None:
+    """The real forget specs on this network (None when there is no deletion to check)."""
+    from behaviors.build import build_context
+    from behaviors.context import ModelUnderTest
+    from behaviors.suite import run_suite
+
+    context = build_context(
+        ws,
+        candidate=ModelUnderTest("candidate", None, net),
+        candidate_manifest=manifest,
+        champion=ModelUnderTest("champion", None, champion_net),
+        champion_manifest=champion_manifest,
+        step={"id": "bench", "kind": "compress"},
+        data=data,
+    )
+    if not context.forget_cases:
+        return None
+    results = run_suite([str(Path(ws.params.behaviors.path) / "test_forget.py")], context)
+    return not any(r.outcome == "failed" for r in results)
+
+
+def run(params_path: Path, repeats: int) -> dict[str, Any]:
+    """Measure every row on the champion of the project at ``params_path``."""
+    from edits import OperatorEnv, get_method
+    from pipeline.components import Component
+    from pipeline.compose import apply_transform, compose
+    from pipeline.data import open_data
+    from pipeline.lineage import version_lineage
+    from pipeline.model import make_trainer
+    from pipeline.quantize import model_bytes
+    from pipeline.runner import open_workspace
+
+    started = time.time()
+    ws = open_workspace(params_path)
+    version = ws.registry.champion()
+    champion = ws.manifest_of(version)
+    float_manifest = champion.float_shadow()
+    data = open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
+    test = data.split("test")
+    fairness = test.concat(data.split("canary"), name="fairness")
+    env = OperatorEnv(
+        step="bench",
+        seed=ws.params.seed,
+        make_trainer=lambda epochs, steps=-1: make_trainer(ws.params.train, max_epochs=epochs, max_steps=steps),
+        champion_lineage=frozenset(version_lineage(float_manifest, ws.components)),
+        champion_manifest=float_manifest,
+        components=ws.components,
+    )
+    fp32 = compose(float_manifest, ws.components)
+    nets: dict[str, nn.Module] = {"fp32": fp32}
+    specs = {"fp32": {"method": "fp32", "setting": "fp32"}}
+    for spec in (QUANTIZE, *SWEEP):
+        method = get_method("compress", spec["method"])
+        net = compose(float_manifest, ws.components)
+        change = method.fn(net, data, method.parse_config(spec["options"], where="bench", file="bench"), env)
+        draft = change.transform
+        component = Component(id="bench", kind="transform", parent=None, sha256="", lineage=draft.lineage, meta=draft.meta)
+        served = _apply(apply_transform, compose(float_manifest, ws.components), draft.tensors, component)
+        name = f"{spec['method']} {spec['setting']}"
+        nets[name] = served
+        specs[name] = spec
+    b1 = _latencies(nets, test.x[:1], repeats)
+    b64 = _latencies(nets, test.x[:64], repeats)
+    rows = []
+    for name, net in nets.items():
+        spec = specs[name]
+        rows.append(
+            {
+                "method": spec["method"],
+                "setting": spec["setting"],
+                "sparsity": spec.get("sparsity", 0.0),
+                "structured": spec.get("structured", False),
+                "finetune": spec.get("finetune", False),
+                "size_bytes": model_bytes(net),
+                "latency_ms_b1": round(b1[name], 4),
+                "latency_ms_b64": round(b64[name], 4),
+                "test_acc": round(_accuracy(net, test), 4),
+                "group_acc": {g: round(a, 4) for g, a in _group_accuracy(net, fairness).items()},
+                "forget_checks_pass": _forget_checks_pass(ws, net, float_manifest, fp32, float_manifest, data),
+            }
+        )
+    base = rows[0]
+    int8 = next(r for r in rows if r["method"] == "quantize")
+    goals = {
+        "int8_size_le_0.3x": int8["size_bytes"] <= 0.3 * base["size_bytes"],
+        "int8_latency_b64_le_0.6x": int8["latency_ms_b64"] <= 0.6 * base["latency_ms_b64"],
+        "int8_test_acc_drop_le_1pt": base["test_acc"] - int8["test_acc"] <= 0.01,
+    }
+    return {
+        "champion": f"v{version}: {champion.describe()}",
+        "machine": f"{platform.system()} {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"Python {platform.python_version()}, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "repeats": repeats,
+        "wall_seconds": round(time.time() - started, 1),
+        "rows": rows,
+        "goals": goals,
+    }
+
+
+def _apply(apply_transform, net: nn.Module, tensors: dict[str, torch.Tensor], component) -> nn.Module:
+    """Apply an unsaved transform draft, exactly as composition would apply the stored component."""
+
+    class _OneComponentStore:
+        def load(self, _id: str):
+            return tensors, component
+
+        def sidecar_path(self, _id: str) -> str:
+            return "(unsaved transform)"
+
+    return apply_transform(net, _OneComponentStore(), "bench")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README table."""
+    rows = result["rows"]
+    groups = sorted(rows[0]["group_acc"])
+    base = rows[0]
+    head = "| method | setting | size | × fp32 size | b1 ms | b64 ms | × fp32 b64 | test acc | " + " | ".join(f"acc {g}" for g in groups) + " | forget checks |"
+    lines = [
+        f"Champion {result['champion']}; {result['machine']}; {result['date']}; median of {result['repeats']} interleaved repeats.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for r in rows:
+        forget = {True: "pass", False: "FAIL", None: "n/a"}[r["forget_checks_pass"]]
+        accs = " | ".join(f"{r['group_acc'].get(g, float('nan')):.2%}" for g in groups)
+        lines.append(
+            f"| {r['method']} | {r['setting']} | {r['size_bytes'] / 1024:.0f} KiB | {r['size_bytes'] / base['size_bytes']:.2f} | "
+            f"{r['latency_ms_b1']:.3f} | {r['latency_ms_b64']:.3f} | {r['latency_ms_b64'] / base['latency_ms_b64']:.2f} | "
+            f"{r['test_acc']:.2%} | {accs} | {forget} |"
+        )
+    goals = ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["goals"].items())
+    lines += ["", f"Goals: {goals}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy by group against sparsity, unstructured and structured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    groups = sorted(rows[0]["group_acc"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for structured, style in ((False, "-"), (True, "--")):
+        pts = [rows[0]] + [r for r in rows if r["method"] == "prune" and r["structured"] == structured and not r["finetune"]]
+        for group, colour in zip(groups, ("tab:blue", "tab:red", "tab:green"), strict=False):
+            ax.plot([r["sparsity"] for r in pts], [r["group_acc"][group] for r in pts], style, marker="o", color=colour,
+                    label=f"{group}, {'structured' if structured else 'unstructured'}")
+    ax.set_xlabel("sparsity (share of weights, or of channels when structured)")
+    ax.set_ylabel("accuracy (test + canary)")
+    for structured, marker in ((False, "^"), (True, "s")):
+        tuned = [r for r in rows if r["method"] == "prune" and r["structured"] == structured and r["finetune"]]
+        for group, colour in zip(groups, ("tab:blue", "tab:red", "tab:green"), strict=False):
+            ax.scatter([r["sparsity"] for r in tuned], [r["group_acc"][group] for r in tuned], marker=marker, color=colour, s=40,
+                       label=f"{group}, {'structured' if structured else 'unstructured'} + fine-tune")
+    ax.set_title("Pruning the champion: accuracy by group")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ume bench compress``."""
+    parser = argparse.ArgumentParser(prog="ume bench compress", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args(argv)
+    result = run(args.params, args.repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compress.json").write_text(json.dumps(result, indent=1))
+    (args.out / "compress.md").write_text(markdown(result))
+    plot(result, args.out / "compress.png")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
