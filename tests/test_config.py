@@ -15,7 +15,8 @@ from pipeline.runner import validate_params
 from tests.conftest import REPO, tiny_params_dict, write_params
 
 
-def test_repo_params_are_valid() -> None:
+def test_repo_params_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # paths in params.yaml (edit specs, requests) are relative to the project root
     params = load_params(REPO / "params.yaml")
     validate_params(params)
     assert params.model.arch == "test_resnet"

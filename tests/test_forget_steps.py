@@ -91,6 +91,8 @@ def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_co
     key = last_step(params)
     raw = yaml.safe_load(params.read_text())
     raw["stream"][key]["fallback"] = "none"  # this test is about the approximate path
+    # ...and about pins and debt, not about how well SalUn does on an 8-epoch model (the benchmark's job).
+    raw["behaviors"]["thresholds"].update(min_canary_agreement=0.8, max_mia_accuracy=0.85)
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     record = run_step(ws, key).record

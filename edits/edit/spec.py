@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.config import parse_dataclass
+from pipeline.config import load_yaml, parse_dataclass, yaml_problem
 from pipeline.data import SampleSet, UmeData
 from pipeline.errors import ConfigError, DataError
 from pipeline.lineage import hash_sample_ids
@@ -70,9 +70,9 @@ def load_spec(path: str | Path) -> EditSpec:
     if not path.is_file():
         raise ConfigError("edit spec not found", file=str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML ({exc})", file=str(path)) from None
+        raise ConfigError(f"not valid YAML ({yaml_problem(exc)})", file=str(path)) from None
     spec = parse_dataclass(EditSpec, raw, where="", file=str(path))
     cases = spec.cases
     if cases.slice is None and not cases.samples:
