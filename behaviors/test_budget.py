@@ -1,8 +1,9 @@
 """Budgets against the champion, measured in-process: model size and latency (batch 64, CPU).
 
-Latency is the minimum over interleaved repeats (candidate, champion, candidate, ...), so load on
-the machine hits both alike; bounds are ratios in ``params.yaml`` (``max_size_ratio``,
-``max_latency_ratio``).
+Latency is measured on one CPU thread (a multi-threaded forward stalls whenever another process
+holds a core, which made the ratio noisy on shared machines) as the minimum over interleaved
+repeats (candidate, champion, candidate, ...), so load hits both alike; bounds are ratios in
+``params.yaml`` (``max_size_ratio``, ``max_latency_ratio``).
 """
 
 import time
@@ -15,7 +16,7 @@ from pipeline.quantize import model_bytes
 
 pytestmark = pytest.mark.blocking
 
-REPEATS = 9
+REPEATS = 15
 
 
 def _latency_ms(model: ModelUnderTest, x: torch.Tensor) -> float:
@@ -34,14 +35,19 @@ def test_model_size_within_budget(candidate: ModelUnderTest, needs_champion, thr
 
 
 def test_latency_within_budget(candidate: ModelUnderTest, needs_champion, splits: Splits, thresholds, behavior) -> None:
-    """Batch-64 latency is at most ``max_latency_ratio`` x the champion's."""
+    """Batch-64 latency (one thread) is at most ``max_latency_ratio`` x the champion's."""
     x = splits.test.x[:64]
-    for model in (candidate, needs_champion):  # warm-up
-        _latency_ms(model, x)
-    cand, champ = [], []
-    for _ in range(REPEATS):
-        cand.append(_latency_ms(candidate, x))
-        champ.append(_latency_ms(needs_champion, x))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for model in (candidate, needs_champion):  # warm-up
+            _latency_ms(model, x)
+        cand, champ = [], []
+        for _ in range(REPEATS):
+            cand.append(_latency_ms(candidate, x))
+            champ.append(_latency_ms(needs_champion, x))
+    finally:
+        torch.set_num_threads(threads)
     behavior.record("latency_ms_b64", min(cand))
     behavior.record("latency_ms_b64_champion", min(champ))
     behavior.check("latency_ratio", min(cand) / min(champ), at_most=thresholds["max_latency_ratio"])

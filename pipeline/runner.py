@@ -436,7 +436,19 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     if how == "to":
         return evaluate_and_gate(ws, manifest=ws.manifest_of(int(target)), existing_version=int(target), **common)
     if how == "drop":
-        return evaluate_and_gate(ws, manifest=champion_manifest.without_step(str(target)), **common)
+        manifest, notes = champion_manifest.without_step(str(target)), {}
+        if manifest.transforms and str(target) in champion_manifest.overlay_steps:
+            # The float version changed under the transforms: re-derive them, as after any other step.
+            env = OperatorEnv(
+                step=key,
+                seed=ws.params.seed,
+                make_trainer=_trainer_factory(ws, run_id),
+                champion_manifest=champion_manifest,
+                components=ws.components,
+            )
+            manifest = _reapply_transforms(ws, key, champion_manifest, manifest.float_shadow(), data, env)
+            notes["reapplied_transforms"] = list(champion_manifest.transform_steps)
+        return evaluate_and_gate(ws, manifest=manifest, notes=notes, **common)
 
     method = get_method(step.kind, method_name, file=ws.params.file, where=f"stream.{key}.method")
     config = method.parse_config(options, where=f"stream.{key}", file=ws.params.file)

@@ -157,6 +157,13 @@ def test_compressed_champion_stays_compressed_through_learn_and_forget(trained_c
     assert after.transform_steps == ("prune", "quant")
     deleted = DeletionLog.read(ws.ledger).hashed_ids()
     assert not version_lineage(after, ws.components) & deleted
+    # Dropping an overlay under the transforms re-derives them on the new float version.
+    append_stream_step(params, "drop-s02x", {"kind": "rollback", "parent": key, "drop": "s02x"})
+    record = run_step(open_workspace(), "drop-s02x").record
+    dropped = ws.versions.load(record["manifest_hash"])
+    assert "s02x" not in dropped.overlay_steps and dropped.transform_steps == ("prune", "quant")
+    assert record["notes"]["reapplied_transforms"] == ["prune", "quant"] and dropped.transforms != after.transforms
+    key = "drop-s02x"
     # Dropping the quantize step would serve the pruned float model again: 4x the bytes, so the size budget blocks it.
     append_stream_step(params, "unquant", {"kind": "rollback", "parent": key, "drop": "quant"})
     record = run_step(open_workspace(), "unquant").record
