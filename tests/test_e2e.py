@@ -132,6 +132,26 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
     assert "Deletion certificate" in text and owner not in text.split("## Hashed")[0].replace(f"owner {owner}", "")
 
 
+def test_two_repro_at_once_wait_or_refuse_and_stay_consistent(repo_copy: Path) -> None:
+    """Two `dvc repro` started together: DVC's lock lets one run; the other waits or refuses cleanly."""
+    params = repo_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    key = "s-concurrent"
+    raw["stream"][key] = {"kind": "learn", "parent": list(raw["stream"])[-1], "slice": "u3", "epochs": 3}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    procs = [subprocess.Popen(["dvc", "repro"], cwd=repo_copy, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert 0 in codes, outputs
+    for code, out in zip(codes, outputs, strict=True):
+        assert code == 0 or "lock" in out.lower(), out[-2000:]
+    entries = [json.loads(line) for line in (repo_copy / "store" / "ledger.jsonl").read_text().splitlines() if line]
+    assert [e["type"] for e in entries if e["step"] == key].count("candidate") == 1
+    assert [e["type"] for e in entries if e["step"] == key].count("decision") == 1
+    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
+
+
 def test_zz_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
     ledger = repo_copy / "store" / "ledger.jsonl"
     original = ledger.read_text()
