@@ -23,27 +23,27 @@ def _accuracy(model, samples) -> float:
     return (model.predictions(samples) == samples.y).float().mean().item() if len(samples) else 1.0
 
 
-def test_edit_success(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
-    """Every edit the candidate carries still fixes its cases (accuracy >= ``min_edit_success``)."""
+def _worst_success(ume_context: BehaviorContext, candidate, behavior, metric: str, cases_of) -> float:
+    """Record ``metric`` (and its value before, for the step's own edit) for every edit; the worst."""
     worst = 1.0
     for edit in _edits(ume_context):
-        acc = _accuracy(candidate, edit.cases)
-        behavior.record(f"edit_success[{edit.name}]", acc)
+        acc = _accuracy(candidate, cases_of(edit))
+        behavior.record(f"{metric}[{edit.name}]", acc)
         if ume_context.champion is not None and edit.current:
-            behavior.record(f"edit_success_before[{edit.name}]", _accuracy(ume_context.champion, edit.cases))
+            behavior.record(f"{metric}_before[{edit.name}]", _accuracy(ume_context.champion, cases_of(edit)))
         worst = min(worst, acc)
+    return worst
+
+
+def test_edit_success(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
+    """Every edit the candidate carries still fixes its cases (accuracy >= ``min_edit_success``)."""
+    worst = _worst_success(ume_context, candidate, behavior, "edit_success", lambda e: e.cases)
     behavior.check("edit_success", worst, at_least=thresholds["min_edit_success"])
 
 
 def test_edit_generalizes(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
     """Held-out cases of the same kind are fixed too (accuracy >= ``min_edit_holdout_success``)."""
-    worst = 1.0
-    for edit in _edits(ume_context):
-        acc = _accuracy(candidate, edit.holdout)
-        behavior.record(f"edit_holdout_success[{edit.name}]", acc)
-        if ume_context.champion is not None and edit.current:
-            behavior.record(f"edit_holdout_success_before[{edit.name}]", _accuracy(ume_context.champion, edit.holdout))
-        worst = min(worst, acc)
+    worst = _worst_success(ume_context, candidate, behavior, "edit_holdout_success", lambda e: e.holdout)
     behavior.check("edit_holdout_success", worst, at_least=thresholds["min_edit_holdout_success"])
 
 

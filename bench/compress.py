@@ -66,17 +66,6 @@ def _accuracy(net: nn.Module, samples) -> float:
     return float((predict_logits(net, samples.x).argmax(1) == samples.y).float().mean()) if len(samples) else float("nan")
 
 
-def _group_accuracy(net: nn.Module, samples) -> dict[str, float]:
-    from pipeline.model import predict_logits
-
-    correct = (predict_logits(net, samples.x).argmax(1) == samples.y).tolist()
-    out = {}
-    for group in sorted(set(samples.groups)):
-        hits = [c for c, g in zip(correct, samples.groups, strict=True) if g == group]
-        out[group] = sum(hits) / len(hits)
-    return out
-
-
 def _forget_checks_pass(ws, net: nn.Module, manifest, champion_net: nn.Module, champion_manifest, data) -> bool | None:
     """The real forget specs on this network (None when there is no deletion to check)."""
     from behaviors.build import build_context
@@ -100,9 +89,10 @@ def _forget_checks_pass(ws, net: nn.Module, manifest, champion_net: nn.Module, c
 
 def run(params_path: Path, repeats: int) -> dict[str, Any]:
     """Measure every row on the champion of the project at ``params_path``."""
+    from behaviors.context import ModelUnderTest
+    from behaviors.test_fairness import group_metrics
     from edits import OperatorEnv, get_method
-    from pipeline.components import Component
-    from pipeline.compose import apply_transform, compose
+    from pipeline.compose import compose, transform_network
     from pipeline.data import open_data
     from pipeline.lineage import version_lineage
     from pipeline.model import make_trainer
@@ -117,6 +107,7 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
     data = open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
     test = data.split("test")
     fairness = test.concat(data.split("canary"), name="fairness")
+    num_classes = ws.params.model.num_classes
     env = OperatorEnv(
         step="bench",
         seed=ws.params.seed,
@@ -133,8 +124,7 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
         net = compose(float_manifest, ws.components)
         change = method.fn(net, data, method.parse_config(spec["options"], where="bench", file="bench"), env)
         draft = change.transform
-        component = Component(id="bench", kind="transform", parent=None, sha256="", lineage=draft.lineage, meta=draft.meta)
-        served = _apply(apply_transform, compose(float_manifest, ws.components), draft.tensors, component)
+        served = transform_network(compose(float_manifest, ws.components), draft.tensors, draft.meta, where="(unsaved transform)")
         name = f"{spec['method']} {spec['setting']}"
         nets[name] = served
         specs[name] = spec
@@ -154,7 +144,7 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
                 "latency_ms_b1": round(b1[name], 4),
                 "latency_ms_b64": round(b64[name], 4),
                 "test_acc": round(_accuracy(net, test), 4),
-                "group_acc": {g: round(a, 4) for g, a in _group_accuracy(net, fairness).items()},
+                "group_acc": {g: round(m["accuracy"], 4) for g, m in group_metrics(ModelUnderTest(name, None, net), fairness, num_classes).items()},
                 "forget_checks_pass": _forget_checks_pass(ws, net, float_manifest, fp32, float_manifest, data),
             }
         )
@@ -175,19 +165,6 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
         "rows": rows,
         "goals": goals,
     }
-
-
-def _apply(apply_transform, net: nn.Module, tensors: dict[str, torch.Tensor], component) -> nn.Module:
-    """Apply an unsaved transform draft, exactly as composition would apply the stored component."""
-
-    class _OneComponentStore:
-        def load(self, _id: str):
-            return tensors, component
-
-        def sidecar_path(self, _id: str) -> str:
-            return "(unsaved transform)"
-
-    return apply_transform(net, _OneComponentStore(), "bench")
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -51,17 +51,21 @@ def apply_overlay(net: nn.Module, store: ComponentStore, component_id: str) -> n
 
 
 def apply_transform(net: nn.Module, store: ComponentStore, component_id: str) -> nn.Module:
-    """Apply one export transform (pruning masks, int8 quantization) to ``net``."""
+    """Apply one stored export transform (pruning masks, int8 quantization) to ``net``."""
     tensors, component = store.load(component_id)
-    where = str(store.sidecar_path(component_id))
-    kind = component.meta.get("transform")
+    return transform_network(net, tensors, component.meta, where=str(store.sidecar_path(component_id)))
+
+
+def transform_network(net: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, *, where: str) -> nn.Module:
+    """Apply a transform given its tensors and sidecar meta (also for an unsaved draft)."""
+    kind = meta.get("transform")
     try:
         if kind == "prune":
             masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
             delta = {k.removeprefix("delta/"): v for k, v in tensors.items() if k.startswith("delta/")}
             return apply_masks(net, masks, delta)
         if kind == "quantize":
-            shape = component.meta["input_shape"]
+            shape = meta["input_shape"]
             return quantize(net, tensors, torch.zeros(1, *shape))
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ComponentError(f"transform does not fit this network ({exc})", file=where) from None

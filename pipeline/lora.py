@@ -51,18 +51,16 @@ def lora_targets(net: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    """The peft config of an overlay (no dropout, no bias: the adapter is the whole change)."""
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets), lora_dropout=0.0, bias="none")
+
+
 def attach_lora(net: nn.Module, settings: LoraSettings, *, seed: int = 0) -> nn.Module:
     """Wrap ``net`` with a fresh trainable adapter (B = 0, so outputs start unchanged)."""
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        target_modules=list(settings.targets),
-        lora_dropout=0.0,
-        bias="none",
-    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return get_peft_model(net, config)
+        return get_peft_model(net, lora_config(settings))
 
 
 def adapter_tensors(peft_net: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from pipeline.components import ComponentDraft
 from pipeline.compose import build_base
 from pipeline.data import UmeData
 from pipeline.errors import ConfigError
-from pipeline.lora import LoraSettings, attach_lora
+from pipeline.lora import LoraSettings, attach_lora, lora_config
 
 MERGED = "merged"
 
@@ -73,7 +73,7 @@ def _merge(combination: str, config: WeightedMergeConfig, env: OperatorEnv) -> C
     names = ["default", *(f"a{k}" for k in range(1, len(sidecars)))]
     for name, sidecar, setting in zip(names, sidecars, settings, strict=True):
         if name != "default":
-            peft_net.add_adapter(name, _peft_config(setting))
+            peft_net.add_adapter(name, lora_config(setting))
         tensors, _ = store.load(sidecar.id)
         set_peft_model_state_dict(peft_net, tensors, adapter_name=name)
     with torch.random.fork_rng():
@@ -90,12 +90,6 @@ def _merge(combination: str, config: WeightedMergeConfig, env: OperatorEnv) -> C
         meta={**meta, "method": f"merge/{combination}", "config": asdict(config), "lora": merged_settings.to_json()},
     )
     return Change(drafts=[draft], drop_overlays=tuple(positions), notes={"merged_steps": [manifest.overlay_steps[i] for i in positions]})
-
-
-def _peft_config(settings: LoraSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets), lora_dropout=0.0, bias="none")
 
 
 def _register(combination: str) -> None:
