@@ -16,8 +16,12 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" ume status
 
+# Two pytest workers (pytest-xdist), one test module each at a time: most tests wait on `dvc repro`
+# and `ume` subprocesses, so two of them share two cores well. TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

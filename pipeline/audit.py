@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pipeline.components import ComponentStore
 from pipeline.deletion import DeletionLog, uncovered_requests
 from pipeline.errors import ComponentError, LedgerError
-from pipeline.gate import PROMOTED, ledger_champion
+from pipeline.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.ledger import Ledger
 from pipeline.manifest import Manifest
 from pipeline.registry import Registry
@@ -53,12 +53,20 @@ def audit(
             if e.data["decision"] == PROMOTED:
                 promoted_ever.add(e.data["version"])
 
+    abandoned = {v for e in entries if e.type == ABANDONED_ENTRY for v in e.data["versions"]}
+    decided_any = {e.data["version"] for e in entries if e.type == "decision"}
     versions = {v.version: v for v in registry.versions()}
     for number, info in versions.items():
+        if number in abandoned:
+            if info.tags.get("ume.decision") != ABANDONED:
+                report.problems.append(f"registry version {number} was abandoned in the ledger but is tagged {info.tags.get('ume.decision')!r}")
+            continue
         entry = candidates.get(number)
         if entry is None:
-            report.problems.append(f"registry version {number} has no candidate entry in the ledger")
+            report.problems.append(f"registry version {number} has no candidate entry in the ledger (a stage was interrupted: rerun `dvc repro`)")
             continue
+        if number not in decided_any:
+            report.problems.append(f"ledger candidate version {number} has no decision (a stage was interrupted: rerun `dvc repro`)")
         if info.manifest_hash != entry.data["manifest_hash"]:
             report.problems.append(
                 f"registry version {number} has manifest {info.manifest_hash} but the ledger recorded {entry.data['manifest_hash']}"
@@ -69,7 +77,9 @@ def audit(
     for number in candidates:
         if number not in versions:
             report.problems.append(f"ledger candidate version {number} is missing from the registry")
-    report.checked.append(f"registry: {len(versions)} versions match their ledger entries")
+    report.checked.append(
+        f"registry: {len(versions)} versions match their ledger entries" + (f" ({len(abandoned)} abandoned by interrupted stages)" if abandoned else "")
+    )
     revoked_in_ledger = {int(v) for e in entries if e.type == "revocation" for v in e.data["by_request"]}
     for number in sorted(revoked_in_ledger):
         if number in versions and versions[number].tags.get("deletion_status") != "revoked":

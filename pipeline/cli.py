@@ -14,10 +14,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.errors import ConfigError, UmeError
+
+if TYPE_CHECKING:
+    from pipeline.workspace import Workspace
+from pipeline.faults import crash_point
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1
@@ -27,6 +32,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from pipeline.runner import open_workspace, run_prepare
 
     ws = open_workspace(args.params)
+    if not ws.primary:  # started on every rank by an external launcher (torchrun, srun): rank 0 prepares
+        return 0
     info = run_prepare(ws)
     print(f"prepared {info['samples']} samples: slices {info['slices']}, groups {info['groups']}")
     return 0
@@ -37,7 +44,7 @@ def _cmd_base(args: argparse.Namespace) -> int:
 
     ws = open_workspace(args.params)
     outcome = run_base(ws)
-    _print_outcome(outcome.record)
+    _finish(ws, outcome.record)
     return 0
 
 
@@ -47,8 +54,17 @@ def _cmd_step(args: argparse.Namespace) -> int:
     ws = open_workspace(args.params)
     ws.params.step(args.step_id)
     outcome = run_step(ws, args.step_id)
-    _print_outcome(outcome.record)
+    _finish(ws, outcome.record)
     return 0
+
+
+def _finish(ws: Workspace, record: dict) -> None:
+    """Print the outcome (rank 0 only) and, in a DDP run, wait until every rank is done."""
+    from pipeline import ranks
+
+    if ws.primary:
+        _print_outcome(record)
+    ranks.finish()
 
 
 def _print_outcome(record: dict) -> None:
@@ -100,6 +116,14 @@ STREAM_LINE = re.compile(r"^stream:\s*(#.*)?$")
 
 def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
     """Append one step to ``stream:`` keeping the file's comments; ``stream`` must be the last section."""
+    new_text = stream_text_with(params_path, key, entry)
+    tmp = params_path.with_name(f".{params_path.name}.tmp")
+    tmp.write_text(new_text)
+    os.replace(tmp, params_path)
+
+
+def stream_text_with(params_path: Path, key: str, entry: dict) -> str:
+    """The text of ``params_path`` with one step appended to ``stream:``, validated; nothing is written."""
     text = params_path.read_text()
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if STREAM_LINE.match(line)]
@@ -113,16 +137,19 @@ def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
     from pipeline.config import parse_params
 
     parse_params(yaml.safe_load(new_text), file=str(params_path))
-    tmp = params_path.with_name(f".{params_path.name}.tmp")
-    tmp.write_text(new_text)
-    os.replace(tmp, params_path)
+    return new_text
 
 
 def _run_appended_step(params_path: Path, key: str) -> int:
-    """Run a freshly appended step through DVC (so dvc.lock records it), or in-process without DVC."""
+    """Run a freshly appended step through DVC (so dvc.lock records it), or in-process without DVC.
+
+    Through DVC the ``seal`` stage (when ``dvc.yaml`` has one) runs right after the step, in the same
+    ``dvc repro`` and in that order, so that ``dvc.lock`` records the shared state too.
+    """
     dvc = shutil.which("dvc")
     if dvc and Path("dvc.yaml").exists() and params_path.resolve() == Path("params.yaml").resolve():
-        return subprocess.call([dvc, "repro", "--single-item", f"step@{key}"])
+        stages = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
+        return subprocess.call([dvc, "repro", "--single-item", f"step@{key}", *(["seal"] if "seal" in stages else [])])
     from pipeline.runner import open_workspace, run_step
 
     outcome = run_step(open_workspace(params_path), key)
@@ -209,11 +236,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         return 0
     champion = ws.registry.champion()  # read before any write: an unreachable registry changes nothing
     served = version_lineage(ws.manifest_of(champion), ws.components) if champion is not None else None
-    original = params_path.read_text()
-    wrote_file = not existing.exists()
-    if wrote_file:
-        write_request(request, ws.params.requests_dir)
     key = steps[0] if steps else None
+    new_text = None
     if key is None:
         stream = ws.params.stream
         key = f"forget-{len(stream) + 1:02d}"
@@ -222,14 +246,19 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         entry: dict = {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}
         if args.method:
             entry["method"] = args.method
-        try:
-            append_stream_step(params_path, key, entry)
-        except UmeError:
-            if wrote_file:
-                existing.unlink(missing_ok=True)
-            params_path.write_text(original)
-            raise
+        new_text = stream_text_with(params_path, key, entry)  # validated before anything is written
+    # Write-ahead: the ledger first. From here on no consumer reads the samples, and a crash before the
+    # request file or the stream step is written leaves the request visible (`ume status --check`);
+    # running the same `ume forget` again finishes it.
     ingest(ws.ledger, request, sample_ids, served)
+    crash_point("forget.ingested")
+    if not existing.exists():
+        write_request(request, ws.params.requests_dir)
+    crash_point("forget.request_written")
+    if new_text is not None:
+        tmp = params_path.with_name(f".{params_path.name}.tmp")
+        tmp.write_text(new_text)
+        os.replace(tmp, params_path)
     print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
     print(f"request file {existing}; stream step {key}; run `dvc repro` to honour it")
     return 0

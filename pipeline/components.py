@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
 
 from pipeline.errors import ComponentError
+from pipeline.faults import crash_point
 
 COMPONENT_KINDS = ("base", "lora", "delta", "mask", "transform")
 
@@ -58,22 +59,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    crash_point("component.tmp_written")
     os.replace(tmp, path)
 
 
 class ComponentStore:
     """Content-addressed component files under ``root`` (``<id>.safetensors`` + ``<id>.json``)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, shared: str | Path | None = None) -> None:
         self.root = Path(root)
+        # A DDP follower saves into its private ``root`` and reads through to the ``shared`` store.
+        self.shared = Path(shared) if shared is not None else None
+
+    def _dir_of(self, component_id: str) -> Path:
+        """Where ``component_id`` lives: ``root``, else the shared store read through (followers)."""
+        if self.shared is None or (self.root / f"{component_id}.json").exists():
+            return self.root
+        return self.shared
 
     def weights_path(self, component_id: str) -> Path:
         """Path of the safetensors file of ``component_id``."""
-        return self.root / f"{component_id}.safetensors"
+        return self._dir_of(component_id) / f"{component_id}.safetensors"
 
     def sidecar_path(self, component_id: str) -> Path:
         """Path of the JSON sidecar of ``component_id``."""
-        return self.root / f"{component_id}.json"
+        return self._dir_of(component_id) / f"{component_id}.json"
 
     def save(self, draft: ComponentDraft, *, parent: str | None) -> Component:
         """Store a draft; idempotent (same tensors and sidecar give the same id and files)."""
@@ -94,8 +104,8 @@ class ComponentStore:
             meta=draft.meta,
         )
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.weights_path(component.id), blob)
-        _atomic_write(self.sidecar_path(component.id), json.dumps(component.to_json(), indent=1, sort_keys=True).encode())
+        _atomic_write(self.root / f"{component.id}.safetensors", blob)  # the sidecar last: it marks the component present
+        _atomic_write(self.root / f"{component.id}.json", json.dumps(component.to_json(), indent=1, sort_keys=True).encode())
         return component
 
     def sidecar(self, component_id: str) -> Component:

@@ -91,6 +91,8 @@ class TrainConfig:
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
+    num_nodes: int = 1  # machines in a multi-node DDP run (each starts `ume` with its NODE_RANK; README)
+    global_batch: bool = True  # batch sizes are global: split among the DDP processes (same optimizer steps as one)
     precision: str = "32-true"
     num_workers: int = 0
     progress_bar: bool = True
@@ -286,6 +288,8 @@ def _validate_train(train: TrainConfig, file: str) -> None:
             raise ConfigError("expected a positive integer", file=file, field=f"train.base.{name}")
     if base.lr <= 0:
         raise ConfigError(f"expected a positive learning rate, got {base.lr}", file=file, field="train.base.lr")
+    if isinstance(train.num_nodes, bool) or not isinstance(train.num_nodes, int) or train.num_nodes < 1:
+        raise ConfigError(f"expected a positive integer, got {train.num_nodes!r}", file=file, field="train.num_nodes")
     if train.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
         raise ConfigError(f"unknown accelerator {train.accelerator!r}", file=file, field="train.accelerator")
 

@@ -1,8 +1,8 @@
 """The gate: promote a candidate only if every blocking behaviour passed; the only mover of ``champion``.
 
 The ledger entry is written first (write-ahead), then the version is tagged and the alias moved.
-If the process dies between the two, :func:`complete_pending_promotion` (run at the start of the
-next step) finishes the move the ledger already decided, so the registry never drifts from the
+If the process dies between the two, :func:`reconcile` (run at the start of the
+next stage) finishes the move the ledger already decided, so the registry never drifts from the
 ledger for long and a promotion is never half-done from the auditor's point of view.
 """
 
@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.ledger import Ledger
+from pipeline.faults import crash_point
+from pipeline.ledger import Entry, Ledger
 from pipeline.registry import Registry
 
 PROMOTED = "promoted"
 BLOCKED = "blocked"
+ABANDONED = "abandoned"
+ABANDONED_ENTRY = "abandoned"
 
 
 class Result(Protocol):
@@ -91,14 +94,17 @@ def apply_decision(
         },
         step=step,
     )
+    crash_point("gate.decided")
     tags = {"ume.ledger_entry": entry.hash}
     if report:
         tags["ume.report"] = report
     if mode == "gate":
         tags["ume.decision"] = decision.label
     registry.set_version_tags(version, tags)
+    crash_point("gate.tagged")
     if decision.promote:
         registry.set_champion(version)
+        crash_point("gate.promoted")
 
 
 def ledger_champion(ledger: Ledger) -> int | None:
@@ -118,3 +124,73 @@ def complete_pending_promotion(ledger: Ledger, registry: Registry) -> int | None
         registry.set_champion(decided)
         return decided
     return None
+
+
+def reconcile(ledger: Ledger, registry: Registry) -> list[str]:
+    """Bring the registry back in line with the ledger after a crash; returns what was repaired.
+
+    Run at the start of every stage, before anything else is written. The ledger is the source of
+    truth (every write is ledger-first), so a process killed anywhere leaves one of these, each
+    finished here in the same write-ahead order:
+
+    - a version registered with no ``candidate`` entry (killed between the two), or a candidate with
+      no decision (killed while gating): both are *abandoned*: a ledger entry first, then the tag
+      ``ume.decision=abandoned``; the step that made them is redone from the start;
+    - a decision whose version tags were not set: the tags are set from the decision entry;
+    - an alias move in the ledger that the registry missed: the alias is moved;
+    - a revocation in the ledger whose ``deletion_status=revoked`` tags were not set: they are set;
+    - an MLflow run left ``RUNNING`` by a killed process: it is marked ``KILLED``.
+    """
+    from pipeline.deletion import REVOKED_ENTRY
+
+    entries = ledger.verify()
+    versions = {v.version: v for v in registry.versions()}
+    candidates = {e.data["version"] for e in entries if e.type == "candidate"}
+    abandoned = {v for e in entries if e.type == ABANDONED_ENTRY for v in e.data["versions"]}
+    decided: dict[int, Entry] = {}
+    for entry in entries:
+        if entry.type == "decision" and entry.data.get("mode", "gate") == "gate":
+            decided[entry.data["version"]] = entry
+    repaired: list[str] = []
+    orphans = sorted(v for v in versions if v not in candidates and v not in abandoned)
+    decided_any = {e.data["version"] for e in entries if e.type == "decision"}
+    undecided = sorted(v for v in candidates if v not in decided_any and v not in abandoned)
+    if orphans or undecided:
+        ledger.append(
+            ABANDONED_ENTRY,
+            {
+                "versions": orphans + undecided,
+                "reason": "left by a process that stopped before its decision; its step is redone",
+                "registered_without_candidate": orphans,
+                "candidates_without_decision": undecided,
+            },
+        )
+        abandoned.update(orphans + undecided)
+        repaired.append(f"abandoned version(s) {', '.join(map(str, orphans + undecided))}")
+    for version in sorted(abandoned):
+        if version in versions and versions[version].tags.get("ume.decision") != ABANDONED:
+            registry.set_version_tags(version, {"ume.decision": ABANDONED})
+    for version, entry in sorted(decided.items()):
+        info = versions.get(version)
+        if info is not None and info.tags.get("ume.decision") != entry.data["decision"]:
+            tags = {"ume.decision": entry.data["decision"], "ume.ledger_entry": entry.hash}
+            if entry.data.get("report"):
+                tags["ume.report"] = entry.data["report"]
+            registry.set_version_tags(version, tags)
+            repaired.append(f"tagged version {version} {entry.data['decision']}")
+    moved = complete_pending_promotion(ledger, registry)
+    if moved is not None:
+        repaired.append(f"moved the champion alias to version {moved}")
+    for run_id in registry.running_runs():
+        registry.end_run(run_id, status="KILLED")
+        repaired.append(f"marked run {run_id} KILLED")
+    for entry in entries:
+        if entry.type != REVOKED_ENTRY:
+            continue
+        for version, requests in entry.data["by_request"].items():
+            info = versions.get(int(version))
+            if info is not None and info.tags.get("deletion_status") != "revoked":
+                registry.set_version_tags(int(version), {"deletion_status": "revoked", "ume.revoked_by": ",".join(requests)})
+                repaired.append(f"tagged version {version} revoked")
+    return repaired
+

@@ -3,7 +3,8 @@
 Each finished stage writes ``store/metrics/<step>.json`` (a DVC metrics file of that stage) and
 rewrites ``store/history.json`` (one row per finished step in stream order) and
 ``store/history/<metric>.json`` (the rows that have that metric: the series behind the top-level
-``plots`` of ``dvc.yaml``; DVC cannot draw a series with missing values).
+``plots`` of ``dvc.yaml``; DVC cannot draw a series with missing values). A DDP follower writes
+them to its scratch directory (``Workspace.output_dir``).
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ def _write(path: Path, payload: Any) -> None:
 
 def write_history(ws: Workspace, key: str, record: dict[str, Any]) -> None:
     """This step's metrics file and the whole history file."""
-    _write(ws.store_dir / "metrics" / f"{key}.json", step_metrics(record))
+    _write(ws.output_dir / "metrics" / f"{key}.json", step_metrics(record))
     rows = []
     for index, step in enumerate([BASE_STEP, *ws.params.stream]):
         done = record if step == key else ws.step_record(step)
         if done is not None:
             rows.append({"index": index, **step_metrics(done)})
-    _write(ws.store_dir / "history.json", rows)
+    _write(ws.output_dir / "history.json", rows)
     for field in HISTORY_FIELDS:  # one file per metric: a plotted series may not have gaps
         series = [{"index": r["index"], "step": r["step"], field: r[field]} for r in rows if field in r]
-        _write(ws.store_dir / "history" / f"{field}.json", series)
+        _write(ws.output_dir / "history" / f"{field}.json", series)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LedgerError
+from pipeline.faults import crash_point
 
 GENESIS = "0" * 64
 
@@ -103,6 +104,23 @@ class Ledger:
         entries = self.verify()
         return entries[-1].hash if entries else GENESIS
 
+    def __len__(self) -> int:
+        """Number of entries (lines; not verified)."""
+        return len(self._read_raw())
+
+    def copy_to(self, path: str | Path, entries: int | None = None) -> Ledger:
+        """A private ledger at ``path`` holding the first ``entries`` entries of this one (all by default).
+
+        A DDP follower works on such a copy: its appends chain on, in its own file, and it never
+        sees what rank 0 appends to the shared ledger meanwhile.
+        """
+        copy = Ledger(path)
+        lines = self._read_raw()[:entries] if entries is not None else self._read_raw()
+        copy.path.parent.mkdir(parents=True, exist_ok=True)
+        copy.path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        copy.verify()
+        return copy
+
     def append(self, type: str, data: dict[str, Any], *, step: str | None = None) -> Entry:
         """Append one entry atomically; returns it with its hash."""
         with self._locked():
@@ -124,6 +142,7 @@ class Ledger:
                 fh.write("\n".join(lines) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            crash_point("ledger.tmp_written")
             os.replace(tmp, self.path)
             return Entry(**raw)
 

@@ -119,8 +119,10 @@ class Manifest:
 class VersionStore:
     """Manifests by hash under ``root`` (``<hash>.json``), written atomically."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, shared: str | Path | None = None) -> None:
         self.root = Path(root)
+        # A DDP follower saves into its private ``root`` and reads through to the ``shared`` store.
+        self.shared = Path(shared) if shared is not None else None
 
     def save(self, manifest: Manifest) -> str:
         """Store ``manifest``; returns its hash."""
@@ -134,6 +136,8 @@ class VersionStore:
     def load(self, manifest_hash: str) -> Manifest:
         """The manifest with this hash; checks the content matches the name."""
         path = self.root / f"{manifest_hash}.json"
+        if not path.exists() and self.shared is not None:
+            path = self.shared / path.name
         if not path.exists():
             raise ComponentError("version manifest not found", file=str(path))
         try:

@@ -8,6 +8,7 @@ trained model exactly. ``extra_loss`` lets an operator add a term (e.g. a KL loc
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.faults import CRASH_AT_ENV, crash_point
+from pipeline.ranks import is_primary
 
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -114,21 +117,97 @@ class Classifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class CrashDuringTraining(L.Callback):
+    """The ``train.batch`` crash point of the reliability harness (added only when it is armed)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the second optimizer step, SIGKILL the process if the harness asked for it."""
+        if batch_idx == 1:
+            crash_point("train.batch")
+
+
+class ShareRankZeroState(L.Callback):
+    """After training on several processes, every rank holds rank 0's weights and buffers, bit for bit.
+
+    DDP keeps the parameters in step, but each rank updates BatchNorm running statistics from its
+    own last batch. Every rank then runs the same behaviour suite and takes the gate's branches
+    (a forget fallback trains again, collectively), so every rank must hold the same model.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Broadcast every tensor of the module's state from rank 0 (a no-op on one process)."""
+        if trainer.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in pl_module.state_dict().values():
+                if tensor.is_contiguous():
+                    dist.broadcast(tensor, src=0)
+                else:
+                    buffer = tensor.contiguous()
+                    dist.broadcast(buffer, src=0)
+                    tensor.copy_(buffer)
+
+
+class SplitGlobalBatch(L.Callback):
+    """``batch_size`` is the global batch: with N processes each takes ``batch_size // N`` per step.
+
+    A DDP run then makes as many optimizer steps per epoch as one process, with the same learning
+    rate schedule, and reaches the same accuracy (measured in the README); Lightning's own meaning
+    (each device takes the whole batch) halves the steps on two processes. Applies to training
+    through a data module with a ``batch_size`` (the base and ``learn`` steps); loaders an operator
+    builds itself keep their batch per device.
+    """
+
+    def __init__(self) -> None:
+        self._saved: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Split the data module's batch among the processes, before its loader is built."""
+        data = trainer.datamodule
+        batch = getattr(data, "batch_size", None)
+        if trainer.world_size > 1 and isinstance(batch, int) and self._saved is None:
+            self._saved = batch
+            data.batch_size = max(1, batch // trainer.world_size)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Give the data module its batch size back."""
+        if self._saved is not None:
+            trainer.datamodule.batch_size = self._saved
+            self._saved = None
+
+
+def _callbacks(train: TrainConfig) -> list[L.Callback]:
+    callbacks: list[L.Callback] = [ShareRankZeroState()]
+    if train.global_batch:
+        callbacks.append(SplitGlobalBatch())
+    if os.environ.get(CRASH_AT_ENV, "").startswith("train."):
+        callbacks.append(CrashDuringTraining())
+    return callbacks
+
+
 def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None, max_steps: int = -1) -> L.Trainer:
-    """A real Lightning Trainer with its progress bar; scale out by changing ``train`` in params.yaml."""
+    """A real Lightning Trainer with its progress bar; scale out by changing ``train`` in params.yaml.
+
+    With ``strategy: ddp`` and several devices or nodes, only the primary rank gets the logger
+    (followers write nothing, :mod:`pipeline.ranks`), and every rank ends with rank 0's state.
+    """
     return L.Trainer(
         max_epochs=max_epochs,
         max_steps=max_steps,
         accelerator=train.accelerator,
         devices=train.devices,
+        num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=train.precision,
-        logger=logger if logger is not None else False,
+        logger=logger if logger is not None and is_primary() else False,
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=train.progress_bar,
         deterministic=True,
         log_every_n_steps=1,
+        callbacks=_callbacks(train),
     )
 
 

@@ -132,6 +132,14 @@ class Registry:
         """Mark a run finished (or FAILED)."""
         self.client.set_terminated(run_id, status=status)
 
+    def running_runs(self) -> list[str]:
+        """Ids of this experiment's runs still marked RUNNING (left by a killed process when no stage runs)."""
+        exp = self.client.get_experiment_by_name(self.config.experiment)
+        if exp is None:
+            return []
+        runs = self.client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        return [run.info.run_id for run in runs]
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Log flat parameters (values stringified, truncated to MLflow's limit)."""
         from mlflow.entities import Param
@@ -218,3 +226,43 @@ class Registry:
             raise RegistryError(f"cannot list the versions of {self.model_name!r}: {exc.message}", field="registry") from None
         out = [VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source) for mv in found]
         return sorted(out, key=lambda v: v.version)
+
+
+FOLLOWER_VERSION = 0  # what a follower's register() answers: no real version is ever 0
+
+
+class FollowerRegistry(Registry):
+    """The registry as a DDP follower sees it: reads go to MLflow, every write does nothing.
+
+    Rank 0 creates the runs, registers the versions and moves the alias; a follower takes the same
+    code path, so its writes return harmless values (a placeholder run id, version 0).
+    """
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        """No run: a placeholder id."""
+        return f"follower-{name}"
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Nothing to end."""
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Rank 0 logs them."""
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Rank 0 logs them."""
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Rank 0 sets them."""
+
+    def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
+        """Rank 0 uploads them."""
+
+    def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Rank 0 registers the version; a follower gets the placeholder 0."""
+        return FOLLOWER_VERSION
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        """Rank 0 tags it."""
+
+    def set_champion(self, version: int) -> None:
+        """Only rank 0's gate moves the alias."""

@@ -26,8 +26,9 @@ from behaviors.suite import BehaviorResult, run_suite
 from edits import OperatorEnv, get_method
 from edits.base import train_base
 from edits.forget import EXACT_METHODS
+from edits.merge.common import chosen_overlays
 from edits.registry import Change
-from pipeline import gate
+from pipeline import gate, ranks
 from pipeline.components import Component
 from pipeline.compose import compose
 from pipeline.config import BASE_STEP, Params, StepConfig
@@ -46,10 +47,12 @@ from pipeline.deletion import (
     uncovered_requests,
 )
 from pipeline.errors import ConfigError, DataError, UmeError
+from pipeline.faults import crash_point
 from pipeline.history import write_history
 from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
 from pipeline.model import check_arch, make_trainer
+from pipeline.tempfiles import sweep_stale_temporaries
 from pipeline.workspace import Workspace
 
 KEY_METRICS = ("test_accuracy", "retained_accuracy", "canary_agreement", "max_class_recall_drop")
@@ -97,6 +100,7 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    crash_point("step.record_tmp")
     os.replace(tmp, path)
 
 
@@ -104,6 +108,8 @@ def _trainer_factory(ws: Workspace, run_id: str):
     def make(max_epochs: int, max_steps: int = -1) -> L.Trainer:
         from lightning.pytorch.loggers import MLFlowLogger
 
+        if not ws.primary:  # a DDP follower logs nothing (its run id is a placeholder)
+            return make_trainer(ws.params.train, max_epochs=max_epochs, max_steps=max_steps)
         logger = MLFlowLogger(
             experiment_name=ws.params.registry.experiment,
             tracking_uri=ws.params.registry.tracking_uri,
@@ -124,6 +130,7 @@ def run_prepare(ws: Workspace) -> dict[str, Any]:
     if staging.exists():
         shutil.rmtree(staging)
     info = prepare_data(ws.params, staging)  # a bad source fails here, leaving the prepared data as it was
+    crash_point("prepare.staged")
     if ws.data_dir.exists():
         shutil.rmtree(ws.data_dir)
     os.replace(staging, ws.data_dir)
@@ -249,8 +256,11 @@ def evaluate_and_gate(
         shutil.rmtree(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     context.report_dir = report_dir
-    results = run_suite([ws.params.behaviors.path], context, junit_xml=report_dir / "junit.xml")
-    decision = gate.decide(results)
+    # DDP: every rank follows rank 0's verdict (a forget fallback trains again, collectively); a follower
+    # that will receive it does not repeat the suite, one that will not (external launcher) runs it too.
+    follows = not ws.primary and ranks.receives_agreement()
+    results = [] if follows else run_suite([ws.params.behaviors.path], context, junit_xml=report_dir / "junit.xml")
+    decision = gate.Decision(**ranks.agree(dataclasses.asdict(gate.decide(results))))
     mode = "gate"
     if kind == "rollback" and existing_version is not None:
         # Rolling back to a version that already passed its gate: the suite runs for the record.
@@ -292,11 +302,13 @@ def evaluate_and_gate(
                 "ume.decision": "pending",
             },
         )
+        crash_point("registry.registered")
         ws.ledger.append(
             "candidate",
             {"version": version, "manifest_hash": manifest.hash, "manifest": manifest.to_json(), "run_id": run_id, "notes": notes},
             step=key,
         )
+        crash_point("ledger.candidate")
     else:
         version = existing_version
     gate.apply_decision(
@@ -319,6 +331,7 @@ def evaluate_and_gate(
     )
     record["notes"] = notes
     record["attempt"] = attempt
+    record["world_size"] = ranks.world_size()  # processes that trained this step (DDP), 1 otherwise
     registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
     registry.end_run(run_id)
     write_history(ws, key, record)
@@ -333,10 +346,13 @@ def run_base(ws: Workspace) -> StepOutcome:
     """Train the clean base on the ``base`` slice, register it and gate it (absolute checks only)."""
     started = time.time()
     params = ws.params
-    gate.complete_pending_promotion(ws.ledger, ws.registry)
+    sweep_stale_temporaries(ws.output_dir)  # a DDP follower: only its own scratch
+    gate.reconcile(ws.ledger, ws.registry)
     cfg = params.train.base
     ws.ledger.append("step_started", {"kind": "base", "arch": params.model.arch}, step=BASE_STEP)
+    crash_point("step.started")
     run_id = ws.registry.start_run(BASE_STEP, {"ume.step": BASE_STEP, "ume.kind": "base"})
+    crash_point("registry.run_started")
     ws.registry.log_params(run_id, {"arch": params.model.arch, **{f"train.{k}": v for k, v in vars(cfg).items()}})
     data = open_data(ws.data_dir, ws.ledger, batch_size=cfg.batch_size, num_workers=params.train.num_workers, seed=params.seed)
     _, draft = train_base(
@@ -368,6 +384,7 @@ def run_base(ws: Workspace) -> StepOutcome:
 
 
 def _record_component(ws: Workspace, key: str, component: Component) -> None:
+    crash_point("component.saved")
     ws.ledger.append(
         "component",
         {
@@ -396,7 +413,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     """Run stream step ``key`` on top of the current champion."""
     started = time.time()
     step = ws.params.step(key)
-    gate.complete_pending_promotion(ws.ledger, ws.registry)
+    sweep_stale_temporaries(ws.output_dir)  # a DDP follower: only its own scratch
+    gate.reconcile(ws.ledger, ws.registry)
     resumed = _resume_decided_step(ws, step)
     if resumed is not None:
         return resumed
@@ -413,14 +431,18 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
         sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=str(request_path(request.id, ws.params.requests_dir)))
     for component_id in (champion_manifest.base, *champion_manifest.overlays, *champion_manifest.transforms):
         ws.components.verify(component_id)  # a corrupt champion fails the step before anything is written
+    _refuse_before_writes(ws, step, champion_manifest)
     ws.ledger.append(
         "step_started",
         {"kind": step.kind, "method": method_name, "params_hash": step.params_hash(), "champion": champion_version},
         step=key,
     )
+    crash_point("step.started")
     if request is not None:
         ingest(ws.ledger, request, sample_ids, version_lineage(champion_manifest, ws.components))  # from here on no consumer reads these samples
+        crash_point("step.ingested")
     run_id = ws.registry.start_run(key, {"ume.step": key, "ume.kind": step.kind})
+    crash_point("registry.run_started")
     ws.registry.log_params(run_id, {"kind": step.kind, "method": method_name, "parent": step.parent, **step.options})
     data = open_data(ws.data_dir, ws.ledger, num_workers=ws.params.train.num_workers, seed=ws.params.seed)
     common = {
@@ -501,6 +523,15 @@ def _forget_plan(params: Params, step: StepConfig) -> tuple[DeletionRequest, str
     return request, method_name, fallback, options
 
 
+def _refuse_before_writes(ws: Workspace, step: StepConfig, champion: Manifest) -> None:
+    """Checks that need the champion, done before the step writes anything (bad input changes nothing)."""
+    where = f"stream.{step.key}"
+    if step.kind == "compress" and any(ws.components.sidecar(t).meta.get("transform") == "quantize" for t in champion.transforms):
+        raise ConfigError("the champion is already quantized: put compress steps before the quantize step", file=ws.params.file, field=where)
+    if step.kind == "merge":
+        chosen_overlays(champion, tuple(step.options.get("overlays") or ()), where=where, file=ws.params.file)
+
+
 def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Manifest, data: UmeData, env: OperatorEnv):
     """Compose the champion, run the operator, store its components; returns the candidate manifest.
 
@@ -510,8 +541,6 @@ def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Ma
     """
     L.seed_everything(ws.params.seed, workers=True, verbose=False)
     compress = method.kind == "compress"
-    if compress and any(ws.components.sidecar(t).meta.get("transform") == "quantize" for t in champion_manifest.transforms):
-        raise ConfigError("the champion is already quantized: put compress steps before the quantize step", file=ws.params.file, field=f"stream.{key}")
     source = champion_manifest if compress else champion_manifest.float_shadow()
     net = compose(source, ws.components)
     for p in net.parameters():
@@ -594,6 +623,7 @@ def _resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: 
         },
         step=key,
     )
+    crash_point("forget.resolved")
 
 
 def revoke_unservable_versions(ws: Workspace) -> list[int]:
@@ -610,6 +640,7 @@ def revoke_unservable_versions(ws: Workspace) -> list[int]:
             revoked[info.version] = carried
     if revoked:  # write-ahead, like the gate: the ledger first, then the registry tags
         ws.ledger.append(REVOKED_ENTRY, {"versions": sorted(revoked), "by_request": {str(v): r for v, r in revoked.items()}})
+        crash_point("revoke.ledger")
     for version, requests in revoked.items():
         ws.registry.set_version_tags(version, {"deletion_status": "revoked", "ume.revoked_by": ",".join(requests)})
     return sorted(revoked)

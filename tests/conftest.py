@@ -26,7 +26,8 @@ def tiny_params_dict(root: Path, **overrides: Any) -> dict[str, Any]:
     raw["train"]["base"]["epochs"] = 8
     # An 8-epoch test_resnet is far from the demo's model: its group gap is wide and noisy, so the
     # fairness bounds are loosened here (tests of the fairness specs set their own).
-    raw["behaviors"]["thresholds"].update(max_group_accuracy_gap=0.5, max_group_gap_increase=0.2)
+    # The latency budget compares wall-clock times, which two test workers on two cores disturb: looser here.
+    raw["behaviors"]["thresholds"].update(max_group_accuracy_gap=0.5, max_group_gap_increase=0.2, max_latency_ratio=3.0)
     raw["stream"] = {
         "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
         "s02": {"kind": "learn", "parent": "s01", "slice": "u2", "epochs": 3},

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.audit import audit
 from pipeline.config import RegistryConfig
-from pipeline.gate import Decision, apply_decision, complete_pending_promotion, decide, ledger_champion
+from pipeline.gate import ABANDONED, Decision, apply_decision, complete_pending_promotion, decide, ledger_champion, reconcile
 from pipeline.ledger import Ledger
 from pipeline.registry import Registry
 
@@ -90,3 +90,32 @@ def test_audit_reports_tampered_ledger(tmp_path: Path) -> None:
     ledger.path.write_text(ledger.path.read_text().replace('"promoted"', '"blocked"'))
     report = audit(ledger, registry)
     assert not report.ok and "ledger chain broken" in report.problems[0]
+
+
+def test_reconcile_repairs_what_each_crash_leaves(tmp_path: Path) -> None:
+    registry, ledger = _registry(tmp_path), Ledger(tmp_path / "ledger.jsonl")
+    v1 = _candidate(registry, ledger, tmp_path, "a")
+    apply_decision(Decision(True, "ok"), ledger=ledger, registry=registry, step="a", version=v1, manifest_hash="ha", champion_before=None)
+    # killed after registering, before the ledger's candidate entry
+    run = registry.start_run("b", {})
+    registry.log_artifacts(run, tmp_path / "v", "version")
+    orphan = registry.register(run, "version", {"ume.manifest_hash": "hb", "ume.decision": "pending"})
+    # killed after the candidate entry, before the decision
+    undecided = _candidate(registry, ledger, tmp_path, "c")
+    # killed after the decision entry, before its tags and the alias move
+    v4 = _candidate(registry, ledger, tmp_path, "d")
+    ledger.append("decision", {"version": v4, "manifest_hash": "hd", "decision": "promoted", "mode": "gate", "alias": {"from": v1, "to": v4}})
+    # killed after a revocation entry, before its tags
+    ledger.append("revocation", {"versions": [v1], "by_request": {str(v1): ["del-x"]}})
+    problems = audit(ledger, registry).problems
+    assert any("no candidate entry" in p for p in problems) and any("has no decision" in p for p in problems), problems
+
+    repaired = reconcile(ledger, registry)
+    assert repaired and audit(ledger, registry).ok, (repaired, audit(ledger, registry).problems)
+    assert registry.champion() == v4
+    assert registry.version(orphan).tags["ume.decision"] == ABANDONED == registry.version(undecided).tags["ume.decision"]
+    assert registry.version(v4).tags["ume.decision"] == "promoted"
+    assert registry.version(v1).tags["deletion_status"] == "revoked"
+    assert registry.running_runs() == []  # the runs the killed processes left RUNNING are marked KILLED
+    entries = len(ledger.verify())
+    assert reconcile(ledger, registry) == [] and len(ledger.verify()) == entries  # idempotent

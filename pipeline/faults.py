@@ -1,0 +1,63 @@
+"""Named crash points: where the reliability harness kills a step process with SIGKILL.
+
+Like the failpoints of etcd or TiKV, each place where a crash would leave work half done calls
+:func:`crash_point` with a stable name. Normally it costs one environment lookup and does nothing.
+With ``UME_CRASH_AT=<name>`` (or ``<name>@<n>`` for the n-th time the point is reached) the process
+appends the name to the file named by ``UME_CRASH_LOG`` (so the harness knows the point was
+reached), then kills itself with SIGKILL: no ``finally``, no ``atexit``, no flush, exactly like a
+power cut or the OOM killer. :data:`CRASH_POINTS` lists every point, so the harness can try them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_AT_ENV = "UME_CRASH_AT"
+CRASH_LOG_ENV = "UME_CRASH_LOG"
+
+CRASH_POINTS: dict[str, str] = {
+    "prepare.staged": "the sample table is built in the staging directory, not yet swapped in",
+    "step.started": "the ledger says the step started; nothing else written",
+    "forget.ingested": "`ume forget`: the request is in the ledger, its request file and stream step are not written",
+    "forget.request_written": "`ume forget`: the request file is written, the stream step is not appended",
+    "step.ingested": "a forget step ingested its request into the ledger",
+    "registry.run_started": "the step's MLflow run exists (RUNNING), no training yet",
+    "train.batch": "in the middle of training (after a few optimizer steps)",
+    "component.tmp_written": "a component's weights are in a temporary file, not yet renamed into place",
+    "component.saved": "a component is stored, the ledger does not know it yet",
+    "ledger.tmp_written": "a new ledger file is written and fsynced under a temporary name, not yet renamed",
+    "registry.registered": "the candidate is a registered MLflow version, the ledger has no candidate entry",
+    "ledger.candidate": "the ledger has the candidate, no decision yet",
+    "gate.decided": "the ledger has the decision, the registry has neither its tags nor the alias move",
+    "gate.tagged": "the version is tagged with the decision, the alias is not moved yet",
+    "gate.promoted": "the alias moved; the run tags, history and step record are not written",
+    "step.record_tmp": "the step record (the DVC output) is in a temporary file",
+    "forget.resolved": "the ledger says the request is resolved; earlier versions are not revoked yet",
+    "revoke.ledger": "the ledger revokes earlier versions; the registry tags are not set yet",
+}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here if ``UME_CRASH_AT`` names this point (no-op otherwise)."""
+    target = os.environ.get(CRASH_AT_ENV)
+    if not target:
+        return
+    point, _, nth = target.partition("@")
+    if point != name:
+        return
+    if name not in CRASH_POINTS:
+        raise KeyError(f"unknown crash point {name!r}")
+    wanted = int(nth) if nth else 1
+    counter = f"_UME_CRASH_SEEN_{name.replace('.', '_')}"
+    seen = int(os.environ.get(counter, "0")) + 1
+    os.environ[counter] = str(seen)
+    if seen < wanted:
+        return
+    log = os.environ.get(CRASH_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{name} pid={os.getpid()}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
