@@ -133,8 +133,16 @@ def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int = 3) ->
 
 
 def copy_project(template: Path, dest: Path) -> Path:
-    """A private copy (all paths in a project are relative, so a copy is a working project)."""
+    """A private copy whose registry URI is absolute.
+
+    MLflow keeps one SQLAlchemy engine per tracking URI for the life of a process, so the relative
+    ``sqlite:///mlflow.db`` would keep pointing at the first project this process read. The registry
+    is not a DVC parameter of any stage: changing it reruns nothing.
+    """
     shutil.copytree(template, dest, symlinks=True)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    raw["registry"]["tracking_uri"] = f"sqlite:///{dest.resolve() / 'mlflow.db'}"
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return dest
 
 
