@@ -79,7 +79,7 @@ CASES: tuple[CrashCase, ...] = (
     CrashCase("prepare", "prepare.staged"),
 )
 CI_CASES: tuple[str, ...] = (
-    "learn:train.batch", "learn:registry.registered", "learn:gate.decided", "forget:forget.ingested", "forget:revoke.ledger", "prepare:prepare.staged",
+    "learn:registry.registered", "learn:gate.decided", "forget:forget.ingested", "forget:revoke.ledger", "prepare:prepare.staged",
 )
 
 
