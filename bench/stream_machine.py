@@ -48,11 +48,12 @@ def copy_trained_project(template: Path, dest: Path) -> Path:
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     raw["paths"]["store"] = str(dest / "store")
     raw["registry"]["tracking_uri"] = f"sqlite:///{dest / 'mlflow.db'}"
-    raw["stream"] = {}
+    raw.pop("stream", None)
     raw["behaviors"]["thresholds"]["min_edit_success"] = 0.0  # the tiny edit may not fix its cases: it must still be safe
     raw["behaviors"]["thresholds"]["min_edit_holdout_success"] = 0.0
     raw["behaviors"]["thresholds"]["max_latency_ratio"] = 1000.0  # wall-clock budgets depend on the machine's load, not on the stream
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # An empty, block-style `stream:` last, so that steps can be appended as `ume forget` does.
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False) + "stream:\n")
     (dest / "edits").mkdir(exist_ok=True)
     (dest / "edits" / "machine-edit.yaml").write_text(EDIT_SPEC)
     return dest
@@ -184,7 +185,7 @@ class StreamMachine(RuleBasedStateMachine):
         if code != 0:
             self._note("forget: refused")
             return
-        key = next(iter(set(yaml.safe_load(self.params.read_text())["stream"]) - stream_before), None)
+        key = next(iter(set(yaml.safe_load(self.params.read_text())["stream"] or {}) - stream_before), None)
         if key is None:
             self._note("forget: repeat")
             return

@@ -22,3 +22,5 @@ def test_random_streams_keep_every_invariant(trained_project: Path, tmp_path: Pa
     result = run_machine(trained_project, tmp_path, examples=examples, steps=steps)
     assert result["violations"] == [], result
     assert result["examples"] >= examples and result["operations"] > 0, result
+    ran = sum(count for outcome, count in result["outcomes"].items() if outcome.endswith(("promoted", "blocked", "done")))
+    assert ran > 0, f"every operation was refused: the machine exercised nothing ({result['outcomes']})"
