@@ -14,11 +14,8 @@ Tools come from Debian (``postgresql``, ``chromium``) and the ``dev`` extra (``p
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.scaleout_support import MlflowServer, chromium_page, missing_tools, mlflow_server, postgres_cluster
+from tests.test_e2e import run  # the same subprocess runner as the sqlite end-to-end tests
 
 pytestmark = pytest.mark.scaleout
 IGNORE = shutil.ignore_patterns(
@@ -59,21 +57,6 @@ class Stream:
     pg_uri: str
     work: Path
     repro_seconds: float
-
-
-def _env() -> dict[str, str]:
-    """The test's environment with the venv's scripts (``dvc``, ``ume``) first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in ``cwd``; with ``check`` a non-zero exit fails with its output."""
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def _stream_params(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
