@@ -79,9 +79,10 @@ CASES: tuple[CrashCase, ...] = (
     *(CrashCase("rollback", p) for p in ("registry.registered", "gate.decided")),
     CrashCase("prepare", "prepare.staged"),
 )
-CI_CASES: tuple[str, ...] = (
-    "learn:registry.registered", "learn:gate.decided", "forget:forget.ingested", "forget:revoke.ledger", "prepare:prepare.staged",
-)
+# What `make test` runs (its time budget is 12 minutes on two cores): an interrupted alias move, a
+# deletion request killed before its request file (no request may be lost), a prepare killed in staging.
+# `python -m bench.reliability` runs every case of CASES.
+CI_CASES: tuple[str, ...] = ("learn:gate.decided", "forget:forget.ingested", "prepare:prepare.staged")
 
 
 @dataclass

@@ -912,7 +912,7 @@ def build_templates(workdir: Path, thresholds: dict[str, float] | None = None) -
     not any particular gate outcome.
     """
     from pipeline.runner import open_workspace, run_base, run_prepare
-    from tests.conftest import tiny_params_dict, write_params
+    from tests.projects import tiny_params_dict, write_params
 
     templates = {}
     empty = workdir / "template-empty"
@@ -995,7 +995,7 @@ def _machine_part(workdir: Path, examples: int, steps: int) -> dict[str, Any]:
     from pipeline.runner import open_workspace, run_base, run_prepare
 
     started = time.time()
-    from tests.conftest import tiny_params_dict, write_params
+    from tests.projects import tiny_params_dict, write_params
 
     template = workdir / "machine-template"
     template.mkdir(parents=True)

@@ -1,47 +1,40 @@
-"""Shared fixtures: tiny params in a temporary project directory, and one trained tiny workspace."""
+"""Shared fixtures: tiny projects (tests/projects.py), one trained base per session, and the perturbation knobs."""
 
 from __future__ import annotations
 
-import copy
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_params_dict(root: Path, **overrides: Any) -> dict[str, Any]:
-    """The repo's params.yaml made small and pointed at ``root`` (absolute store and sqlite paths)."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw = copy.deepcopy(raw)
-    raw["paths"]["store"] = str(root / "store")
-    raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
-    raw["behaviors"]["path"] = str(REPO / "behaviors")
-    raw["train"]["progress_bar"] = False
-    raw["train"]["base"]["epochs"] = 8
-    # An 8-epoch test_resnet is far from the demo's model: its group gap is wide and noisy, so the
-    # fairness bounds are loosened here (tests of the fairness specs set their own).
-    # The latency budget compares wall-clock times, which two test workers on two cores disturb: looser here.
-    raw["behaviors"]["thresholds"].update(max_group_accuracy_gap=0.5, max_group_gap_increase=0.2, max_latency_ratio=3.0)
-    raw["stream"] = {
-        "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
-        "s02": {"kind": "learn", "parent": "s01", "slice": "u2", "epochs": 3},
-    }
-    for key, value in overrides.items():
-        raw[key] = value
-    return raw
+from tests.projects import base_template, clone_project, tiny_params_dict, write_params
 
 
-def write_params(root: Path, raw: dict[str, Any]) -> Path:
-    """Write ``raw`` as ``root/params.yaml``."""
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+def pytest_configure(config: pytest.Config) -> None:
+    """``UME_TEST_THREADS=n``: every process of the run (this one and the ``ume``/``dvc`` it starts) uses n CPU threads."""
+    threads = os.environ.get("UME_TEST_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = threads
+        os.environ["MKL_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+# The slowest modules first: pytest-xdist hands out whole files (--dist loadfile) in collection order, so
+# the long ones start at once on both workers instead of trailing at the end (longest-first scheduling).
+SLOW_FIRST = ("test_e2e.py", "test_crash.py", "test_scaleout_mlflow.py", "test_stateful.py", "test_scaleout_ddp.py", "test_edit_merge.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the modules longest first (stable within a module)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture
@@ -54,17 +47,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A project with prepared data and a gated base (trained once per test session)."""
-    from pipeline.runner import open_workspace, run_base, run_prepare
-
-    root = tmp_path_factory.mktemp("trained")
+    """A project with prepared data and a gated base: the session's template, copied once per worker, without DVC."""
+    root = tmp_path_factory.mktemp("trained") / "proj"
+    clone_project(base_template(tmp_path_factory), root, absolute=True, plain=True)
     old = os.getcwd()
     os.chdir(root)
     try:
-        write_params(root, tiny_params_dict(root))
-        ws = open_workspace(root / "params.yaml")
-        run_prepare(ws)
-        run_base(ws)
         yield root
     finally:
         os.chdir(old)
@@ -73,11 +61,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def trained_copy(trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the trained project (tests may change it freely)."""
-    dest = tmp_path / "proj"
-    shutil.copytree(trained_project, dest)
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    raw["paths"]["store"] = str(dest / "store")
-    raw["registry"]["tracking_uri"] = f"sqlite:///{dest / 'mlflow.db'}"
-    write_params(dest, raw)
+    dest = clone_project(trained_project, tmp_path / "proj", absolute=True)
     monkeypatch.chdir(dest)
     return dest
+

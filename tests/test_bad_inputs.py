@@ -20,7 +20,7 @@ import torch
 from bench.reliability import CASES, MARKER, BadInput, Outcome, PicklePayload, require_champion, run_case
 from pipeline.components import ComponentDraft, ComponentStore
 from pipeline.errors import ComponentError
-from tests.conftest import tiny_params_dict, write_params
+from tests.projects import tiny_params_dict, write_params
 
 BY_NAME = {case.name: case for case in CASES}
 MLFLOW = "mlflow-unreachable"

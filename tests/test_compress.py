@@ -125,7 +125,7 @@ def cli(*args: str) -> int:
 def test_compressed_champion_stays_compressed_through_learn_and_forget(trained_copy: Path) -> None:
     params = trained_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["stream"]["s02"]["slice"] = "u3"
+    raw["stream"]["s02"] = {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     append_stream_step(params, "prune", {"kind": "compress", "parent": "s01", "method": "prune", "sparsity": 0.2, "finetune_steps": 5, "lr": 0.001})
     append_stream_step(params, "quant", {"kind": "compress", "parent": "prune", "method": "quantize", "calibration_samples": 128})

@@ -12,7 +12,7 @@ import yaml
 from pipeline.config import load_params, parse_params
 from pipeline.errors import ConfigError
 from pipeline.runner import validate_params
-from tests.conftest import REPO, tiny_params_dict, write_params
+from tests.projects import REPO, tiny_params_dict, write_params
 
 
 def test_repo_params_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,17 +73,30 @@ def test_not_yaml_is_a_clear_error(tmp_path: Path) -> None:
         load_params(path)
 
 
-@pytest.mark.parametrize("command", [["prepare"], ["base"], ["step", "s01"], ["rollback", "--to", "1"]])
-def test_cli_bad_params_exit_nonzero_and_write_nothing(tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "subprocess_run"),
+    [(["prepare"], True), (["base"], False), (["step", "s01"], False), (["rollback", "--to", "1"], False)],
+)
+def test_cli_bad_params_exit_nonzero_and_write_nothing(
+    tmp_path: Path, command: list[str], subprocess_run: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One command through the real console entry point, the others in-process (same code, no interpreter start)."""
     raw = tiny_params_dict(tmp_path)
     raw["model"]["arch"] = "no_such_arch"
     write_params(tmp_path, raw)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *command], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "field 'model.arch'" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    if subprocess_run:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        code, stderr = proc.returncode, proc.stderr
+    else:
+        from pipeline.cli import main
+
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as info:
+            main(command)
+        code, stderr = info.value.code, capsys.readouterr().err
+    assert code == 2, stderr
+    assert "field 'model.arch'" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "store").exists()
     assert not (tmp_path / "mlflow.db").exists()
     assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == raw

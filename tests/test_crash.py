@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from bench.crash import CASES, CI_CASES, make_template, reference_run, run_case
+from bench.crash import CASES, CI_CASES, LEARN_STEP, reference_run, run_case
 from pipeline.faults import CRASH_POINTS, crash_point
 from pipeline.tempfiles import sweep_stale_temporaries
+from tests.projects import base_template, clone_project, sh
 
 pytestmark = [pytest.mark.crash, pytest.mark.e2e]
 BY_NAME = {case.name: case for case in CASES}
@@ -41,7 +42,11 @@ def test_crash_point_is_inert_unless_armed(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("crash")
-    template = make_template(work / "template")
+    # The session's base template with one promoted learn step on top (bench.crash.make_template's project,
+    # without training a base of its own).
+    stream = {LEARN_STEP: {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3}}
+    template = clone_project(base_template(tmp_path_factory), work / "template", stream=stream)
+    sh(template, "dvc", "repro")
     scenarios = dict.fromkeys(BY_NAME[name].scenario for name in CI_CASES)
     return {"work": work, "template": template, "references": {s: reference_run(template, s, work) for s in scenarios}}
 

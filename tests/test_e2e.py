@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project, project_audit, project_status
+from tests.projects import sh as run
 
 pytestmark = pytest.mark.e2e
-IGNORE = shutil.ignore_patterns(
-    ".venv", "store", "mlruns", "mlflow.db", ".git", "tmp", "cache", "config.local", "dvc.lock", "__pycache__", ".hypothesis", "*.egg-info", "dvc_plots"
-)
 
 
 def _env() -> dict[str, str]:
@@ -27,27 +24,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    shutil.copytree(REPO, dest, ignore=IGNORE)
-    run(dest, "git", "init", "-q")
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    raw["train"]["progress_bar"] = False
-    raw["train"]["base"]["epochs"] = 15
-    raw["behaviors"]["thresholds"]["max_latency_ratio"] = 3.0  # wall-clock: two test workers share two cores
-    raw["stream"] = {
-        "s01-learn-u1": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 6},
-        "s02-learn-u2": {"kind": "learn", "parent": "s01-learn-u1", "slice": "u2", "epochs": 6},
+    """The session's base template (prepare + base by `dvc repro`), then `dvc repro` of a good and a bad slice."""
+    stream = {
+        "s01-learn-u1": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
+        "s02-learn-u2": {**BAD_DROP, "parent": "s01-learn-u1"},  # every label wrong: blocked by a wide margin
     }
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    dest = clone_project(base_template(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "repo", stream=stream)
     run(dest, "dvc", "repro")
     return dest
 
@@ -58,7 +42,8 @@ def ran(repro_stdout: str) -> list[str]:
 
 
 def status(cwd: Path) -> dict:
-    return json.loads(run(cwd, "ume", "status", "--json").stdout)
+    """`ume status --json`, in-process: the console script itself is exercised by `ume status --check` below."""
+    return project_status(cwd)
 
 
 def test_stream_runs_gates_and_blocks_the_bad_slice(repo_copy: Path) -> None:
@@ -70,7 +55,7 @@ def test_stream_runs_gates_and_blocks_the_bad_slice(repo_copy: Path) -> None:
     assert st["champion"]["version"] == steps["s01-learn-u1"]["champion_after"]
     assert all({"id", "kind", "decision"} <= set(s) for s in st["steps"])
     assert st["deleted_samples"] == 0
-    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert project_audit(repo_copy) == []
     assert run(repo_copy, "ume", "status", "--check", check=False).returncode == 1
 
 
@@ -88,7 +73,7 @@ def test_history_metrics_plots_and_standalone_specs(repo_copy: Path) -> None:
     specs = run(repo_copy, sys.executable, "-m", "pytest", "behaviors/", "-q", "--import-mode=importlib", "-p", "no:cacheprovider", check=False)
     assert specs.returncode == 0, specs.stdout[-3000:]
     blocked = run(repo_copy, sys.executable, "-m", "pytest", "behaviors/", "-q", "--import-mode=importlib", "--ume-version", "3", check=False)
-    assert blocked.returncode == 1 and "test_calibration_error_change" in blocked.stdout
+    assert blocked.returncode == 1 and BAD_DROP_FAILS in blocked.stdout
 
 
 def test_no_change_repro_runs_nothing_and_appended_step_runs_alone(repo_copy: Path) -> None:
@@ -96,13 +81,13 @@ def test_no_change_repro_runs_nothing_and_appended_step_runs_alone(repo_copy: Pa
     assert "Running stage" not in again.stdout
     params = repo_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["stream"]["s03-learn-u3"] = {"kind": "learn", "parent": "s02-learn-u2", "slice": "u3", "epochs": 6}
+    raw["stream"]["s03-learn-u3"] = {"kind": "learn", "parent": "s02-learn-u2", "slice": "u3", "epochs": 3}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = run(repo_copy, "dvc", "repro").stdout
     assert ran(out) == ["step@s03-learn-u3", "seal"], out
     steps = {s["id"]: s for s in status(repo_copy)["steps"]}
     assert steps["s03-learn-u3"]["decision"] in ("promoted", "blocked")
-    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert project_audit(repo_copy) == []
 
 
 def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
@@ -115,7 +100,7 @@ def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
     st = status(repo_copy)
     assert st["champion"]["version"] == 1
     assert st["steps"][-1]["kind"] == "rollback" and st["steps"][-1]["decision"] == "promoted"
-    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert project_audit(repo_copy) == []
     assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
 
 
@@ -134,7 +119,7 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
     assert st["steps"][-1]["kind"] == "forget" and st["steps"][-1]["decision"] == "promoted"
     refused = run(repo_copy, "ume", "rollback", "--to", "2", check=False)  # v2 = base + s01 still carries the owner
     assert refused.returncode == 2 and "del-" in refused.stderr
-    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert project_audit(repo_copy) == []
     request_id = next(iter(st["requests"]))
     run(repo_copy, "ume", "certificate", request_id)
     text = (repo_copy / "certificates" / f"{request_id}.md").read_text()
@@ -157,7 +142,7 @@ def test_two_repro_at_once_wait_or_refuse_and_stay_consistent(repo_copy: Path) -
     entries = [json.loads(line) for line in (repo_copy / "store" / "ledger.jsonl").read_text().splitlines() if line]
     assert [e["type"] for e in entries if e["step"] == key].count("candidate") == 1
     assert [e["type"] for e in entries if e["step"] == key].count("decision") == 1
-    assert run(repo_copy, "ume", "audit").returncode == 0
+    assert project_audit(repo_copy) == []
     assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
 
 
@@ -176,7 +161,7 @@ def test_dvc_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo_copy: Path,
     assert not (clone / "store").exists() and not (clone / "mlflow.db").exists()
     run(clone, "dvc", "pull")
     assert status(clone) == status(repo_copy)
-    assert run(clone, "ume", "audit").returncode == 0
+    assert project_audit(clone) == []
     assert "Data and pipelines are up to date" in run(clone, "dvc", "status").stdout
     again = run(clone, "dvc", "repro")
     assert "Running stage" not in again.stdout and "is cached" not in again.stdout, again.stdout

@@ -118,12 +118,6 @@ def test_chosen_overlays_and_positions() -> None:
 def test_edit_fixes_its_cases_and_drops_back_exactly(trained_copy: Path) -> None:
     params = trained_copy / "params.yaml"
     spec = write_spec(trained_copy)
-    raw = yaml.safe_load(params.read_text())
-    # The 8-epoch test base is far weaker than the demo's: loosen the drift bounds, keep the edit bounds.
-    raw["behaviors"]["thresholds"].update(
-        max_test_accuracy_drop=0.08, max_retained_accuracy_drop=0.08, min_canary_agreement=0.8, min_edit_locality=0.8, max_class_recall_drop=0.4
-    )
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
     append_stream_step(params, "e03", {"kind": "edit", "parent": "s02", "spec": str(spec)})
     ws = open_workspace()
     assert run_step(ws, "s01").record["decision"] == "promoted"
@@ -150,8 +144,7 @@ def test_edit_fixes_its_cases_and_drops_back_exactly(trained_copy: Path) -> None
 def test_merges_keep_predictions_pins_and_lineage(trained_copy: Path) -> None:
     params = trained_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["stream"]["s02"]["slice"] = "u3"  # two good slices, so the champion has two LoRA overlays to merge
-    raw["behaviors"]["thresholds"].update(max_test_accuracy_drop=0.08, max_retained_accuracy_drop=0.08, min_canary_agreement=0.8)
+    raw["stream"]["s02"] = {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3}  # two good slices: two LoRA overlays to merge
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     for key in ("s01", "s02"):

@@ -18,6 +18,7 @@ from pipeline.lineage import version_lineage
 from pipeline.model import make_trainer
 from pipeline.runner import check_rollback_drop, check_rollback_to, open_workspace, run_step
 from pipeline.status import collect_status
+from tests.projects import TEST_THRESHOLDS
 
 
 def cli(*args: str) -> int:
@@ -90,9 +91,8 @@ def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_co
     assert cli("forget", "--label", "3", "--reason", "class retired", "--method", "salun") == 0
     key = last_step(params)
     raw = yaml.safe_load(params.read_text())
-    raw["stream"][key]["fallback"] = "none"  # this test is about the approximate path
-    # ...and about pins and debt, not about how well SalUn does on an 8-epoch model (the benchmark's job).
-    raw["behaviors"]["thresholds"].update(min_canary_agreement=0.8, max_mia_accuracy=0.85)
+    raw["stream"][key]["fallback"] = "none"  # this test is about the approximate path, its pins and its debt;
+    # how well SalUn forgets is the benchmark's job (the test thresholds leave it wide margins).
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     record = run_step(ws, key).record
@@ -102,7 +102,7 @@ def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_co
     log = DeletionLog.read(ws.ledger)
     assert sum(deletion_debt(manifest, ws.components, log).values()) > 0
     assert not uncovered_requests(manifest, ws.components, log)
-    assert record["metrics"]["forgotten_class_recall"] <= 0.1
+    assert record["metrics"]["forgotten_class_recall"] <= TEST_THRESHOLDS["max_forgotten_class_recall"]
     with pytest.raises(ConfigError, match="pinned"):
         check_rollback_drop(ws, key, field="--drop")
     append_stream_step(params, "pay-debt", {"kind": "retrain", "parent": key, "epochs": 4})

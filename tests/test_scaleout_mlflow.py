@@ -3,7 +3,7 @@
 One module-scoped stream: a throwaway PostgreSQL cluster, ``mlflow server`` on it, a copy of this
 repository whose ``registry.tracking_uri`` points at the server, and the real ``dvc repro`` over a
 reduced stream: ``base``, a promoted learn step, a blocked learn step (``u2``, the bad data drop) and
-the demo's owner deletion ``del-129f0ab69403`` with method ``exact``, whose promotion revokes the
+an owner's deletion (``ume forget --owner``, a contributor of ``u3``) with method ``exact``, whose promotion revokes the
 versions that still carry the owner's samples. The tests then read the result three ways: the
 registry over REST, ume's own ``status``/``audit``, and the MLflow UI rendered by headless Chromium.
 
@@ -25,17 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project
+from tests.projects import sh as run
 from tests.scaleout_support import MlflowServer, chromium_page, missing_tools, mlflow_server, postgres_cluster
-from tests.test_e2e import run  # the same subprocess runner as the sqlite end-to-end tests
 
 pytestmark = pytest.mark.scaleout
-IGNORE = shutil.ignore_patterns(
-    ".venv", "store", "mlruns", "mlflow.db", ".git", "tmp", "dvc.lock", "__pycache__", ".hypothesis", "*.egg-info", "dvc_plots", "certificates"
-)
 MODEL = "ume-digits"
-REQUEST = "del-129f0ab69403"  # requests/: every sample of owner w041, who contributed to slice u3
-PROMOTED_LEARN, BLOCKED_LEARN, FORGET = "s01-learn-u3", "s02-learn-u2", "forget-04"
+PROMOTED_LEARN, BLOCKED_LEARN, FORGET = "s01-learn-u3", "s02-learn-u2", "forget-03"  # `ume forget` names it
 # What ume decides on this stream: step -> (decision, version, champion after). The u2 block is test_e2e's on sqlite.
 EXPECTED = {
     "base": ("promoted", 1, 1),
@@ -43,8 +39,8 @@ EXPECTED = {
     BLOCKED_LEARN: ("blocked", 3, 2),
     FORGET: ("promoted", 4, 4),
 }
-REVOKED = {2, 3}  # both carry the u3 overlay trained on w041's samples
-FAILING = "test_calibration_error_change"  # the bad drop's miscalibration, as in test_e2e on sqlite
+REVOKED = {2, 3}  # both carry the u3 overlay trained on the forgotten owner's samples
+FAILING = BAD_DROP_FAILS  # the bad drop (every u2 label wrong), as in test_e2e on sqlite
 UI_TIMEOUT_MS = 90_000
 
 
@@ -57,46 +53,53 @@ class Stream:
     pg_uri: str
     work: Path
     repro_seconds: float
+    request: str
 
 
-def _stream_params(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
-    """The repo's params.yaml made small, pointed at the server, with the reduced stream."""
-    raw["registry"]["tracking_uri"] = tracking_uri
-    raw["train"]["progress_bar"] = False
-    raw["train"]["base"]["epochs"] = 8
-    # As in tests/conftest.py: an 8-epoch model's group gap is wide and noisy. The latency budget is
-    # timed in-process and a shared CI machine makes it noise; this test is about the registry.
-    raw["behaviors"]["thresholds"].update(max_group_accuracy_gap=0.5, max_group_gap_increase=0.2, max_latency_ratio=100.0)
-    raw["stream"] = {
+def _copy_repo(template: Path, dest: Path, tracking_uri: str) -> Path:
+    """The session's template with its prepared data only, pointed at the server, with the reduced stream."""
+    stream = {
         PROMOTED_LEARN: {"kind": "learn", "parent": "base", "slice": "u3", "epochs": 3},
-        BLOCKED_LEARN: {"kind": "learn", "parent": PROMOTED_LEARN, "slice": "u2", "epochs": 3},
-        FORGET: {"kind": "forget", "parent": BLOCKED_LEARN, "request": REQUEST, "method": "exact"},
+        BLOCKED_LEARN: {**BAD_DROP, "parent": PROMOTED_LEARN},
     }
-    return raw
-
-
-def _copy_repo(dest: Path, tracking_uri: str) -> Path:
-    """A copy of this repository (``requests/`` included) with the reduced stream."""
-    shutil.copytree(REPO, dest, ignore=IGNORE)
-    assert (dest / "requests" / f"{REQUEST}.yaml").exists(), "the demo's deletion request is missing from requests/"
-    run(dest, "git", "init", "-q")
-    raw = _stream_params(yaml.safe_load((dest / "params.yaml").read_text()), tracking_uri)
+    clone_project(template, dest, stream=stream)
+    (dest / "mlflow.db").unlink()
+    shutil.rmtree(dest / "mlruns", ignore_errors=True)
+    for path in (dest / "store").iterdir():
+        if path.name != "data":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    raw["registry"]["tracking_uri"] = tracking_uri
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return dest
 
 
+def _owner_of(repo: Path, slice_name: str) -> str:
+    import pandas as pd
+
+    rows = pd.read_csv(repo / "store" / "data" / "samples.csv")
+    return str(rows.loc[rows["slice"] == slice_name, "owner"].sort_values().iloc[0])
+
+
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stream]:
-    """PostgreSQL + ``mlflow server`` up for the whole module, the stream run once through ``dvc repro``."""
+    """PostgreSQL + ``mlflow server`` up for the whole module; the stream run through ``dvc repro``, then an owner's deletion."""
     missing = missing_tools()
     if missing:
         pytest.skip(f"scaleout PostgreSQL tests need: {'; '.join(missing)}")
+    template = base_template(tmp_path_factory)
     work = tmp_path_factory.mktemp("scaleout-mlflow")
     with postgres_cluster() as pg, mlflow_server(pg.uri, work) as server:
-        repo = _copy_repo(work / "repo", server.url)
+        repo = _copy_repo(template, work / "repo", server.url)
         start = time.monotonic()
+        run(repo, "dvc", "repro", "--force", "--single-item", "base")  # the data stays prepared; the base registers on the server
         run(repo, "dvc", "repro")
-        yield Stream(repo=repo, server=server, pg_uri=pg.uri, work=work, repro_seconds=time.monotonic() - start)
+        # An owner who contributed to u3 only: the exact deletion retrains that overlay and revokes v2, v3.
+        run(repo, "ume", "forget", "--owner", _owner_of(repo, "u3"), "--method", "exact", "--reason", "GDPR art. 17")
+        assert list(yaml.safe_load((repo / "params.yaml").read_text())["stream"])[-1] == FORGET
+        run(repo, "dvc", "repro")
+        request = yaml.safe_load((repo / "params.yaml").read_text())["stream"][FORGET]["request"]
+        yield Stream(repo=repo, server=server, pg_uri=pg.uri, work=work, repro_seconds=time.monotonic() - start, request=request)
 
 
 def _client(stream: Stream) -> Any:
@@ -119,7 +122,8 @@ def test_stream_on_postgres_gates_and_revokes(stream: Stream) -> None:
     steps = {s["id"]: s for s in st["steps"]}
     assert any(FAILING in f for f in steps[BLOCKED_LEARN]["failing"]), steps[BLOCKED_LEARN]["failing"]
     assert st["champion"]["version"] == 4 and st["champion"]["carries_deleted"] == {}
-    assert st["requests"][REQUEST]["resolved"] and st["pending_requests"] == [] and st["deleted_samples"] == st["requests"][REQUEST]["samples"] > 0
+    request = st["requests"][stream.request]
+    assert request["resolved"] and st["pending_requests"] == [] and st["deleted_samples"] == request["samples"] > 0
     audit = run(stream.repo, "ume", "audit")
     assert "audit passed" in audit.stdout and "FAIL" not in audit.stderr
     check = run(stream.repo, "ume", "status", "--check", check=False)
@@ -138,7 +142,7 @@ def test_registry_rows_live_in_postgres(stream: Stream) -> None:
         assert tags["ume.decision"] == decision and tags["ume.step"] == step
         assert (tags.get("deletion_status") == "revoked") == (number in REVOKED), f"v{number}: {tags}"
         if number in REVOKED:
-            assert tags["ume.revoked_by"] == REQUEST
+            assert tags["ume.revoked_by"] == stream.request
     blocked = client.get_run(versions[3].run_id).data
     assert blocked.tags["ume.decision"] == "blocked" and FAILING in blocked.tags["ume.reason"]
     assert blocked.metrics[f"passed.{FAILING}"] == 0.0
@@ -219,6 +223,6 @@ def test_mlflow_ui_in_chromium(stream: Stream, tmp_path: Path) -> None:
         assert page.locator('[data-testid="descriptions-item-content"] [role="status"][title="champion"]').count() == 1
         for number in sorted(REVOKED):
             tags = _check_version_page(page, stream.server.url, number, shots)
-            assert tags.get("deletion_status") == "revoked" and tags.get("ume.revoked_by") == REQUEST, tags
+            assert tags.get("deletion_status") == "revoked" and tags.get("ume.revoked_by") == stream.request, tags
         _check_blocked_run_page(page, stream.server.url, experiment_id, blocked.run_id, shots)
     assert sorted(p.name for p in shots.iterdir()) == ["blocked-run.png", "model.png", "version-2.png", "version-3.png", "version-4.png"]
