@@ -12,8 +12,16 @@ from tests.projects import base_template, clone_project, tiny_params_dict, write
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """``UME_TEST_THREADS=n``: every process of the run (this one and the ``ume``/``dvc`` it starts) uses n CPU threads."""
+    """Set the CPU threads of every process of the run: this one and the ``ume``/``dvc`` it starts.
+
+    ``UME_TEST_THREADS=n`` sets them (a perturbation knob: another summation order in every kernel).
+    Otherwise each pytest-xdist worker gets its share of the cores: two workers that each spin two
+    OpenMP threads on two cores wait on each other, and a step took five times as long.
+    """
     threads = os.environ.get("UME_TEST_THREADS")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if not threads and workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
     if threads:
         os.environ["OMP_NUM_THREADS"] = threads
         os.environ["MKL_NUM_THREADS"] = threads
