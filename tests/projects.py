@@ -64,19 +64,19 @@ BAD_DROP: dict[str, Any] = {"kind": "learn", "slice": "u2", "epochs": 6, "replay
 BAD_DROP_FAILS = "test_test_accuracy_no_drop"  # one of the behaviours it fails, by ~0.85 against a 0.3 limit
 
 
-def test_seed() -> int:
+def project_seed() -> int:
     """The seed of every test project (``UME_TEST_SEED``, a perturbation knob)."""
     return int(os.environ.get("UME_TEST_SEED", "0"))
 
 
-def tiny_params_dict(root: Path | None = None, **overrides: Any) -> dict[str, Any]:
+def tiny_params_dict(root: Path | None = None) -> dict[str, Any]:
     """The repo's params.yaml made small, with wide-margin thresholds.
 
     With ``root``, the store and the sqlite registry are absolute paths under it (for in-process tests,
     whose working directory changes); without, they stay relative, as a user's project has them.
     """
     raw = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
-    raw["seed"] = test_seed()
+    raw["seed"] = project_seed()
     if root is not None:
         raw["paths"]["store"] = str(root / "store")
         raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
@@ -89,8 +89,6 @@ def tiny_params_dict(root: Path | None = None, **overrides: Any) -> dict[str, An
         "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
         "s02": {**BAD_DROP, "parent": "s01"},
     }
-    for key, value in overrides.items():
-        raw[key] = value
     return raw
 
 
@@ -101,21 +99,26 @@ def write_params(root: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-def sh(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command in ``cwd`` with this interpreter's ``bin`` first on PATH (``ume``, ``dvc``)."""
+def command_env() -> dict[str, str]:
+    """This process's environment with this interpreter's ``bin`` first on PATH (``ume``, ``dvc``)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def sh(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd`` (:func:`command_env`); raise with its output when ``check`` and it fails."""
+    proc = subprocess.run(list(args), cwd=cwd, env=command_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode} in {cwd}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
 
 
-def repo_copy(dest: Path, raw: dict[str, Any] | None = None) -> Path:
+def repo_copy(dest: Path) -> Path:
     """This repository's pipeline (no store, no registry, no DVC lock) as a fresh git project with tiny params."""
     shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
     sh(dest, "git", "init", "-q")
-    write_params(dest, raw if raw is not None else tiny_params_dict())
+    write_params(dest, tiny_params_dict())
     return dest
 
 
@@ -168,6 +171,17 @@ def clone_project(template: Path, dest: Path, *, absolute: bool = False, plain: 
         raw["stream"] = stream
     write_params(dest, raw)
     return dest
+
+
+def keep_prepared_data(project: Path) -> Path:
+    """Empty a cloned project's registry and store except ``store/data``: its base must be trained again
+    (by DDP ranks, or against another registry) while the prepared data is reused."""
+    (project / "mlflow.db").unlink(missing_ok=True)
+    shutil.rmtree(project / "mlruns", ignore_errors=True)
+    for path in (project / "store").iterdir():
+        if path.name != "data":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return project
 
 
 def _forget_mlflow_stores() -> None:

@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project, project_audit, project_status
+from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project, command_env, project_audit, project_status
 from tests.projects import sh as run
 
 pytestmark = pytest.mark.e2e
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +127,8 @@ def test_two_repro_at_once_wait_or_refuse_and_stay_consistent(repo_copy: Path) -
     key = "s-concurrent"
     raw["stream"][key] = {"kind": "learn", "parent": list(raw["stream"])[-1], "slice": "u3", "epochs": 3}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    procs = [subprocess.Popen(["dvc", "repro"], cwd=repo_copy, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    env = command_env()
+    procs = [subprocess.Popen(["dvc", "repro"], cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     codes = [p.returncode for p in procs]
     assert 0 in codes, outputs

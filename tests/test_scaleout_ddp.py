@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import base_template, clone_project
+from tests.projects import base_template, clone_project, keep_prepared_data
 from tests.projects import sh as run
 
 pytestmark = pytest.mark.scaleout
@@ -38,11 +37,7 @@ def ddp_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float
     raw["train"].update(accelerator="cpu", devices=2, strategy="ddp")
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # Keep the prepared data; the base is trained again, by two processes, into a fresh store and registry.
-    (dest / "mlflow.db").unlink()
-    shutil.rmtree(dest / "mlruns", ignore_errors=True)
-    for path in (dest / "store").iterdir():
-        if path.name != "data":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    keep_prepared_data(dest)
     started = time.time()
     base = run(dest, "dvc", "repro", "--force", "--single-item", "base")
     rest = run(dest, "dvc", "repro")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project
+from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project, keep_prepared_data
 from tests.projects import sh as run
 from tests.scaleout_support import MlflowServer, chromium_page, missing_tools, mlflow_server, postgres_cluster
 
@@ -63,11 +62,7 @@ def _copy_repo(template: Path, dest: Path, tracking_uri: str) -> Path:
         BLOCKED_LEARN: {**BAD_DROP, "parent": PROMOTED_LEARN},
     }
     clone_project(template, dest, stream=stream)
-    (dest / "mlflow.db").unlink()
-    shutil.rmtree(dest / "mlruns", ignore_errors=True)
-    for path in (dest / "store").iterdir():
-        if path.name != "data":
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    keep_prepared_data(dest)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     raw["registry"]["tracking_uri"] = tracking_uri
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
