@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
 from typing import Any
+
+import lightning as L
 
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from pipeline.compose import compose
+from pipeline.config import ReferenceConfig
 from pipeline.data import UmeData, open_data
 from pipeline.data.table import EVAL_SLICES
 from pipeline.deletion import DeletionLog
+from pipeline.errors import UmeError
 from pipeline.lineage import hash_sample_id, version_lineage
 from pipeline.manifest import Manifest
+from pipeline.model import make_trainer
 from pipeline.workspace import Workspace
 
 
@@ -32,11 +41,16 @@ def build_context(
     """Reference sets come from the data layer (deleted samples are already gone).
 
     ``retain`` is what the champion was trained on (what a change must not lose); without a
-    champion it is what the candidate was trained on.
+    champion it is what the candidate was trained on. Every forget case gets its control (the
+    un-forgotten model); owner and sample deletions get the reference bank of the candidate's base.
     """
     data = data or open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
     reference = champion_manifest or candidate_manifest
-    cases = forget_cases(ws, data, step.get("request"))
+    current = (ws.registry.champion() if champion is None else champion.version, champion)
+    cases = forget_cases(ws, data, step.get("request"), current_champion=current)
+    bank, bank_note = None, ""
+    if any(c.scope == "samples" for c in cases):
+        bank, bank_note = reference_bank(ws, data, candidate_manifest)
     excluded = tuple(sorted({c.label for c in cases if c.scope == "class" and c.label is not None}))
     retain = data.select("retain", hashed_ids=version_lineage(reference, ws.components)).without_labels(excluded)
     splits = Splits(
@@ -55,7 +69,59 @@ def build_context(
         forget_cases=cases,
         excluded_labels=excluded,
         edits=edit_cases(ws, data, candidate_manifest, step),
+        references=bank,
+        references_note=bank_note,
     )
+
+
+def shadow_trainer(ws: Workspace) -> Callable[[int], L.Trainer]:
+    """Trainers for reference overlays: one device, no logger, no progress bar per shadow."""
+    train = dataclasses.replace(ws.params.train, devices=1, num_nodes=1, strategy="auto", progress_bar=False)
+    return lambda epochs: make_trainer(train, max_epochs=epochs)
+
+
+RECIPE_FIELDS = ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")
+
+
+def _shadow_recipe(ws: Workspace, manifest: Manifest) -> ReferenceConfig:
+    """Shadows are trained as the version's data subjects were: with the recorded recipe of its
+    first ``learn`` overlay (LiRA's references must match the target's training); the
+    ``behaviors.references`` settings apply when the version has none."""
+    config = ws.params.behaviors.references
+    for component_id in manifest.overlays:
+        meta = ws.components.sidecar(component_id).meta
+        if meta.get("method") == "learn/lora":
+            recorded = meta.get("config", {})
+            return dataclasses.replace(config, **{k: recorded[k] for k in RECIPE_FIELDS if k in recorded})
+    return config
+
+
+def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
+    """The reference bank of ``manifest``'s clean base (opened, purged, topped up), or None and why."""
+    from behaviors.references import open_bank, reference_pool
+
+    float_manifest = manifest.float_shadow()
+    base_lineage = set(ws.components.sidecar(manifest.base).lineage)
+    overlay_lineage: set[str] = set()
+    for component_id in float_manifest.overlays:
+        overlay_lineage |= set(ws.components.sidecar(component_id).lineage)
+    pool = reference_pool(data, overlay_lineage, base_lineage)
+    config = _shadow_recipe(ws, float_manifest)
+    recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    bank = open_bank(
+        ws.store_dir / "references" / manifest.base / recipe,
+        compose(Manifest(base=manifest.base), ws.components),
+        data=data,
+        pool=pool,
+        replay=data.select("reference-replay", hashed_ids=base_lineage),
+        deleted=DeletionLog.read(ws.ledger).hashed_ids(),
+        config=config,
+        make_trainer=shadow_trainer(ws),
+        seed=ws.params.seed,
+    )
+    if bank is None:
+        return None, "no reference models: the version has no overlay trained on data subjects outside the clean base"
+    return bank, ""
 
 
 def edit_cases(ws: Workspace, data: UmeData, manifest: Manifest, step: dict[str, Any]) -> list[EditCase]:
@@ -76,9 +142,34 @@ def edit_cases(ws: Workspace, data: UmeData, manifest: Manifest, step: dict[str,
     return out
 
 
-def forget_cases(ws: Workspace, data: UmeData, current_request: str | None) -> list[ForgetCase]:
-    """Every deletion the candidate must honour: resolved requests, plus the one being processed."""
+def served_version(ws: Workspace, request_id: str) -> int | None:
+    """The un-forgotten control of a request: the champion its forget step started from (recorded
+    when the request was resolved), else the one it arrived on."""
     log = DeletionLog.read(ws.ledger)
+    resolved = log.resolved.get(request_id)
+    if resolved is not None and resolved.data.get("control_version") is not None:
+        return int(resolved.data["control_version"])
+    steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request_id]
+    started = [e for e in ws.ledger.of_type("step_started") if e.step in steps and e.data.get("champion") is not None]
+    if started:
+        return int(started[-1].data["champion"])
+    entry = log.requests.get(request_id)
+    served = entry.data.get("served_version") if entry is not None else None
+    return int(served) if served is not None else None
+
+
+def forget_cases(
+    ws: Workspace, data: UmeData, current_request: str | None, *, current_champion: tuple[int | None, ModelUnderTest | None] = (None, None)
+) -> list[ForgetCase]:
+    """Every deletion the candidate must honour: resolved requests, plus the one being processed.
+
+    Each case carries its control: the champion the request arrived on (composed from the
+    registry; the current champion for the request being processed).
+    """
+    log = DeletionLog.read(ws.ledger)
+    controls: dict[int, ModelUnderTest | None] = {}
+    if current_champion[0] is not None and current_champion[1] is not None:
+        controls[current_champion[0]] = current_champion[1]
     wanted = [r for r in log.requests if r in log.resolved or r == current_request]
     test = data.split("test")
     cases = []
@@ -98,7 +189,18 @@ def forget_cases(ws: Workspace, data: UmeData, current_request: str | None) -> l
             label = None
             classes = set(trained.y.tolist())
             unseen = test.take([i for i, y in enumerate(test.y.tolist()) if y in classes])
-        cases.append(ForgetCase(rid, entry["scope"], label, trained, unseen, current=rid == current_request))
+        version = current_champion[0] if rid == current_request else served_version(ws, rid)
+        control, note = None, "no record of the version the request arrived on"
+        if version is not None:
+            if version not in controls:
+                try:
+                    controls[version] = model_under_test(ws, f"control v{version}", ws.manifest_of(version), version)
+                except (UmeError, KeyError, FileNotFoundError) as exc:
+                    controls[version] = None
+                    note = f"the un-forgotten version v{version} cannot be composed: {exc}"
+            control = controls[version]
+            note = "" if control is not None else note
+        cases.append(ForgetCase(rid, entry["scope"], label, trained, unseen, current=rid == current_request, control=control, control_note=note))
     return cases
 
 

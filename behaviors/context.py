@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pipeline.data import SampleSet, UmeData
 from pipeline.model import predict_logits
+
+if TYPE_CHECKING:
+    from behaviors.references import ReferenceBank
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_test_accuracy": 0.90,
@@ -24,6 +27,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "forget_accuracy_tolerance": 0.05,
     "max_forgotten_class_recall": 0.10,
     "max_mia_accuracy": 0.70,
+    "max_forget_member_share": 0.15,
     "max_group_accuracy_gap": 0.10,
     "max_group_gap_increase": 0.05,
     "max_size_ratio": 1.05,
@@ -80,7 +84,9 @@ class ForgetCase:
 
     ``forgotten`` are the request's samples that were training data; ``unseen`` are samples the
     model never trained on, of the same classes (test samples for a sample/owner deletion; the
-    deleted class's own test and canary samples for a class deletion).
+    deleted class's own test and canary samples for a class deletion). ``control`` is the
+    un-forgotten model (the champion the request arrived on): every forget check is run on it
+    too, and a check it passes as well is inconclusive.
     """
 
     request_id: str
@@ -89,6 +95,8 @@ class ForgetCase:
     forgotten: SampleSet
     unseen: SampleSet
     current: bool
+    control: ModelUnderTest | None = None
+    control_note: str = ""
 
 
 @dataclass
@@ -122,6 +130,8 @@ class BehaviorContext:
     excluded_labels: tuple[int, ...] = ()
     edits: list[EditCase] = field(default_factory=list)
     report_dir: Path | None = None
+    references: ReferenceBank | None = None
+    references_note: str = ""
 
 
 def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ or ``--ume-version N``, read from the registry of the ``params.yaml`` in the cur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,23 +45,73 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "blocking: a failure of this behaviour blocks promotion")
 
 
+NO_CONTROL = object()  # marks a check that has no control by nature (not a forget check)
+
+PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
+
+
+def verdict(candidate_passes: bool | None, control_passes: bool | None) -> str:
+    """The verdict of a controlled check: ``passed`` only when the control fails it.
+
+    ``candidate_passes`` is None when the value could not be measured (too few samples, no
+    reference model); ``control_passes`` is None when there is no control model. A check that
+    the control passes as well says nothing about forgetting: ``inconclusive``.
+    """
+    if candidate_passes is False:
+        return FAILED
+    if candidate_passes is None or control_passes is None or control_passes:
+        return INCONCLUSIVE
+    return PASSED
+
+
 @dataclass
 class Check:
-    """One measured value against its threshold."""
+    """One measured value against its threshold, and (for forget checks) the control's value."""
 
     name: str
     value: float
     threshold: float
     higher_is_better: bool
+    control: float | None = None
+    controlled: bool = False
+
+    def _passes(self, value: float | None) -> bool | None:
+        if value is None or math.isnan(value):
+            return None
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
 
     @property
     def passed(self) -> bool:
-        """Whether the value is on the right side of the threshold."""
-        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        """Whether the value is on the right side of the threshold (NaN never is)."""
+        return bool(self._passes(self.value))
+
+    @property
+    def verdict(self) -> str:
+        """``passed``/``failed``; for a controlled check also ``inconclusive`` (see :func:`verdict`)."""
+        if not self.controlled:
+            return PASSED if self.passed else FAILED
+        return verdict(self._passes(self.value), self._passes(self.control))
+
+    def to_json(self) -> dict[str, Any]:
+        """The row reports, the ledger and certificates show."""
+        return {
+            "name": self.name,
+            "value": self.value,
+            "threshold": self.threshold,
+            "higher_is_better": self.higher_is_better,
+            "control": self.control,
+            "controlled": self.controlled,
+            "verdict": self.verdict,
+        }
 
 
 class BehaviorRecorder:
-    """``behavior.check(name, value, at_least=t)`` records the number and asserts it."""
+    """``behavior.check(name, value, at_least=t)`` records the number and asserts it.
+
+    Forget checks pass ``control=`` (the same check on the un-forgotten model, or None when there
+    is none): their verdict is ``inconclusive`` unless the control fails them. ``expect`` records
+    without asserting, so a spec can judge every deletion request before ``verify`` fails it.
+    """
 
     def __init__(self, node: pytest.Item, report_dir: Path | None = None) -> None:
         self.node = node
@@ -77,21 +128,51 @@ class BehaviorRecorder:
         name = self.node.name + (f"-{label}" if label else "")
         return save_counterexample(self.report_dir, name, original, perturbed)
 
-    def record(self, name: str, value: float) -> None:
+    def record(self, name: str, value: float, *, control: float | None = None) -> None:
         """Record a number for the report without a threshold (evidence, e.g. per-request values)."""
-        self.node.user_properties.append(("ume_value", (name, float(value))))
+        row = {"name": name, "value": float(value), "threshold": None, "higher_is_better": None}
+        row |= {"control": _number(control), "controlled": False, "verdict": None}
+        self.node.user_properties.append(("ume_value", row))
 
-    def check(self, name: str, value: float, *, at_least: float | None = None, at_most: float | None = None) -> None:
-        """Record ``value`` and fail the spec if it is on the wrong side of the threshold."""
+    def note(self, text: str) -> None:
+        """A line for the report explaining a result (e.g. why a check is inconclusive)."""
+        self.node.user_properties.append(("ume_note", text))
+
+    def expect(
+        self, name: str, value: float, *, at_least: float | None = None, at_most: float | None = None, control: Any = NO_CONTROL
+    ) -> Check:
+        """Record ``value`` against its threshold (and the control's value) without failing yet."""
         if (at_least is None) == (at_most is None):
             raise ValueError("give exactly one of at_least= or at_most=")
         threshold = float(at_least if at_least is not None else at_most)  # type: ignore[arg-type]
-        check = Check(name, float(value), threshold, higher_is_better=at_least is not None)
+        controlled = control is not NO_CONTROL
+        check = Check(name, float(value), threshold, at_least is not None, _number(control) if controlled else None, controlled)
         self.checks.append(check)
-        self.node.user_properties.append(("ume_check", (check.name, check.value, check.threshold, check.higher_is_better)))
-        sign = ">=" if check.higher_is_better else "<="
-        assert value == value, f"{name} is NaN"
-        assert check.passed, f"{name} = {check.value:.4f}, expected {sign} {check.threshold:.4f}"
+        self.node.user_properties.append(("ume_check", check.to_json()))
+        return check
+
+    def verify(self) -> None:
+        """Fail the spec if any expectation failed (an uncontrolled NaN fails; a controlled NaN is inconclusive)."""
+        failed = [c for c in self.checks if c.verdict == FAILED]
+        if failed:
+            raise AssertionError("; ".join(_failure(c) for c in failed))
+
+    def check(self, name: str, value: float, *, at_least: float | None = None, at_most: float | None = None, control: Any = NO_CONTROL) -> None:
+        """Record ``value`` and fail the spec if it is on the wrong side of the threshold."""
+        check = self.expect(name, value, at_least=at_least, at_most=at_most, control=control)
+        if check.verdict == FAILED:
+            raise AssertionError(_failure(check))
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _failure(check: Check) -> str:
+    if math.isnan(check.value):
+        return f"{check.name} is NaN"
+    sign = ">=" if check.higher_is_better else "<="
+    return f"{check.name} = {check.value:.4f}, expected {sign} {check.threshold:.4f}"
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,11 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _bound(check: dict[str, Any]) -> str:
+    """``<= 0.1500`` / ``>= 0.9000``."""
+    return f"{'>=' if check['higher_is_better'] else '<='} {check['threshold']:.4f}"
+
+
 def render_markdown(step: dict[str, Any], decision: dict[str, Any], results: Sequence[BehaviorResult]) -> str:
     """A table of every behaviour: outcome, blocking, value, threshold, direction, message."""
     lines = [
@@ -40,10 +45,29 @@ def render_markdown(step: dict[str, Any], decision: dict[str, Any], results: Seq
         lines.append(
             f"| `{r.short_name}` | {r.outcome} | {'yes' if r.blocking else 'no'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {better} |"
         )
+    evidence = [(r.short_name, c) for r in results for c in r.checks if c.get("controlled")]
+    if evidence:
+        lines += [
+            "",
+            "## Forget evidence (each check on the candidate and on its control, the un-forgotten model)",
+            "",
+            "A check is evidence of forgetting only when its control fails it (`passed`); when the control passes too it is",
+            "`inconclusive` and shows nothing.",
+            "",
+            "| behaviour | check | candidate | control | threshold | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{name}` | {c['name']} | {_fmt(c['value'])} | {_fmt(c['control'])} | {_bound(c)} | {c['verdict']} |" for name, c in evidence
+        ]
     recorded = [(r.short_name, c) for r in results for c in r.checks if c["threshold"] is None]
     if recorded:
-        lines += ["", "## Recorded values", "", "| behaviour | value | number |", "|---|---|---|"]
-        lines += [f"| `{name}` | {c['name']} | {_fmt(c['value'])} |" for name, c in recorded]
+        lines += ["", "## Recorded values (not checks)", "", "| behaviour | value | candidate | control |", "|---|---|---|---|"]
+        lines += [f"| `{name}` | {c['name']} | {_fmt(c['value'])} | {_fmt(c.get('control'))} |" for name, c in recorded]
+    inconclusive = [r for r in results if r.outcome == "inconclusive"]
+    if inconclusive:
+        lines += ["", "## Inconclusive", ""]
+        lines += [f"- `{r.short_name}`: {r.message}" for r in inconclusive]
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         lines += ["", "## Failures", ""]

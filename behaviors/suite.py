@@ -26,7 +26,7 @@ class BehaviorResult:
     """The outcome of one spec."""
 
     name: str
-    outcome: str  # passed | failed | skipped
+    outcome: str  # passed | failed | skipped | inconclusive (a forget check whose control passes too)
     blocking: bool
     value: float | None = None
     threshold: float | None = None
@@ -36,8 +36,13 @@ class BehaviorResult:
 
     @property
     def passed(self) -> bool:
-        """Skipped counts as not failed."""
+        """Skipped and inconclusive count as not failed (neither is evidence of anything)."""
         return self.outcome != "failed"
+
+    @property
+    def controlled_checks(self) -> list[dict[str, Any]]:
+        """Checks judged against a control (forget checks), with their verdicts."""
+        return [c for c in self.checks if c.get("controlled")]
 
     @property
     def short_name(self) -> str:
@@ -86,17 +91,20 @@ class ResultCollector:
         if result is None:
             result = BehaviorResult(name=report.nodeid, outcome="passed", blocking=self.blocking.get(report.nodeid, False))
             self.results[report.nodeid] = result
-        for key, value in report.user_properties:
-            if key == "ume_value":
-                name, val = value
-                if not any(c["name"] == name for c in result.checks):
-                    result.checks.append({"name": name, "value": val, "threshold": None, "higher_is_better": None})
-            if key == "ume_check":
-                name, val, threshold, higher = value
-                check = {"name": name, "value": val, "threshold": threshold, "higher_is_better": higher}
-                if check not in result.checks:
-                    result.checks.append(check)
-                    result.value, result.threshold, result.higher_is_better = val, threshold, higher
+        for key, row in report.user_properties:
+            if key == "ume_value" and not any(c["name"] == row["name"] for c in result.checks):
+                result.checks.append(dict(row))
+            if key == "ume_check" and row not in result.checks:
+                result.checks.append(dict(row))
+                result.value, result.threshold, result.higher_is_better = row["value"], row["threshold"], row["higher_is_better"]
+        notes = [row for key, row in report.user_properties if key == "ume_note"]
+        inconclusive = [c["name"] for c in result.checks if c.get("verdict") == "inconclusive"]
+        if report.when == "call" and report.passed and inconclusive:
+            # Never "passed" on evidence its control would give as well: nothing was shown.
+            result.outcome = "inconclusive"
+            result.message = "\n".join(
+                [f"inconclusive (the un-forgotten control passes too, or there is no control): {', '.join(inconclusive)}", *notes]
+            )
         if report.failed:
             result.outcome = "failed"
             phase = "" if report.when == "call" else f"error in {report.when}: "

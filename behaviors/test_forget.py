@@ -2,6 +2,13 @@
 
 Run for every resolved request and the one being processed, on every step, so that a later
 learn, edit, merge, compression or rollback cannot bring forgotten knowledge back.
+
+Every check is also run on the request's *control*, the un-forgotten model (the champion the
+request arrived on). A check is evidence of forgetting only when the control fails it: its verdict
+is ``passed`` then, ``inconclusive`` when the control passes too (or there is no control), and
+``failed`` when the candidate fails it (which blocks). Population attacks and accuracy gaps are
+often inconclusive on a model that generalises (Hayes et al. 2024); the per-sample test against
+reference models is the one built to be conclusive on memorised data.
 """
 
 import math
@@ -9,67 +16,106 @@ import math
 import pytest
 from torchmetrics.classification import MulticlassRecall
 
-from behaviors.context import BehaviorContext
+from behaviors.context import BehaviorContext, ForgetCase, ModelUnderTest
 from behaviors.mia import mia_scores
 
-pytestmark = pytest.mark.blocking
 
-
-def _cases(ume_context: BehaviorContext, scope: str):
-    cases = [c for c in ume_context.forget_cases if c.scope == scope and len(c.forgotten)]
+def _cases(ume_context: BehaviorContext, scope: str | None = None) -> list[ForgetCase]:
+    cases = [c for c in ume_context.forget_cases if (scope is None or c.scope == scope) and len(c.forgotten)]
     if not cases:
-        pytest.skip(f"no {scope}-level deletion to check")
+        pytest.skip(f"no {scope or 'deletion'}-level deletion to check" if scope else "no deletion to check")
     return cases
 
 
-def _accuracy(model, samples) -> float:
+def _accuracy(model: ModelUnderTest | None, samples) -> float | None:
+    if model is None:
+        return None
+    if len(samples) == 0:
+        return math.nan
     return (model.predictions(samples) == samples.y).float().mean().item()
 
 
+def _note_control(behavior, case: ForgetCase) -> None:
+    if case.control is None:
+        behavior.note(f"{case.request_id}: no control ({case.control_note})")
+
+
+@pytest.mark.blocking
 def test_forgotten_samples_no_better_than_unseen(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
     """Sample/owner deletion: accuracy on forgotten samples <= accuracy on unseen same-class samples + tolerance."""
-    worst = -1.0
     for case in _cases(ume_context, "samples"):
-        gap = _accuracy(candidate, case.forgotten) - _accuracy(candidate, case.unseen)
-        behavior.record(f"forget_accuracy[{case.request_id}]", _accuracy(candidate, case.forgotten))
-        behavior.record(f"unseen_accuracy[{case.request_id}]", _accuracy(candidate, case.unseen))
-        if ume_context.champion is not None and case.current:
-            behavior.record(f"forget_accuracy_before[{case.request_id}]", _accuracy(ume_context.champion, case.forgotten))
-        worst = max(worst, gap)
-    behavior.check("forget_accuracy_gap", worst, at_most=thresholds["forget_accuracy_tolerance"])
+        rid, control = case.request_id, case.control
+        forgot, unseen = _accuracy(candidate, case.forgotten), _accuracy(candidate, case.unseen)
+        control_forgot, control_unseen = _accuracy(control, case.forgotten), _accuracy(control, case.unseen)
+        behavior.record(f"forget_accuracy[{rid}]", forgot, control=control_forgot)
+        behavior.record(f"unseen_accuracy[{rid}]", unseen, control=control_unseen)
+        control_gap = None if control is None else control_forgot - control_unseen
+        behavior.expect(f"forget_accuracy_gap[{rid}]", forgot - unseen, at_most=thresholds["forget_accuracy_tolerance"], control=control_gap)
+        _note_control(behavior, case)
+    behavior.verify()
 
 
+@pytest.mark.blocking
 def test_forgotten_class_is_not_recognised(ume_context: BehaviorContext, candidate, thresholds, num_classes: int, behavior) -> None:
     """Class deletion: recall of the deleted class on its former training samples is at most the bound."""
-    worst = 0.0
+    metric = MulticlassRecall(num_classes=num_classes, average=None)
+
+    def recall(model: ModelUnderTest | None, case: ForgetCase) -> float | None:
+        return None if model is None else metric(model.predictions(case.forgotten), case.forgotten.y)[case.label].item()
+
     for case in _cases(ume_context, "class"):
-        metric = MulticlassRecall(num_classes=num_classes, average=None)
-        recall = metric(candidate.predictions(case.forgotten), case.forgotten.y)[case.label].item()
-        behavior.record(f"forgotten_class_recall[{case.request_id}]", recall)
-        if ume_context.champion is not None and case.current:
-            before = metric(ume_context.champion.predictions(case.forgotten), case.forgotten.y)[case.label].item()
-            behavior.record(f"forgotten_class_recall_before[{case.request_id}]", before)
-        worst = max(worst, recall)
-    behavior.check("forgotten_class_recall", worst, at_most=thresholds["max_forgotten_class_recall"])
+        behavior.expect(
+            f"forgotten_class_recall[{case.request_id}]",
+            recall(candidate, case),
+            at_most=thresholds["max_forgotten_class_recall"],
+            control=recall(case.control, case),
+        )
+        _note_control(behavior, case)
+    behavior.verify()
 
 
 @pytest.mark.parametrize("attack", ["loss", "confidence"])
 def test_membership_inference_near_chance(ume_context: BehaviorContext, candidate, thresholds, behavior, attack: str) -> None:
-    """Forgotten samples are indistinguishable from unseen ones (attack accuracy near 0.5)."""
-    cases = [c for c in ume_context.forget_cases if len(c.forgotten)]
-    if not cases:
-        pytest.skip("no deletion to check")
-    worst = 0.0
-    for case in cases:
-        scores = mia_scores(
-            candidate.logits(case.forgotten), case.forgotten.y, candidate.logits(case.unseen), case.unseen.y
+    """Population attack: forgotten samples are indistinguishable from unseen ones (attack accuracy near 0.5).
+
+    Advisory, not blocking: measured in ``bench/forget_evidence`` it almost never fails the
+    un-forgotten model of a typical data subject, and it fails the *exact retrain* of an atypical
+    one (their samples differ from test samples whether or not the model saw them), so it would
+    block exact deletions. Shown for comparison; the per-sample test is the blocking one.
+    """
+
+    def score(model: ModelUnderTest | None, case: ForgetCase) -> float | None:
+        if model is None:
+            return None
+        return mia_scores(model.logits(case.forgotten), case.forgotten.y, model.logits(case.unseen), case.unseen.y)[attack]
+
+    for case in _cases(ume_context):
+        behavior.expect(
+            f"mia_{attack}_accuracy[{case.request_id}]", score(candidate, case), at_most=thresholds["max_mia_accuracy"], control=score(case.control, case)
         )
-        if not math.isnan(scores[attack]):
-            worst = max(worst, scores[attack])
-            behavior.record(f"mia_{attack}[{case.request_id}]", scores[attack])
-        if ume_context.champion is not None and case.current:
-            champ = ume_context.champion
-            before = mia_scores(champ.logits(case.forgotten), case.forgotten.y, champ.logits(case.unseen), case.unseen.y)[attack]
-            if not math.isnan(before):
-                behavior.record(f"mia_{attack}_before[{case.request_id}]", before)
-    behavior.check(f"mia_{attack}_accuracy", worst, at_most=thresholds["max_mia_accuracy"])
+        _note_control(behavior, case)
+    behavior.verify()
+
+
+@pytest.mark.blocking
+def test_forgotten_samples_are_not_members(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
+    """Sample/owner deletion: per-sample offline LiRA (Carlini et al. 2022; U-LiRA, Hayes et al. 2024)
+    flags at most a bounded share of the forgotten samples as members, at a fixed false-positive rate."""
+    bank, non_members = ume_context.references, ume_context.splits.test
+    limit = thresholds["max_forget_member_share"]
+    for case in _cases(ume_context, "samples"):
+        rid = case.request_id
+        name = f"forget_member_share_bound[{rid}]"
+        if bank is None:
+            behavior.expect(name, math.nan, at_most=limit, control=None)
+            behavior.note(f"{rid}: {ume_context.references_note}")
+            continue
+        result = bank.test(candidate.logits, case.forgotten, non_members)
+        control = bank.test(case.control.logits, case.forgotten, non_members) if case.control is not None else None
+        for field in ("member_share", "p_value", "heldout_false_positive_rate", "samples", "references"):
+            behavior.record(f"forget_{field}[{rid}]", getattr(result, field), control=getattr(control, field) if control else None)
+        behavior.expect(name, result.lower_bound, at_most=limit, control=control.lower_bound if control else None)
+        if result.samples == 0:
+            behavior.note(f"{rid}: none of its samples has {bank.config.min_references} reference models without it (all in the clean base?)")
+        _note_control(behavior, case)
+    behavior.verify()

@@ -250,7 +250,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     # Write-ahead: the ledger first. From here on no consumer reads the samples, and a crash before the
     # request file or the stream step is written leaves the request visible (`ume status --check`);
     # running the same `ume forget` again finishes it.
-    ingest(ws.ledger, request, sample_ids, served)
+    ingest(ws.ledger, request, sample_ids, served, champion)
     crash_point("forget.ingested")
     if not existing.exists():
         write_request(request, ws.params.requests_dir)

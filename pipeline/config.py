@@ -62,6 +62,7 @@ class DataConfig:
     minority_fraction: float = 0.1
     field_fraction: float = 0.0
     field_rotation: float = 30.0
+    vulnerable_owners: int = 0
     corrupt_labels: dict[str, float] = field(default_factory=dict)
 
 
@@ -100,11 +101,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """``behaviors.references``: the reference bank of the per-sample membership test.
+
+    ``shadows`` reference overlays are trained when fewer than ``min_shadows`` remain (see
+    :mod:`behaviors.references`); each follows the recorded recipe of the version's first
+    ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
+    sample is scored when at least ``min_references`` shadows never trained on it; its member
+    threshold is set for ``false_positive_rate`` on samples the model never saw.
+    """
+
+    shadows: int = 16
+    min_shadows: int = 8
+    epochs: int = 12
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 0.003
+    batch_size: int = 32
+    replay: float = 1.0
+    augment_shift: int = 1
+    false_positive_rate: float = 0.05
+    min_references: int = 4
+
+
+@dataclass(frozen=True)
 class BehaviorsConfig:
-    """The behaviour suite: where the specs live and the thresholds they read."""
+    """The behaviour suite: where the specs live, the thresholds they read, the reference bank."""
 
     path: str = "behaviors"
     thresholds: dict[str, float] = field(default_factory=dict)
+    references: ReferenceConfig = field(default_factory=ReferenceConfig)
 
 
 @dataclass(frozen=True)
@@ -269,6 +295,8 @@ def _validate_data(data: DataConfig, file: str) -> None:
     _check_fraction(data.field_fraction, "data.field_fraction", file, upper=0.5)
     if not -180.0 <= data.field_rotation <= 180.0:
         raise ConfigError(f"expected degrees in -180..180, got {data.field_rotation}", file=file, field="data.field_rotation")
+    if data.vulnerable_owners < 0 or data.vulnerable_owners > 5:
+        raise ConfigError(f"expected 0..5 per update slice, got {data.vulnerable_owners}", file=file, field="data.vulnerable_owners")
     if data.update_slices < 0 or data.update_slices > 50:
         raise ConfigError(f"expected 0..50, got {data.update_slices}", file=file, field="data.update_slices")
     if not 1 <= data.owner_size_min <= data.owner_size_max:
@@ -279,6 +307,21 @@ def _validate_data(data: DataConfig, file: str) -> None:
         )
     for slice_name, share in data.corrupt_labels.items():
         _check_fraction(share, f"data.corrupt_labels.{slice_name}", file)
+
+
+def _validate_references(refs: ReferenceConfig, file: str) -> None:
+    where = "behaviors.references"
+    for name in ("shadows", "min_shadows", "epochs", "rank", "batch_size", "min_references"):
+        if getattr(refs, name) < 1:
+            raise ConfigError("expected a positive integer", file=file, field=f"{where}.{name}")
+    if refs.min_shadows > refs.shadows:
+        raise ConfigError(f"expected at most shadows ({refs.shadows}), got {refs.min_shadows}", file=file, field=f"{where}.min_shadows")
+    if refs.min_references > refs.min_shadows:
+        raise ConfigError(f"expected at most min_shadows ({refs.min_shadows}), got {refs.min_references}", file=file, field=f"{where}.min_references")
+    if not 0 < refs.false_positive_rate < 0.5:
+        raise ConfigError(f"expected a rate in (0, 0.5), got {refs.false_positive_rate}", file=file, field=f"{where}.false_positive_rate")
+    if refs.lr <= 0 or refs.alpha <= 0 or refs.replay < 0:
+        raise ConfigError("expected positive lr and alpha and a non-negative replay", file=file, field=where)
 
 
 def _validate_train(train: TrainConfig, file: str) -> None:
@@ -354,6 +397,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         parsed[name] = parse_dataclass(cls, raw.get(name), where=name, file=file)
     _validate_data(parsed["data"], file)
     _validate_train(parsed["train"], file)
+    _validate_references(parsed["behaviors"].references, file)
     if parsed["model"].num_classes < 2:
         raise ConfigError("expected at least 2 classes", file=file, field="model.num_classes")
     return Params(file=file, seed=seed, stream=_parse_stream(raw.get("stream"), file), **parsed)

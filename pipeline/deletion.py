@@ -199,11 +199,14 @@ class DeletionLog:
         return [r for r in self.requests if r not in self.resolved]
 
 
-def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str], served_lineage: set[str] | None = None) -> Entry | None:
+def ingest(
+    ledger: Ledger, request: DeletionRequest, sample_ids: list[str], served_lineage: set[str] | None = None, served_version: int | None = None
+) -> Entry | None:
     """Record the request in the ledger once (from then on no consumer sees its samples).
 
     ``served_lineage`` (the champion's lineage when the request arrives) records which of the
     samples actually influenced the served model: the forget checks test exactly those.
+    ``served_version`` is that champion: the un-forgotten control every forget check is run on.
     """
     if request.id in DeletionLog.read(ledger).requests:
         return None
@@ -221,6 +224,7 @@ def ingest(ledger: Ledger, request: DeletionRequest, sample_ids: list[str], serv
             "count": len(sample_ids),
             "hashed_ids": hashed,
             "influenced_ids": sorted(set(hashed) & served_lineage) if served_lineage is not None else None,
+            "served_version": served_version,
         },
     )
 

@@ -60,6 +60,10 @@ def decide(results: Sequence[Result]) -> Decision:
     if failing:
         names = ", ".join(f["name"].split("::")[-1] for f in failing)
         return Decision(False, f"blocking behaviours failed: {names}", failing, advisory)
+    inconclusive = [r.name.split("::")[-1] for r in results if r.blocking and r.outcome == "inconclusive"]
+    if inconclusive:
+        # Not failed, so not blocking; but not shown as evidence either (their controls pass too).
+        return Decision(True, f"no blocking behaviour failed; inconclusive (control passes too): {', '.join(inconclusive)}", [], advisory)
     return Decision(True, "every blocking behaviour passed", [], advisory)
 
 
@@ -74,10 +78,12 @@ def apply_decision(
     champion_before: int | None,
     mode: str = "gate",
     report: str | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> None:
     """Record the decision in the ledger, tag the version and, on promotion, move the alias.
 
     ``report`` is where the behaviour report lives (an MLflow artifact URI); the decision links to it.
+    ``evidence`` is the forget evidence per request (each check with its control and verdict).
     """
     alias = {"from": champion_before, "to": version} if decision.promote else None
     entry = ledger.append(
@@ -91,6 +97,7 @@ def apply_decision(
             "failing": decision.failing,
             "alias": alias,
             "report": report,
+            "evidence": evidence or {},
         },
         step=step,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 
 from behaviors.build import build_context, model_under_test
+from behaviors.evidence import evidence_line, forget_evidence
 from behaviors.report import write_report
 from behaviors.suite import BehaviorResult, run_suite
 from edits import OperatorEnv, get_method
@@ -157,6 +158,11 @@ def _metrics(results: list[BehaviorResult]) -> dict[str, float]:
     return out
 
 
+def _control_metrics(results: list[BehaviorResult]) -> dict[str, float]:
+    """The same checks on the un-forgotten control (the power of each forget check)."""
+    return {c["name"]: c["control"] for r in results for c in r.checks if c.get("control") is not None}
+
+
 def _comparison(context) -> list[tuple[str, float, float | None]]:
     """Headline numbers of the candidate and the champion on the same (filtered) splits."""
     rows = []
@@ -278,12 +284,17 @@ def evaluate_and_gate(
         comparison=_comparison(context),
     )
     metrics = _metrics(results)
+    evidence = forget_evidence(results)
     registry = ws.registry
     registry.log_metrics(run_id, {f"behavior.{k}": v for k, v in metrics.items()})
+    registry.log_metrics(run_id, {f"control.{k}": v for k, v in _control_metrics(results).items()})
     registry.log_metrics(
         run_id,
-        {f"passed.{r.short_name}": float(r.outcome != "failed") for r in results},
+        {f"passed.{r.short_name}": float(r.outcome not in ("failed", "inconclusive")) for r in results},
     )
+    for request_id, entry in evidence.items():
+        registry.log_metrics(run_id, {f"forget.{request_id}.{k}": float(entry[k]) for k in ("conclusive", "passed", "failed", "inconclusive")})
+        registry.set_run_tags(run_id, {f"ume.forget_evidence.{request_id}": evidence_line(entry)})
     registry.log_artifacts(run_id, report_dir, "behaviors")
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in KEY_METRICS if k in metrics)
     if existing_version is None:
@@ -321,6 +332,7 @@ def evaluate_and_gate(
         champion_before=champion_version,
         mode=mode,
         report=f"runs:/{run_id}/behaviors/report.html",
+        evidence=evidence,
     )
     champion_after = registry.champion()
     registry.set_run_tags(run_id, {"ume.decision": decision.label, "ume.version": str(version), "ume.reason": decision.reason[:5000]})
@@ -330,6 +342,8 @@ def evaluate_and_gate(
         seconds=round(time.time() - started, 2),
     )
     record["notes"] = notes
+    record["evidence"] = evidence
+    record["control_metrics"] = {k: round(v, 6) for k, v in _control_metrics(results).items() if v == v}
     record["attempt"] = attempt
     record["world_size"] = ranks.world_size()  # processes that trained this step (DDP), 1 otherwise
     registry.log_metrics(run_id, {"stage_seconds": record["seconds"]})
@@ -439,7 +453,8 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
     )
     crash_point("step.started")
     if request is not None:
-        ingest(ws.ledger, request, sample_ids, version_lineage(champion_manifest, ws.components))  # from here on no consumer reads these samples
+        # From here on no consumer reads these samples.
+        ingest(ws.ledger, request, sample_ids, version_lineage(champion_manifest, ws.components), champion_version)
         crash_point("step.ingested")
     run_id = ws.registry.start_run(key, {"ume.step": key, "ume.kind": step.kind})
     crash_point("registry.run_started")
@@ -611,6 +626,14 @@ def _resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: 
     log = DeletionLog.read(ws.ledger)
     manifest = ws.versions.load(outcome.record["manifest_hash"])
     debt = deletion_debt(manifest, ws.components, log).get(request.id, 0)
+    evidence = forget_evidence(outcome.results).get(request.id, {"checks": [], "passed": 0, "failed": 0, "inconclusive": 0, "conclusive": 0})
+    shown = [c["check"] for c in evidence["checks"] if c["verdict"] == "passed"]
+    if debt == 0:
+        note = "exact: no served component carries the samples"
+    elif shown:
+        note = f"approximate, shown by {', '.join(shown)} (control failed, candidate passed); deletion debt until an exact step"
+    else:
+        note = "approximate and no check was conclusive: nothing shows the samples were forgotten; stays deletion debt until an exact step"
     ws.ledger.append(
         RESOLVED_ENTRY,
         {
@@ -620,6 +643,9 @@ def _resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: 
             "method": method,
             "exact": debt == 0,
             "debt_samples": debt,
+            "control_version": outcome.record["champion_before"],
+            "evidence": {k: evidence[k] for k in ("conclusive", "passed", "failed", "inconclusive")} | {"shown_by": shown},
+            "note": note,
         },
         step=key,
     )

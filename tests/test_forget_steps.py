@@ -67,7 +67,7 @@ def test_exact_deletion_retrains_only_the_affected_overlay(trained_copy: Path) -
     ws = open_workspace()
     key = last_step(trained_copy / "params.yaml")
     record = run_step(ws, key).record
-    assert record["decision"] == "promoted", record
+    assert record["decision"] == "promoted", (record["failing"], record["metrics"])
     new = ws.versions.load(record["manifest_hash"])
     assert new.base == old.base and new.overlay_steps == ("s01",) and new.overlays != old.overlays
     log = DeletionLog.read(ws.ledger)
@@ -102,7 +102,8 @@ def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_co
     log = DeletionLog.read(ws.ledger)
     assert sum(deletion_debt(manifest, ws.components, log).values()) > 0
     assert not uncovered_requests(manifest, ws.components, log)
-    assert record["metrics"]["forgotten_class_recall"] <= TEST_THRESHOLDS["max_forgotten_class_recall"]
+    recall = [v for k, v in record["metrics"].items() if k.startswith("forgotten_class_recall[")]
+    assert recall and max(recall) <= TEST_THRESHOLDS["max_forgotten_class_recall"]
     with pytest.raises(ConfigError, match="pinned"):
         check_rollback_drop(ws, key, field="--drop")
     append_stream_step(params, "pay-debt", {"kind": "retrain", "parent": key, "epochs": 4})

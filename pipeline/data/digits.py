@@ -8,6 +8,13 @@ slice, where a model trained on flat scans makes real, structured confusions for
 fix. Owners are simulated
 contributors of ``owner_size_min..owner_size_max`` samples each; an owner's samples arrive together
 in one slice, as an upload would.
+
+``vulnerable_owners`` contributors of every update slice are *atypical*: their uploads were labelled
+with their own key map (every label shifted by an owner-specific offset). A model memorises such
+rare, atypical samples rather than generalising to them (Feldman 2020, "Does Learning Require
+Memorization? A Short Tale about a Long Tail"); they are the data subjects for whom a deletion is
+detectable, and the ones a forget check must be able to catch (Carlini et al. 2022, LiRA).
+Their names are in ``dataset.json`` (``vulnerable_owners``).
 """
 
 from __future__ import annotations
@@ -65,6 +72,18 @@ def _assign_owners(indices: np.ndarray, rng: np.random.Generator, lo: int, hi: i
     return owners, number
 
 
+def _vulnerable_owners(slice_of_owner: dict[str, str], slices: list[str], per_slice: int, rng: np.random.Generator) -> dict[str, int]:
+    """``per_slice`` owners of every update slice, each with its own label offset (1..9)."""
+    chosen: dict[str, int] = {}
+    if per_slice == 0:  # draw nothing: the table stays what it was without the option
+        return chosen
+    for name in slices:
+        owners = sorted(o for o, s in slice_of_owner.items() if s == name)
+        for owner in rng.permutation(owners)[:per_slice]:
+            chosen[str(owner)] = int(rng.integers(1, 10))
+    return chosen
+
+
 def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict[str, object]]:
     """The default sample table, deterministic in ``seed``; also returns what was done to it."""
     from sklearn.datasets import load_digits
@@ -107,6 +126,10 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
     minority[rng.permutation(n)[: int(round(config.minority_fraction * n))]] = True
 
     noted: dict[str, object] = {}
+    vulnerable = _vulnerable_owners(slice_of_owner, update_names, config.vulnerable_owners, rng)
+    for owner, shift in vulnerable.items():
+        members = np.array([i for i in pool_idx if pool_owners[int(i)] == owner])
+        labels[members] = (labels[members] + shift) % 10
     for slice_name, share in sorted(config.corrupt_labels.items()):
         members = np.flatnonzero(slice_of == slice_name)
         chosen = rng.permutation(members)[: int(round(share * len(members)))]
@@ -126,4 +149,4 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         }
     )
     table = SampleTable(rows=rows, images=images, classes=[str(c) for c in range(10)])
-    return table, {"source": "sklearn.datasets.load_digits", "corrupt_labels": noted}
+    return table, {"source": "sklearn.datasets.load_digits", "corrupt_labels": noted, "vulnerable_owners": sorted(vulnerable)}

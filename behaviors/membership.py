@@ -1,0 +1,112 @@
+"""The per-sample membership test: offline LiRA against reference models, aggregated per request.
+
+LiRA (Carlini et al. 2022, "Membership Inference Attacks From First Principles", IEEE S&P) scores
+each sample by how far the model's confidence in its label sits above what reference models that
+never trained on it give. Its offline variant needs only those OUT models, which is what a deletion
+can afford: a forgotten sample is OUT for every reference trained after the request. Hayes et al.
+2024 ("Inexact Unlearning Needs More Careful Evaluations to Avoid a False Sense of Privacy") show
+that such per-example tests (U-LiRA) expose forgetting that population attacks miss.
+
+For a sample with label y and logits z, the statistic is the logit-scaled confidence
+``phi = log(p_y / (1 - p_y)) = z_y - logsumexp(z_other)``, close to Gaussian across reference
+models. The score of a sample on a model is ``(phi_model - mean_OUT) / sigma``, with the global
+variance of the offline variant (one sigma pooled over the calibration samples; with a handful of
+references a per-sample variance is too noisy, Carlini et al. sec. VI). The member threshold is the
+``1 - fpr`` quantile of the scores of known non-members on the *same* model (samples it never saw),
+so the test calibrates itself to the model under test; a second, held-out half of the
+non-members reports the false-positive rate actually reached.
+
+Per request: the share of forgotten samples flagged as members, a one-sided exact binomial test of
+that share against the false-positive rate (scipy), and the lower end of its one-sided 95%
+Clopper-Pearson interval, which is what the blocking check compares with its threshold: with very
+few samples the bound stays low, so a small request cannot fail by chance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+
+def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """``phi = log(p_y / (1 - p_y))`` per sample, computed stably from the logits."""
+    logits = logits.double()
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return (true - torch.logsumexp(others, 1)).numpy()
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    """The test on one request's samples and one model."""
+
+    samples: int  # forgotten samples with enough OUT references to be scored
+    unscored: int  # forgotten samples without (e.g. in the clean base every reference shares)
+    flagged: int
+    member_share: float  # flagged / samples
+    lower_bound: float  # one-sided 95% Clopper-Pearson lower bound of the member share
+    p_value: float  # exact binomial test of the share against the false-positive rate
+    false_positive_rate: float  # the rate the threshold was set for
+    heldout_false_positive_rate: float  # measured on held-out non-members of the same model
+    references: int  # fewest OUT references behind a scored sample
+
+    def to_json(self) -> dict[str, float | int]:
+        """For reports and benchmarks."""
+        return asdict(self)
+
+
+def _heldout(sample_ids: Sequence[str]) -> np.ndarray:
+    """A fixed, content-based half of the non-members: True = held out (not used to calibrate)."""
+    return np.array([hashlib.sha256(s.encode()).digest()[0] % 2 == 1 for s in sample_ids], dtype=bool)
+
+
+def membership_test(
+    target_phi: np.ndarray,
+    reference_phi: np.ndarray,
+    out_mask: np.ndarray,
+    calibration_target_phi: np.ndarray,
+    calibration_reference_phi: np.ndarray,
+    calibration_ids: Sequence[str],
+    *,
+    false_positive_rate: float = 0.05,
+    min_references: int = 4,
+) -> MembershipResult:
+    """Offline LiRA on one request.
+
+    ``target_phi`` (n,) is the model's statistic on the forgotten samples; ``reference_phi`` (K, n)
+    the references' and ``out_mask`` (K, n) which references did not train on each sample.
+    ``calibration_*`` are the same for known non-members (OUT for every reference).
+    """
+    sigma = float(np.sqrt(np.mean(calibration_reference_phi.var(axis=0, ddof=1)))) if len(calibration_reference_phi) > 1 else float("nan")
+    calib_scores = (calibration_target_phi - calibration_reference_phi.mean(axis=0)) / sigma
+    held = _heldout(calibration_ids)
+    threshold = float(np.quantile(calib_scores[~held], 1 - false_positive_rate)) if (~held).any() else float("nan")
+    heldout_rate = float((calib_scores[held] > threshold).mean()) if held.any() else float("nan")
+    counts = out_mask.sum(axis=0)
+    scored = counts >= min_references
+    n = int(scored.sum())
+    if n == 0 or math.isnan(sigma) or math.isnan(threshold):
+        nan = float("nan")
+        return MembershipResult(0, len(target_phi), 0, nan, nan, nan, false_positive_rate, heldout_rate, 0)
+    masked = np.where(out_mask[:, scored], reference_phi[:, scored], 0.0)
+    mean_out = masked.sum(axis=0) / counts[scored]
+    scores = (target_phi[scored] - mean_out) / sigma
+    flagged = int((scores > threshold).sum())
+    test = stats.binomtest(flagged, n, false_positive_rate, alternative="greater")
+    return MembershipResult(
+        samples=n,
+        unscored=int(len(target_phi) - n),
+        flagged=flagged,
+        member_share=flagged / n,
+        lower_bound=float(test.proportion_ci(confidence_level=0.95, method="exact").low),
+        p_value=float(test.pvalue),
+        false_positive_rate=false_positive_rate,
+        heldout_false_positive_rate=heldout_rate,
+        references=int(counts[scored].min()),
+    )

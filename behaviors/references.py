@@ -1,0 +1,195 @@
+"""The reference bank: shadow LoRA overlays that calibrate the per-sample membership test.
+
+A reference model for a deletion must be a model like the served one that never trained on the
+forgotten samples. ume's stack makes them cheap: the data subjects' samples reach the model through
+overlays on a clean base, so a reference is one LoRA overlay on that base (the ``learn`` recipe),
+trained on a random half of the *reference pool*, the data subjects of the version's overlays
+(whole data subjects are in or out, as a deletion is; samples without an owner count alone).
+Every subject is IN about half of the shadows and OUT of the others, as in LiRA's shadow training
+(Carlini et al. 2022); only the OUT side is used (offline LiRA, :mod:`behaviors.membership`).
+
+Amortised: the bank is trained once per clean base (``store/references/<base id>/``) and reused by
+every later step and request. It is a consumer of data like any other, so deleted samples never
+stay in it: a shadow whose lineage holds a deleted sample is removed when the bank is opened, and
+the bank is topped up (from the data layer, which no longer serves deleted samples) when fewer
+than ``min_shadows`` remain. Every forgotten sample is therefore OUT for every shadow that scores it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from behaviors.membership import MembershipResult, logit_confidence, membership_test
+from pipeline.config import ReferenceConfig
+from pipeline.data import SampleSet, UmeData
+from pipeline.lineage import hash_sample_ids
+from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
+from pipeline.model import Classifier, predict_logits
+
+log = logging.getLogger("ume.references")
+
+
+@dataclass
+class Shadow:
+    """One reference overlay, folded into the base, and the hashed ids it trained on."""
+
+    name: str
+    net: nn.Module = field(repr=False)
+    lineage: frozenset[str] = field(repr=False)
+
+
+class ReferenceBank:
+    """The shadows of one clean base, with a cache of their statistics per sample set."""
+
+    def __init__(self, root: Path, shadows: list[Shadow], *, config: ReferenceConfig, trained: int = 0, purged: int = 0, seconds: float = 0.0) -> None:
+        self.root = root
+        self.shadows = shadows
+        self.config = config
+        self.trained = trained  # shadows trained while opening (0 when the bank was reused as it was)
+        self.purged = purged  # shadows removed because they had trained on a deleted sample
+        self.seconds = seconds  # time spent opening (training included)
+        self._phi: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.shadows)
+
+    def statistics(self, samples: SampleSet) -> tuple[np.ndarray, np.ndarray]:
+        """``(phi, out)``: every shadow's statistic on ``samples`` (K x n) and which shadows are OUT."""
+        key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
+        if key not in self._phi:
+            hashed = hash_sample_ids(samples.sample_ids)
+            phi = np.stack([logit_confidence(predict_logits(s.net, samples.x), samples.y) for s in self.shadows])
+            out = np.array([[h not in s.lineage for h in hashed] for s in self.shadows], dtype=bool)
+            self._phi[key] = (phi, out)
+        return self._phi[key]
+
+    def test(self, logits: Callable[[SampleSet], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> MembershipResult:
+        """Offline LiRA of one model (``logits``) on ``samples``, calibrated on ``non_members``."""
+        phi, out = self.statistics(samples)
+        calib_phi, calib_out = self.statistics(non_members)
+        keep = calib_out.all(axis=0)  # a calibration sample must be OUT for every shadow
+        calibration = non_members.take(np.flatnonzero(keep).tolist())
+        return membership_test(
+            logit_confidence(logits(samples), samples.y),
+            phi,
+            out,
+            logit_confidence(logits(calibration), calibration.y),
+            calib_phi[:, keep],
+            calibration.sample_ids,
+            false_positive_rate=self.config.false_positive_rate,
+            min_references=self.config.min_references,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """For the report: how many shadows, how many trained and purged this time, the seconds."""
+        return {"shadows": len(self), "trained": self.trained, "purged": self.purged, "seconds": round(self.seconds, 2), "path": str(self.root)}
+
+
+def reference_pool(data: UmeData, overlay_lineage: set[str], base_lineage: set[str]) -> SampleSet:
+    """The data subjects' samples of the version's overlays (not in the base), deleted ones excluded."""
+    return data.select("reference-pool", hashed_ids=overlay_lineage - base_lineage)
+
+
+def _subjects(samples: SampleSet) -> list[str]:
+    return [o if isinstance(o, str) and o and o != "nan" else f"sample:{s}" for o, s in zip(samples.owners, samples.sample_ids, strict=True)]
+
+
+def _half(samples: SampleSet, seed: int) -> SampleSet:
+    """A random half of the data subjects of ``samples`` (all their samples together)."""
+    subjects = _subjects(samples)
+    unique = sorted(set(subjects))
+    chosen = set(np.random.default_rng(seed).permutation(len(unique))[: len(unique) // 2].tolist())
+    keep = {unique[i] for i in chosen}
+    return samples.take([i for i, s in enumerate(subjects) if s in keep], name=f"shadow-{seed}")
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _train_shadow(
+    base: nn.Module, data: UmeData, pool: SampleSet, replay: SampleSet, config: ReferenceConfig, seed: int, make_trainer: Callable[[int], L.Trainer]
+) -> tuple[dict[str, torch.Tensor], LoraSettings, list[str]]:
+    half = _half(pool, seed)
+    train = half
+    count = int(round(config.replay * len(half)))
+    if count and len(replay):
+        train = half.concat(data.subsample(replay, count, seed=seed), name=f"shadow-{seed}+replay")
+    net = copy.deepcopy(base)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    settings = LoraSettings(rank=config.rank, alpha=config.alpha, targets=lora_targets(net))
+    peft_net = attach_lora(net, settings, seed=seed)
+    module = Classifier(peft_net, lr=config.lr, epochs=config.epochs, augment_shift=config.augment_shift, freeze_norm_stats=True)
+    data.batch_size = config.batch_size
+    L.seed_everything(seed, workers=True, verbose=False)
+    make_trainer(config.epochs).fit(module, datamodule=data.use_for_training(train))
+    return adapter_tensors(peft_net), settings, hash_sample_ids(train.sample_ids)
+
+
+def open_bank(
+    root: Path,
+    base: nn.Module,
+    *,
+    data: UmeData,
+    pool: SampleSet,
+    replay: SampleSet,
+    deleted: set[str],
+    config: ReferenceConfig,
+    make_trainer: Callable[[int], L.Trainer],
+    seed: int,
+) -> ReferenceBank | None:
+    """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample, top it up.
+
+    Returns None when the pool has fewer than two data subjects (nothing to split into halves).
+    """
+    started = time.time()
+    root.mkdir(parents=True, exist_ok=True)
+    shadows: list[Shadow] = []
+    purged = 0
+    for sidecar in sorted(root.glob("shadow-*.json")):
+        meta = json.loads(sidecar.read_text())
+        weights = sidecar.with_suffix(".safetensors")
+        lineage = frozenset(meta["lineage"])
+        if lineage & deleted or not weights.exists():
+            weights.unlink(missing_ok=True)
+            sidecar.unlink()
+            purged += 1
+            continue
+        net = fold_lora(copy.deepcopy(base), load_file(str(weights)), LoraSettings.from_json(meta["lora"])).eval()
+        shadows.append(Shadow(sidecar.stem, net, lineage))
+    trained = 0
+    if len(shadows) < config.min_shadows:
+        if len(set(_subjects(pool))) < 2:
+            return None
+        used = {int(s.name.split("-")[1]) for s in shadows} | {int(p.stem.split("-")[1]) for p in root.glob("shadow-*.json")}
+        next_seed = max(used, default=seed * 1000 - 1) + 1
+        while len(shadows) < config.shadows:
+            t0 = time.time()
+            tensors, settings, lineage = _train_shadow(base, data, pool, replay, config, next_seed, make_trainer)
+            name = f"shadow-{next_seed:06d}"
+            _write_atomic(root / f"{name}.safetensors", lambda p, t=tensors: save_file(t, str(p)))
+            meta = {"lora": settings.to_json(), "lineage": sorted(lineage), "seed": next_seed, "seconds": round(time.time() - t0, 3)}
+            _write_atomic(root / f"{name}.json", lambda p, m=meta: p.write_text(json.dumps(m)))
+            net = fold_lora(copy.deepcopy(base), tensors, settings).eval()
+            shadows.append(Shadow(name, net, frozenset(lineage)))
+            trained += 1
+            next_seed += 1
+            log.info("reference bank: shadow %d/%d trained in %.1f s", len(shadows), config.shadows, time.time() - t0)
+    return ReferenceBank(root, shadows, config=config, trained=trained, purged=purged, seconds=time.time() - started)
