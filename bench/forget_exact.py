@@ -101,8 +101,8 @@ def bench_seed(seed: int, log) -> list[dict[str, Any]]:
                     "test_acc": m.get("test_accuracy"),
                     "retain_acc": m.get("retained_accuracy"),
                     "forget_acc": next((v for k, v in m.items() if k.startswith("forget_accuracy[")), None),
-                    "mia_loss_acc": m.get("mia_loss_accuracy"),
-                    "mia_svc_acc": m.get("mia_confidence_accuracy"),
+                    "mia_loss_acc": next((v for k, v in m.items() if k.startswith("mia_loss_accuracy[")), None),
+                    "mia_svc_acc": next((v for k, v in m.items() if k.startswith("mia_confidence_accuracy[")), None),
                 }
             )
             log(f"seed {seed} {method}: {out[-1]}")

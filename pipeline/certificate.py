@@ -35,6 +35,43 @@ def _forget_step(ws: Workspace, request_id: str) -> str | None:
     return None
 
 
+def _fmt(value: float | None) -> str:
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
+def evidence_lines(results: list[dict[str, Any]], request_id: str, resolved: dict[str, Any] | None) -> list[str]:
+    """The evidence table: each forget check on the candidate and on its control, with its verdict.
+
+    Only checks whose control (the un-forgotten model) fails them can show forgetting; the others
+    are inconclusive and say so. Values recorded without a threshold are listed apart, as values.
+    """
+    suffix = f"[{request_id}]"
+    checks = [c | {"blocking": r["blocking"]} for r in results for c in r["checks"] if c["name"].endswith(suffix) and c.get("controlled")]
+    recorded = [c for r in results for c in r["checks"] if c["name"].endswith(suffix) and c["threshold"] is None]
+    lines = [
+        "Every check was run on the served candidate and on its *control*, the model that still carried the samples.",
+        "A check shows forgetting only when the control fails it (`passed`); `inconclusive` means the control passes too.",
+        "",
+        "Advisory checks (population attacks) are shown for comparison and do not block: they also fail exact",
+        "retrains of atypical data (`ume bench forget-evidence`).",
+        "",
+        "| check | candidate | control | threshold | verdict | blocking |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        sign = ">=" if c["higher_is_better"] else "<="
+        cells = f"| {c['name'][: -len(suffix)]} | {_fmt(c['value'])} | {_fmt(c['control'])} | {sign} {c['threshold']:.4f} | {c['verdict']} |"
+        lines.append(f"{cells} {'yes' if c['blocking'] else 'no (advisory)'} |")
+    shown = [c["name"][: -len(suffix)] for c in checks if c["verdict"] == "passed"]
+    lines += ["", f"**Conclusive evidence: {', '.join(shown)}.**" if shown else "**No check was conclusive: nothing here shows the samples were forgotten.**"]
+    if resolved and resolved.get("note"):
+        lines += ["", f"Resolution: {resolved['note']}."]
+    if recorded:
+        lines += ["", "Recorded values (measurements, not checks):", "", "| value | candidate | control |", "|---|---|---|"]
+        lines += [f"| {c['name'][: -len(suffix)]} | {_fmt(c['value'])} | {_fmt(c.get('control'))} |" for c in recorded]
+    return lines
+
+
 def certificate_markdown(ws: Workspace, request_id: str) -> str:
     """The certificate as Markdown."""
     log = DeletionLog.read(ws.ledger)
@@ -89,14 +126,10 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
     if step_key and second.exists():  # the fallback attempt decided
         evidence = second
     if step_key and evidence.exists():
-        results = json.loads(evidence.read_text())["results"]
-        lines += ["| check | value | threshold | outcome |", "|---|---|---|---|"]
-        for res in results:
-            if "forget" not in res["name"] and "membership" not in res["name"]:
-                continue
-            for check in res["checks"]:
-                thr = "" if check["threshold"] is None else f"{check['threshold']:.4f}"
-                lines.append(f"| {check['name']} | {check['value']:.4f} | {thr} | {res['outcome']} |")
+        if evidence == second:
+            first = json.loads((ws.reports_dir / step_key / "results.json").read_text())
+            lines += [f"First attempt: {first['decision']['label']} ({first['decision']['reason']}); the exact fallback decided.", ""]
+        lines += evidence_lines(json.loads(evidence.read_text())["results"], request_id, resolved.data if resolved else None)
     else:
         lines.append("No forget step has run for this request yet.")
     lines += ["", "## Ledger entries", "", "| seq | type | step | hash |", "|---|---|---|---|"]

@@ -287,6 +287,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bench.compress import main as compress_main
 
         return compress_main(args.rest)
+    if args.suite == "forget-evidence":
+        from bench.forget_evidence import main as evidence_main
+
+        return evidence_main(args.rest)
     from bench.forget_exact import main as exact_main
 
     return exact_main(args.rest)
@@ -322,8 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="legal basis or ticket, e.g. 'GDPR art. 17'")
     p.add_argument("--method", help="unlearning method (default: exact; see docs)")
     p.set_defaults(fn=_cmd_forget)
-    p = sub.add_parser("bench", help="run a benchmark: forget, forget-exact, overlays (serving latency) or compress (quantize and prune the champion)")
-    p.add_argument("suite", choices=["forget", "forget-exact", "overlays", "compress"])
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
+        "overlays (serving latency) or compress (quantize and prune the champion)",
+    )
+    p.add_argument("suite", choices=["forget", "forget-exact", "forget-evidence", "overlays", "compress"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
     p.set_defaults(fn=_cmd_bench)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")

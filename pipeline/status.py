@@ -50,13 +50,33 @@ def collect_status(ws: Workspace) -> dict[str, Any]:
         "champion": champion,
         "steps": steps,
         "deleted_samples": len(log.hashed_ids()),
-        "requests": {rid: {"scope": e.data["scope"], "samples": e.data["count"], "resolved": rid in log.resolved} for rid, e in log.requests.items()},
+        "requests": {rid: _request_status(e.data, log.resolved.get(rid)) for rid, e in log.requests.items()},
         "pending_requests": log.pending,
         "deletion_debt": {"samples": sum(debt.values()), "by_request": debt},
         "ledger_entries": len(ws.ledger.verify()),
         "tracking_uri": ws.params.registry.tracking_uri,
         "model_name": ws.params.registry.model_name,
     }
+
+
+def _request_status(request: dict[str, Any], resolved: Any) -> dict[str, Any]:
+    """One request: scope, size, resolution and how many of its forget checks were conclusive."""
+    out: dict[str, Any] = {"scope": request["scope"], "samples": request["count"], "resolved": resolved is not None}
+    if resolved is not None:
+        r = resolved.data
+        out |= {"method": r["method"], "exact": r["exact"], "version": r["version"], "evidence": r.get("evidence"), "note": r.get("note")}
+    return out
+
+
+def _evidence(request: dict[str, Any]) -> str:
+    evidence = request.get("evidence")
+    if not request["resolved"]:
+        return "pending"
+    if evidence is None:
+        return "not recorded (resolved before ume recorded controls)"
+    checks = evidence["passed"] + evidence["failed"] + evidence["inconclusive"]
+    shown = f"; shown by {', '.join(evidence['shown_by'])}" if evidence.get("shown_by") else "; nothing shown"
+    return f"{evidence['conclusive']}/{checks} checks conclusive{shown}"
 
 
 def _num(metrics: dict[str, float], name: str) -> str:
@@ -88,4 +108,9 @@ def render_status(status: dict[str, Any]) -> str:
             f"{_num(m, 'test_accuracy'):>8} {_num(m, 'retained_accuracy'):>8} {_num(m, 'canary_agreement'):>7} "
             f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
         )
+    if status["requests"]:
+        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'exact':<5}  evidence"]
+        for rid, r in status["requests"].items():
+            exact = "" if not r["resolved"] else ("yes" if r["exact"] else "no")
+            lines.append(f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {exact:<5}  {_evidence(r)}")
     return "\n".join(lines)

@@ -9,8 +9,9 @@ fix. Owners are simulated
 contributors of ``owner_size_min..owner_size_max`` samples each; an owner's samples arrive together
 in one slice, as an upload would.
 
-``vulnerable_owners`` contributors of every update slice are *atypical*: their uploads were labelled
-with their own key map (every label shifted by an owner-specific offset). A model memorises such
+``vulnerable_owners`` contributors of every update slice are *atypical*: a small upload
+(``VULNERABLE_SIZE`` samples) labelled with their own key map (every label shifted by an
+owner-specific offset). A model memorises such
 rare, atypical samples rather than generalising to them (Feldman 2020, "Does Learning Require
 Memorization? A Short Tale about a Long Tail"); they are the data subjects for whom a deletion is
 detectable, and the ones a forget check must be able to catch (Carlini et al. 2022, LiRA).
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from pipeline.config import DataConfig
 from pipeline.data.table import SampleTable, assign_content_ids
 
+VULNERABLE_SIZE = 8  # samples of each atypical data subject: rare, so the gate's averages barely move
 MAJORITY_GROUP = "scanner_a"
 MINORITY_GROUP = "scanner_b"
 
@@ -126,10 +128,16 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
     minority[rng.permutation(n)[: int(round(config.minority_fraction * n))]] = True
 
     noted: dict[str, object] = {}
-    vulnerable = _vulnerable_owners(slice_of_owner, update_names, config.vulnerable_owners, rng)
-    for owner, shift in vulnerable.items():
-        members = np.array([i for i in pool_idx if pool_owners[int(i)] == owner])
+    vulnerable: list[str] = []
+    for owner, shift in _vulnerable_owners(slice_of_owner, update_names, config.vulnerable_owners, rng).items():
+        # A small upload of its own: VULNERABLE_SIZE samples of ``owner``'s, under a new data subject.
+        members = np.array([i for i in pool_idx if owner_of[int(i)] == owner])[:VULNERABLE_SIZE]
+        subject = f"w{next_owner:03d}"
+        next_owner += 1
+        for i in members:
+            owner_of[int(i)] = subject
         labels[members] = (labels[members] + shift) % 10
+        vulnerable.append(subject)
     for slice_name, share in sorted(config.corrupt_labels.items()):
         members = np.flatnonzero(slice_of == slice_name)
         chosen = rng.permutation(members)[: int(round(share * len(members)))]
@@ -149,4 +157,4 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         }
     )
     table = SampleTable(rows=rows, images=images, classes=[str(c) for c in range(10)])
-    return table, {"source": "sklearn.datasets.load_digits", "corrupt_labels": noted, "vulnerable_owners": sorted(vulnerable)}
+    return table, {"source": "sklearn.datasets.load_digits", "corrupt_labels": noted, "vulnerable_owners": vulnerable}

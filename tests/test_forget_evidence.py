@@ -1,0 +1,174 @@
+"""Forget evidence: verdicts with controls, the per-sample membership statistic, and a vulnerable
+data subject's deletion end to end (control fails, candidate judged, certificate = gate record)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from behaviors.evidence import forget_evidence, split_name
+from behaviors.membership import logit_confidence, membership_test
+from behaviors.plugin import Check, verdict
+from behaviors.suite import BehaviorResult
+from pipeline.certificate import certificate_markdown
+from pipeline.cli import main
+from pipeline.runner import open_workspace, run_step
+from pipeline.status import collect_status, render_status
+
+# ------------------------------------------------------------------------------------- verdicts
+
+
+def test_verdict_needs_a_failing_control() -> None:
+    assert verdict(True, False) == "passed"
+    assert verdict(True, True) == "inconclusive"  # the un-forgotten model passes too: shows nothing
+    assert verdict(True, None) == "inconclusive"  # no control
+    assert verdict(None, False) == "inconclusive"  # not measurable (too few samples, no references)
+    assert verdict(False, False) == "failed"
+    assert verdict(False, True) == "failed"
+
+
+@given(
+    value=st.floats(0, 1) | st.just(math.nan),
+    control=st.none() | st.floats(0, 1) | st.just(math.nan),
+    threshold=st.floats(0.01, 0.99),
+    higher=st.booleans(),
+)
+def test_a_controlled_check_passes_only_when_its_control_fails(value: float, control: float | None, threshold: float, higher: bool) -> None:
+    check = Check("x[del-1]", value, threshold, higher, control, controlled=True)
+    ok = (lambda v: v >= threshold) if higher else (lambda v: v <= threshold)
+    if check.verdict == "passed":
+        assert ok(value) and control is not None and not math.isnan(control) and not ok(control)
+    if control is None or math.isnan(control) or ok(control):
+        assert check.verdict != "passed"
+    if not math.isnan(value) and not ok(value):
+        assert check.verdict == "failed"
+    uncontrolled = Check("y", value, threshold, higher)
+    assert uncontrolled.verdict in ("passed", "failed") and (uncontrolled.verdict == "failed") == (math.isnan(value) or not ok(value))
+
+
+def test_evidence_groups_checks_per_request_and_counts_conclusive_ones() -> None:
+    def row(name: str, value: float, control: float | None, threshold: float = 0.15) -> dict:
+        return Check(name, value, threshold, False, control, controlled=True).to_json()
+
+    results = [
+        BehaviorResult("f.py::a", "passed", True, checks=[row("member_bound[del-1]", 0.0, 0.7), row("member_bound[del-2]", 0.0, 0.0)]),
+        BehaviorResult("f.py::b", "failed", True, checks=[row("gap[del-1]", 0.4, 0.5, 0.05)]),
+        BehaviorResult("f.py::c", "passed", True, checks=[Check("test_accuracy", 0.9, 0.5, True).to_json()]),
+    ]
+    evidence = forget_evidence(results)
+    assert set(evidence) == {"del-1", "del-2"}
+    assert (evidence["del-1"]["passed"], evidence["del-1"]["failed"], evidence["del-1"]["conclusive"]) == (1, 1, 2)
+    assert (evidence["del-2"]["inconclusive"], evidence["del-2"]["conclusive"]) == (1, 0)
+    assert split_name("forget_accuracy_gap[del-1]") == ("forget_accuracy_gap", "del-1")
+
+
+# ---------------------------------------------------------------------- the per-sample statistic
+
+
+def _constructed(members: int, shift: float, seed: int = 0) -> tuple:
+    """K references, per-sample difficulty, members' statistic raised by ``shift`` reference sigmas."""
+    rng = np.random.default_rng(seed)
+    k, n, m = 12, members, 400
+    difficulty = rng.normal(2.0, 2.0, n)
+    reference = difficulty + rng.normal(0, 1, (k, n))
+    target = difficulty + rng.normal(0, 1, n) + shift
+    calib_difficulty = rng.normal(2.0, 2.0, m)
+    calib_reference = calib_difficulty + rng.normal(0, 1, (k, m))
+    calib_target = calib_difficulty + rng.normal(0, 1, m)
+    ids = [f"s{i}" for i in range(m)]
+    return target, reference, np.ones((k, n), dtype=bool), calib_target, calib_reference, ids
+
+
+def test_members_are_flagged_and_non_members_are_not() -> None:
+    members = membership_test(*_constructed(40, shift=4.0))
+    non_members = membership_test(*_constructed(40, shift=0.0, seed=1))
+    assert members.member_share > 0.8 and members.lower_bound > 0.6 and members.p_value < 1e-6
+    assert non_members.member_share < 0.2 and non_members.lower_bound < 0.1
+    assert 0.0 <= members.heldout_false_positive_rate <= 0.15  # calibrated on the other half of the non-members
+
+
+def test_the_statistic_is_per_sample_not_per_population() -> None:
+    """Members hidden among hard samples: a population threshold on the raw statistic cannot find them."""
+    target, reference, out, ct, cr, ids = _constructed(60, shift=0.0)
+    target[:30] += 4.0  # only half are members, and they are not the most confident ones
+    result = membership_test(target[:30], reference[:, :30], out[:, :30], ct, cr, ids)
+    assert result.member_share > 0.8
+
+
+def test_samples_without_out_references_are_not_scored() -> None:
+    target, reference, out, ct, cr, ids = _constructed(10, shift=4.0)
+    out[:, :6] = False  # every reference trained on the first six (e.g. they are in the clean base)
+    result = membership_test(target, reference, out, ct, cr, ids, min_references=4)
+    assert (result.samples, result.unscored) == (4, 6)
+    out[:] = False
+    assert math.isnan(membership_test(target, reference, out, ct, cr, ids).lower_bound)
+
+
+def test_a_tiny_request_cannot_fail_by_one_flag() -> None:
+    target, reference, out, ct, cr, ids = _constructed(3, shift=0.0)
+    target[0] += 10  # one of three flagged: share 0.33, but the bound stays under the default limit
+    result = membership_test(target, reference, out, ct, cr, ids)
+    assert result.flagged >= 1 and result.lower_bound < 0.15
+
+
+def test_logit_confidence_is_the_log_odds_of_the_label() -> None:
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    phi = logit_confidence(logits, torch.tensor([0, 2]))
+    p = logits.softmax(1)
+    expected = [math.log(p[0, 0] / (1 - p[0, 0])), math.log(p[1, 2] / (1 - p[1, 2]))]
+    assert np.allclose(phi, expected, atol=1e-6)
+
+
+# ----------------------------------------------- a vulnerable data subject's deletion, end to end
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return int(info.value.code)
+
+
+def test_vulnerable_owner_deletion_is_judged_against_its_control(trained_copy: Path) -> None:
+    """The default data's memorised (mislabelled) data subject: the un-forgotten model fails the
+    per-sample test by a wide margin, so the approximate candidate is really judged; the certificate's
+    rows are the gate's record."""
+    params = trained_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"]["s01"]["epochs"] = 12  # the demo's recipe: the overlay memorises its atypical subject
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ws = open_workspace()
+    assert run_step(ws, "s01").record["decision"] == "promoted"
+    dataset = json.loads((trained_copy / "store" / "data" / "dataset.json").read_text())
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
+    owner = next(o for o in dataset["vulnerable_owners"] if (rows.loc[rows["owner"] == o, "slice"] == "u1").all())
+    assert cli("forget", "--owner", owner, "--method", "ssd", "--reason", "GDPR art. 17") == 0
+    ws = open_workspace()
+    key = list(ws.params.stream)[-1]
+    record = run_step(ws, key).record
+    request = ws.params.stream[key].options["request"]
+    per_sample = next(c for c in record["evidence"][request]["checks"] if c["check"] == "forget_member_share_bound")
+    assert per_sample["control"] > per_sample["threshold"], per_sample  # the control fails it (measured: 0.40 against 0.15)
+    assert per_sample["verdict"] in ("passed", "failed")  # so the candidate is judged, either way
+    decision = [e for e in ws.ledger.of_type("decision") if e.step == key][-1]
+    assert decision.data["evidence"] == record["evidence"]
+    certificate = certificate_markdown(ws, request)
+    for check in decision.data["evidence"][request]["checks"]:
+        cells = f"| {check['check']} | {check['value']:.4f} | "
+        assert cells in certificate and check["verdict"] in certificate.split(cells)[1].splitlines()[0], check
+    resolved = [e for e in ws.ledger.of_type("deletion_resolved") if e.data["request_id"] == request]
+    if record["decision"] == "promoted":
+        assert resolved and resolved[-1].data["evidence"]["conclusive"] >= 1
+        assert resolved[-1].data["control_version"] == record["champion_before"]
+        status = collect_status(ws)
+        assert status["requests"][request]["evidence"]["conclusive"] >= 1
+        assert "checks conclusive" in render_status(status)
