@@ -118,6 +118,7 @@ def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
         config=config,
         make_trainer=shadow_trainer(ws),
         seed=ws.params.seed,
+        base_lineage=frozenset(base_lineage),
     )
     if bank is None:
         return None, "no reference models: the version has no overlay trained on data subjects outside the clean base"

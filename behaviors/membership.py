@@ -9,9 +9,12 @@ that such per-example tests (U-LiRA) expose forgetting that population attacks m
 
 For a sample with label y and logits z, the statistic is the logit-scaled confidence
 ``phi = log(p_y / (1 - p_y)) = z_y - logsumexp(z_other)``, close to Gaussian across reference
-models. The score of a sample on a model is ``(phi_model - mean_OUT) / sigma``, with the global
-variance of the offline variant (one sigma pooled over the calibration samples; with a handful of
-references a per-sample variance is too noisy, Carlini et al. sec. VI). The member threshold is the
+models. The score of a sample on a model is ``(phi_model - mean_OUT) / sigma``. With a handful of
+references a per-sample variance is too noisy (Carlini et al. sec. VI: use the global variance), but
+atypical samples vary far more between models than typical ones, and a global sigma turns that
+spread into false alarms on exactly the data subjects a deletion is about. So sigma is the larger of
+the global one (pooled over the calibration samples) and the sample's own spread over its OUT
+references: conservative, measured in ``bench/forget_evidence``. The member threshold is the
 ``1 - fpr`` quantile of the scores of known non-members on the *same* model (samples it never saw),
 so the test calibrates itself to the model under test; a second, held-out half of the
 non-members reports the false-positive rate actually reached.
@@ -66,6 +69,23 @@ def _heldout(sample_ids: Sequence[str]) -> np.ndarray:
     return np.array([hashlib.sha256(s.encode()).digest()[0] % 2 == 1 for s in sample_ids], dtype=bool)
 
 
+def global_sigma(calibration_reference_phi: np.ndarray) -> float:
+    """LiRA's global sigma: the references' spread, pooled over known non-members (NaN with < 2 references)."""
+    if len(calibration_reference_phi) < 2:
+        return float("nan")
+    return math.sqrt(float(np.mean(calibration_reference_phi.var(axis=0, ddof=1))))
+
+
+def member_scores(target_phi: np.ndarray, reference_phi: np.ndarray, out_mask: np.ndarray, sigma: float, min_references: int) -> np.ndarray:
+    """``(phi - mean_OUT) / max(sigma, own OUT spread)`` per sample; NaN with fewer than ``min_references`` OUT."""
+    counts = out_mask.sum(axis=0)
+    mean_out = np.where(out_mask, reference_phi, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    var_out = np.where(out_mask, (reference_phi - mean_out) ** 2, 0.0).sum(axis=0) / np.maximum(counts - 1, 1)
+    scores = (target_phi - mean_out) / np.sqrt(np.maximum(sigma**2, var_out))
+    scores[counts < min_references] = np.nan
+    return scores
+
+
 def membership_test(
     target_phi: np.ndarray,
     reference_phi: np.ndarray,
@@ -83,21 +103,19 @@ def membership_test(
     the references' and ``out_mask`` (K, n) which references did not train on each sample.
     ``calibration_*`` are the same for known non-members (OUT for every reference).
     """
-    sigma = float(np.sqrt(np.mean(calibration_reference_phi.var(axis=0, ddof=1)))) if len(calibration_reference_phi) > 1 else float("nan")
-    calib_scores = (calibration_target_phi - calibration_reference_phi.mean(axis=0)) / sigma
+    sigma = global_sigma(calibration_reference_phi)
+    calib_out = np.ones(calibration_reference_phi.shape, dtype=bool)
+    calib_scores = member_scores(calibration_target_phi, calibration_reference_phi, calib_out, sigma, 2)
     held = _heldout(calibration_ids)
-    threshold = float(np.quantile(calib_scores[~held], 1 - false_positive_rate)) if (~held).any() else float("nan")
+    threshold = float(np.quantile(calib_scores[~held], 1 - false_positive_rate)) if (~held).any() and not math.isnan(sigma) else float("nan")
     heldout_rate = float((calib_scores[held] > threshold).mean()) if held.any() else float("nan")
-    counts = out_mask.sum(axis=0)
-    scored = counts >= min_references
+    scores = member_scores(target_phi, reference_phi, out_mask, sigma, min_references)
+    scored = ~np.isnan(scores)
     n = int(scored.sum())
-    if n == 0 or math.isnan(sigma) or math.isnan(threshold):
+    if n == 0 or math.isnan(threshold):
         nan = float("nan")
         return MembershipResult(0, len(target_phi), 0, nan, nan, nan, false_positive_rate, heldout_rate, 0)
-    masked = np.where(out_mask[:, scored], reference_phi[:, scored], 0.0)
-    mean_out = masked.sum(axis=0) / counts[scored]
-    scores = (target_phi[scored] - mean_out) / sigma
-    flagged = int((scores > threshold).sum())
+    flagged = int((scores[scored] > threshold).sum())
     test = stats.binomtest(flagged, n, false_positive_rate, alternative="greater")
     return MembershipResult(
         samples=n,
@@ -108,5 +126,5 @@ def membership_test(
         p_value=float(test.pvalue),
         false_positive_rate=false_positive_rate,
         heldout_false_positive_rate=heldout_rate,
-        references=int(counts[scored].min()),
+        references=int(out_mask.sum(axis=0)[scored].min()),
     )

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from behaviors.membership import MembershipResult, logit_confidence, membership_test
+from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
 from pipeline.config import ReferenceConfig
 from pipeline.data import SampleSet, UmeData
 from pipeline.lineage import hash_sample_ids
@@ -55,9 +55,20 @@ class Shadow:
 class ReferenceBank:
     """The shadows of one clean base, with a cache of their statistics per sample set."""
 
-    def __init__(self, root: Path, shadows: list[Shadow], *, config: ReferenceConfig, trained: int = 0, purged: int = 0, seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        shadows: list[Shadow],
+        *,
+        config: ReferenceConfig,
+        base_lineage: frozenset[str] = frozenset(),
+        trained: int = 0,
+        purged: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
         self.root = root
         self.shadows = shadows
+        self.base_lineage = base_lineage  # every shadow is built on the base: its samples are IN for all
         self.config = config
         self.trained = trained  # shadows trained while opening (0 when the bank was reused as it was)
         self.purged = purged  # shadows removed because they had trained on a deleted sample
@@ -67,28 +78,42 @@ class ReferenceBank:
     def __len__(self) -> int:
         return len(self.shadows)
 
+    def query(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet) -> np.ndarray:
+        """A model's statistic on ``samples``, averaged over the query views (LiRA's augmented queries)."""
+        views = query_views(samples.x, self.config.query_shift)
+        return np.mean([logit_confidence(forward(view), samples.y) for view in views], axis=0)
+
     def statistics(self, samples: SampleSet) -> tuple[np.ndarray, np.ndarray]:
         """``(phi, out)``: every shadow's statistic on ``samples`` (K x n) and which shadows are OUT."""
         key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
         if key not in self._phi:
             hashed = hash_sample_ids(samples.sample_ids)
-            phi = np.stack([logit_confidence(predict_logits(s.net, samples.x), samples.y) for s in self.shadows])
-            out = np.array([[h not in s.lineage for h in hashed] for s in self.shadows], dtype=bool)
+            phi = np.stack([self.query(lambda x, net=s.net: predict_logits(net, x), samples) for s in self.shadows])
+            out = np.array([[h not in s.lineage and h not in self.base_lineage for h in hashed] for s in self.shadows], dtype=bool)
             self._phi[key] = (phi, out)
         return self._phi[key]
 
-    def test(self, logits: Callable[[SampleSet], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> MembershipResult:
-        """Offline LiRA of one model (``logits``) on ``samples``, calibrated on ``non_members``."""
-        phi, out = self.statistics(samples)
+    def _calibration(self, non_members: SampleSet) -> tuple[SampleSet, np.ndarray]:
         calib_phi, calib_out = self.statistics(non_members)
         keep = calib_out.all(axis=0)  # a calibration sample must be OUT for every shadow
-        calibration = non_members.take(np.flatnonzero(keep).tolist())
+        return non_members.take(np.flatnonzero(keep).tolist()), calib_phi[:, keep]
+
+    def scores(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> np.ndarray:
+        """Per-sample member scores of one model (NaN where too few shadows are OUT)."""
+        phi, out = self.statistics(samples)
+        _, calib_phi = self._calibration(non_members)
+        return member_scores(self.query(forward, samples), phi, out, global_sigma(calib_phi), self.config.min_references)
+
+    def test(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> MembershipResult:
+        """Offline LiRA of one model (``forward``: inputs -> logits) on ``samples``, calibrated on ``non_members``."""
+        phi, out = self.statistics(samples)
+        calibration, calib_phi = self._calibration(non_members)
         return membership_test(
-            logit_confidence(logits(samples), samples.y),
+            self.query(forward, samples),
             phi,
             out,
-            logit_confidence(logits(calibration), calibration.y),
-            calib_phi[:, keep],
+            self.query(forward, calibration),
+            calib_phi,
             calibration.sample_ids,
             false_positive_rate=self.config.false_positive_rate,
             min_references=self.config.min_references,
@@ -97,6 +122,20 @@ class ReferenceBank:
     def describe(self) -> dict[str, Any]:
         """For the report: how many shadows, how many trained and purged this time, the seconds."""
         return {"shadows": len(self), "trained": self.trained, "purged": self.purged, "seconds": round(self.seconds, 2), "path": str(self.root)}
+
+
+def query_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """The image and its shifts by ``shift`` pixels left, right, up and down (background -1 fills in).
+
+    LiRA queries each sample under the augmentations it was trained with and averages (Carlini et
+    al. 2022, sec. VI-B): a memorised sample stays confident under them, a lucky guess does not.
+    """
+    if shift <= 0:
+        return [x]
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), value=-1.0)
+    offsets = ((shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift))
+    return [padded[..., dy : dy + h, dx : dx + w] for dy, dx in offsets]
 
 
 def reference_pool(data: UmeData, overlay_lineage: set[str], base_lineage: set[str]) -> SampleSet:
@@ -154,10 +193,12 @@ def open_bank(
     config: ReferenceConfig,
     make_trainer: Callable[[int], L.Trainer],
     seed: int,
+    base_lineage: frozenset[str] = frozenset(),
 ) -> ReferenceBank | None:
     """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample, top it up.
 
     Returns None when the pool has fewer than two data subjects (nothing to split into halves).
+    ``base_lineage`` (what the base trained on) is IN for every shadow: those samples are never scored.
     """
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
@@ -192,4 +233,4 @@ def open_bank(
             trained += 1
             next_seed += 1
             log.info("reference bank: shadow %d/%d trained in %.1f s", len(shadows), config.shadows, time.time() - t0)
-    return ReferenceBank(root, shadows, config=config, trained=trained, purged=purged, seconds=time.time() - started)
+    return ReferenceBank(root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started)

@@ -110,8 +110,8 @@ def test_forgotten_samples_are_not_members(ume_context: BehaviorContext, candida
             behavior.expect(name, math.nan, at_most=limit, control=None)
             behavior.note(f"{rid}: {ume_context.references_note}")
             continue
-        result = bank.test(candidate.logits, case.forgotten, non_members)
-        control = bank.test(case.control.logits, case.forgotten, non_members) if case.control is not None else None
+        result = bank.test(candidate.forward, case.forgotten, non_members)
+        control = bank.test(case.control.forward, case.forgotten, non_members) if case.control is not None else None
         for field in ("member_share", "p_value", "heldout_false_positive_rate", "samples", "references"):
             behavior.record(f"forget_{field}[{rid}]", getattr(result, field), control=getattr(control, field) if control else None)
         behavior.expect(name, result.lower_bound, at_most=limit, control=control.lower_bound if control else None)

@@ -59,7 +59,6 @@ from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
 from behaviors.context import DEFAULT_THRESHOLDS
-from behaviors.membership import logit_confidence
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
 from behaviors.references import ReferenceBank, open_bank, reference_pool
 from edits.base import train_base
@@ -234,6 +233,7 @@ def build_setup(seed: int, bank_dir: Path, log: Callable[[str], None]) -> Setup:
         config=reference_config(),
         make_trainer=lambda epochs: _trainer_factory(params)(epochs),
         seed=seed,
+        base_lineage=frozenset(base_lineage),  # as behaviors.build opens it: base samples are IN for every shadow
     )
     if bank is None:
         raise RuntimeError("no reference bank: the pool has fewer than two data subjects")
@@ -279,21 +279,10 @@ def accuracy(net: nn.Module, samples: SampleSet) -> float:
 
 
 def member_scores(setup: Setup, net: nn.Module, samples: SampleSet) -> np.ndarray:
-    """Offline-LiRA score of every sample on ``net``, as ``membership_test`` computes it.
-
-    ``(phi - mean over OUT shadows) / sigma``, sigma pooled over the non-members (the test split);
-    ``-inf`` where fewer than ``min_references`` shadows are OUT.
-    """
-    phi, out = setup.bank.statistics(samples)
-    calib_phi, calib_out = setup.bank.statistics(setup.test)
-    calib = calib_phi[:, calib_out.all(axis=0)]
-    sigma = float(np.sqrt(np.mean(calib.var(axis=0, ddof=1))))
-    counts = out.sum(axis=0)
-    mean_out = np.where(out, phi, 0.0).sum(axis=0) / np.maximum(counts, 1)
-    target = logit_confidence(predict_logits(net, samples.x), samples.y)
-    scores = (target - mean_out) / sigma
-    scores[counts < setup.bank.config.min_references] = -np.inf
-    return scores
+    """Offline-LiRA score of every sample on ``net``, as the product computes it (``ReferenceBank.scores``);
+    ``-inf`` where fewer than ``min_references`` shadows are OUT."""
+    scores = setup.bank.scores(lambda x: predict_logits(net, x), samples, setup.test)
+    return np.where(np.isnan(scores), -np.inf, scores)
 
 
 def make_requests(setup: Setup, counts: dict[str, int]) -> list[Request]:
@@ -390,7 +379,7 @@ def evaluate_check(check: str, net: nn.Module, case: Case, bank: ReferenceBank) 
             return attack_accuracy(per_sample_loss(fl, f.y), per_sample_loss(ul, case.unseen.y), "loss", 0), {}
         return attack_accuracy(confidence_features(fl, f.y), confidence_features(ul, case.unseen.y), "svc", 0), {}
     if check == "per_sample":
-        result = bank.test(lambda s: predict_logits(net, s.x), f, case.non_members)
+        result = bank.test(lambda x: predict_logits(net, x), f, case.non_members)
         keep = ("samples", "unscored", "flagged", "member_share", "p_value", "heldout_false_positive_rate", "references")
         return result.lower_bound, {k: getattr(result, k) for k in keep}
     raise ValueError(f"unknown check {check!r}")
@@ -505,8 +494,8 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The results as Markdown: the table per check and request kind, then the goals."""
+def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The results as Markdown: the table per check and request kind, the goals, the per-sample test per seed."""
     th = meta["thresholds"]
     lines = [
         "# Forget checks as evidence: power and false-positive rate",
@@ -545,12 +534,33 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], met
         lines.append(f"| {g['goal']} | {value} | {'yes' if g['met'] else '**NO**'} |")
     missed = [g["goal"] for g in goal_rows if not g["met"]]
     lines += ["", ("Missed: " + "; ".join(missed) + ".") if missed else "All goals met."]
+    lines += ["", "## Per-sample test per seed", "", "Requests whose un-forgotten model fails (caught) and whose exact retrain fails (false alarm).", ""]
+    lines += ["| seed | champion test acc | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 2) + "|"]
+    for seed in meta["seeds"]:
+        cells = []
+        for kind in KINDS:
+            group = [r for r in rows if r["check"] == "per_sample" and r["seed"] == seed and r["request_kind"] == kind]
+            caught, alarms = sum(r["fails_unforgotten"] for r in group), sum(r["fails_retrain"] for r in group)
+            cells.append(f"caught {caught}/{len(group)}, false alarm {alarms}/{len(group)}" if group else "-")
+        accuracy_ = meta["champion_test_accuracy"].get(str(seed))
+        lines.append(f"| {seed} | {_fmt(accuracy_ * 100 if accuracy_ is not None else None, '.1f')}% | " + " | ".join(cells) + " |")
+    ranks = sorted({r["request"] for r in rows if r["request_kind"] == "worst_case"})
+    if ranks:
+        by_rank = []
+        for rank in ranks:
+            group = [r for r in rows if r["check"] == "per_sample" and r["request_kind"] == "worst_case" and r["request"] == rank]
+            by_rank.append(
+                f"samples ranked {rank * REQUEST_SIZE + 1}-{(rank + 1) * REQUEST_SIZE}: caught {sum(r['fails_unforgotten'] for r in group)}/{len(group)}"
+            )
+        lines += ["", "Worst-case sets by rank on the champion's per-sample scores: " + "; ".join(by_rank) + "."]
+    class_rows = [r for r in rows if r["check"] == "per_sample" and r["request_kind"] == "class" and "details_unforgotten" in r]
+    scored = [r["details_unforgotten"]["samples"] for r in class_rows]
+    class_samples = [r["samples"] for r in class_rows]
     lines += [
         "",
-        "The per-sample test of the product runs on sample and owner requests only; it is run on the class request here for comparison",
-        "(non-members: the test split without class 7). Most class-7 training samples are in the clean base, which every shadow is built on;",
-        "the bank counts a shadow as OUT for a sample it did not train on in its overlay, so those samples are scored against references",
-        "whose base trained on them, and the test has little to detect there.",
+        "The product runs the per-sample test on sample and owner requests only; here it also runs on the class request, for comparison",
+        "(non-members: the test split without class 7). The class-7 samples of the clean base are IN for every shadow and are not scored:",
+        f"{_fmt(_mean(scored), '.0f')} of {_fmt(_mean(class_samples), '.0f')} class-7 training samples were scored on average (those of u1..u3).",
     ]
     if meta.get("observations"):
         lines += ["", "## Observations", ""] + [f"- {o}" for o in meta["observations"]]
@@ -648,7 +658,7 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
         )
         result = {"rows": rows, "summary": summary, "goals": goal_rows, "meta": meta}
         (out_dir / "forget_evidence.json").write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
-        (out_dir / "forget_evidence.md").write_text(markdown(summary, goal_rows, meta))
+        (out_dir / "forget_evidence.md").write_text(markdown(summary, goal_rows, meta, rows))
         if summary:
             plot(summary, out_dir / "forget_evidence.png")
         return result

@@ -108,7 +108,8 @@ class ReferenceConfig:
     :mod:`behaviors.references`); each follows the recorded recipe of the version's first
     ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
     sample is scored when at least ``min_references`` shadows never trained on it; its member
-    threshold is set for ``false_positive_rate`` on samples the model never saw.
+    threshold is set for ``false_positive_rate`` on samples the model never saw. Every model is
+    queried on each image and its shifts by ``query_shift`` pixels (0: the image alone).
     """
 
     shadows: int = 16
@@ -120,6 +121,7 @@ class ReferenceConfig:
     batch_size: int = 32
     replay: float = 1.0
     augment_shift: int = 1
+    query_shift: int = 1
     false_positive_rate: float = 0.05
     min_references: int = 4
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from behaviors.evidence import forget_evidence, split_name
@@ -172,3 +172,47 @@ def test_vulnerable_owner_deletion_is_judged_against_its_control(trained_copy: P
         status = collect_status(ws)
         assert status["requests"][request]["evidence"]["conclusive"] >= 1
         assert "checks conclusive" in render_status(status)
+
+
+# ------------------------------------------------------- the reference bank is a data consumer
+
+
+def _bank_dir(root: Path, lineages: list[list[str]]):
+    """A bank directory with one (untrained) shadow adapter per lineage, on a fresh test_resnet."""
+    from safetensors.torch import save_file
+
+    from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
+    from pipeline.model import create_net
+
+    base = create_net("test_resnet", 10, 1).eval()
+    import copy
+
+    net = copy.deepcopy(base)
+    settings = LoraSettings(rank=2, alpha=4.0, targets=lora_targets(net))
+    tensors = adapter_tensors(attach_lora(net, settings))
+    root.mkdir(parents=True, exist_ok=True)
+    for k, lineage in enumerate(lineages):
+        save_file(tensors, str(root / f"shadow-{k:06d}.safetensors"))
+        (root / f"shadow-{k:06d}.json").write_text(json.dumps({"lora": settings.to_json(), "lineage": lineage, "seed": k}))
+    return base
+
+
+@settings(deadline=None, max_examples=20)
+@given(deleted=st.sets(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=6))
+def test_no_shadow_that_saw_a_deleted_sample_survives_opening(deleted: set[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Invariant 2 for the bank: once a sample is deleted, no reference model trained on it is kept or used."""
+    from behaviors.references import open_bank
+    from pipeline.config import ReferenceConfig
+
+    lineages = [["a", "b"], ["c"], ["d", "e"], ["f"], []]
+    root = tmp_path_factory.mktemp("bank")
+    base = _bank_dir(root, lineages)
+    config = ReferenceConfig(shadows=5, min_shadows=1, min_references=1)
+    survivors = [lin for lin in lineages if not set(lin) & deleted]
+    # min_shadows=1 and the empty-lineage shadow always survives: nothing is trained, so no data is needed
+    bank = open_bank(root, base, data=None, pool=None, replay=None, deleted=deleted, config=config, make_trainer=None, seed=0)  # type: ignore[arg-type]
+    assert bank is not None and len(bank) == len(survivors) and bank.purged == len(lineages) - len(survivors)
+    assert all(not (shadow.lineage & deleted) for shadow in bank.shadows)
+    on_disk = [json.loads(p.read_text())["lineage"] for p in root.glob("shadow-*.json")]
+    assert sorted(map(sorted, on_disk)) == sorted(map(sorted, survivors))
+    assert len(list(root.glob("shadow-*.safetensors"))) == len(survivors)
