@@ -60,3 +60,23 @@ def test_overlay_latency_bench_writes_rows_for_every_variant(tmp_path: Path) -> 
     assert isinstance(written["goals"]["unmerged5_le_1.5x_base"], bool)
     assert {"machine", "date", "arch", "rounds", "threads"} <= set(written)
     assert "| folded | 5 |" in (tmp_path / "overlays.md").read_text()
+
+
+def test_forget_evidence_power_and_false_positive_rate_per_check_and_kind() -> None:
+    from bench.forget_evidence import goals
+    from bench.forget_evidence import summarize as summarize_evidence
+
+    def row(kind: str, check: str, unforgotten: bool, retrain: bool) -> dict:
+        return {
+            "request_kind": kind, "check": check, "seed": 0, "fails_unforgotten": unforgotten, "fails_retrain": retrain,
+            "value_unforgotten": 0.5, "value_retrain": 0.0, "check_seconds": 1.0, "step_seconds": 4.0, "samples": 8,
+        }
+
+    rows = [row("owner_vulnerable", "per_sample", True, False)] * 9 + [row("owner_vulnerable", "per_sample", False, True)]
+    rows += [row("worst_case", "per_sample", True, False)] * 3 + [row("owner_typical", "mia_loss", False, False)] * 2
+    summary = {(e["check"], e["request_kind"]): e for e in summarize_evidence(rows)}
+    vulnerable = summary[("per_sample", "owner_vulnerable")]
+    assert (vulnerable["requests"], vulnerable["power"], vulnerable["false_positive_rate"]) == (10, 0.9, 0.1)
+    assert summary[("mia_loss", "owner_typical")]["power"] == 0.0
+    met = {g["goal"].split(" ")[3] if "power" in g["goal"] else g["goal"].split(" ")[1]: g["met"] for g in goals(rows)}
+    assert met["owner_vulnerable"] and met["worst_case"] and not met["false-positive"] and met["check"]
