@@ -419,8 +419,24 @@ def _record_component(ws: Workspace, key: str, component: Component) -> None:
 def _current_champion(ws: Workspace) -> tuple[int, Manifest]:
     version = ws.registry.champion()
     if version is None:
-        raise UmeError("no champion yet: the base stage has not run (run `dvc repro`)", field="champion")
+        raise UmeError(_no_champion_reason(ws), field="champion")
     return version, ws.manifest_of(version)
+
+
+def _no_champion_reason(ws: Workspace) -> str:
+    """Why there is no champion, and the command that gets past it."""
+    record = ws.step_record(BASE_STEP)
+    if record is None:
+        return "no champion yet: the base stage has not run (run `dvc repro`)"
+    if record["decision"] == gate.BLOCKED:
+        report = ws.reports_dir / BASE_STEP / "report.md"
+        return (
+            f"no champion: the base (v{record['version']}) was blocked by {', '.join(record['failing']) or 'the gate'} "
+            f"(report: {report}). Fix the data, model or behaviors.thresholds in {ws.params.file}, then rerun the base: "
+            "`dvc repro --force --single-item base` and `dvc repro` (thresholds are not a dependency of the base stage, "
+            "so that changing one does not retrain a whole stream)"
+        )
+    return f"no champion: the registry has no `champion` alias although the base was {record['decision']} (run `ume audit`)"
 
 
 def run_step(ws: Workspace, key: str) -> StepOutcome:

@@ -78,10 +78,27 @@ def test_image_folder_with_manifest(tmp_path: Path) -> None:
     assert len(table) == 24
     assert table.classes == ["cat", "dog"]
     assert table.images.shape[1:] == (1, 12, 12)
-    assert set(table.rows["slice"]) <= {"base", "test", "canary"}
+    assert set(table.rows["slice"]) <= {"base", "test", "canary", "u1", "u2", "u3"}
     assert table.rows["owner"].iloc[5] == "o1"
     saved = table.save(tmp_path / "prepared")
     assert SampleTable.load(tmp_path / "prepared").content_hash() == saved["content_hash"]
+
+
+def test_a_manifest_without_slices_is_split_like_the_default(tmp_path: Path) -> None:
+    """Evaluation samples by fraction; training contributors (whole owners) into base and update slices."""
+    root = _write_folder(tmp_path, n=120)
+    config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=10)
+    rows = build_folder_table(config, seed=0)[0].rows
+    counts = rows["slice"].value_counts()
+    assert counts["test"] == 24 and counts["canary"] == 12
+    assert {"base", "u1", "u2", "u3"} <= set(counts.index)
+    train = rows[~rows["slice"].isin(["test", "canary"])]
+    assert (train.groupby("owner")["slice"].nunique() == 1).all()  # an owner's upload arrives in one slice
+    manifest = root / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",slice", *(f"{line},{'base' if i < 10 else ''}" for i, line in enumerate(lines[1:]))]) + "\n")
+    kept = build_folder_table(config, seed=0)[0].rows
+    assert (kept["slice"].iloc[:10] == "base").all() and set(kept["slice"].iloc[10:]) > {"test"}
 
 
 @pytest.mark.parametrize(
@@ -126,3 +143,17 @@ def test_no_consumer_ever_sees_a_deleted_sample(digits: SampleTable, tmp_path_fa
     assert not gone & set(train.sample_ids)
     seen = sum(len(y) for _, y in module.train_dataloader())
     assert seen <= len(train)
+
+
+def test_a_blocked_base_says_why_there_is_no_champion_and_how_to_rerun_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.runner import _no_champion_reason
+
+    def ws(record):
+        return SimpleNamespace(step_record=lambda key: record, reports_dir=tmp_path / "reports", params=SimpleNamespace(file="params.yaml"))
+
+    assert "has not run" in _no_champion_reason(ws(None))
+    reason = _no_champion_reason(ws({"decision": "blocked", "version": 1, "failing": ["test_test_accuracy_floor"]}))
+    assert "blocked by test_test_accuracy_floor" in reason and "dvc repro --force --single-item base" in reason
+    assert "has not run" not in reason

@@ -1,8 +1,10 @@
 """A user's own data: an image folder plus a manifest CSV ``path,label[,group,owner,slice,sample_id]``.
 
 ``path`` is relative to the folder. ``label`` is a class name (any string; classes are sorted).
-``slice`` is ``base``, ``test``, ``canary`` or an update slice name; without the column, samples are
-split like the default. ``sample_id`` defaults to a content hash of the decoded image and label.
+``slice`` is ``base``, ``test``, ``canary`` or an update slice name; rows without one (or a manifest
+without the column) are split like the default (:func:`assign_slices`): evaluation samples by
+``test_fraction``/``canary_fraction``, training contributors by ``base_fraction`` into ``base`` and
+the others over ``u1..u<update_slices>``. ``sample_id`` defaults to a content hash of the decoded image and label.
 Every problem names the manifest, the line and the column.
 """
 
@@ -89,27 +91,49 @@ def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
             )
         first_line[sample_id] = line
 
-    rng = np.random.default_rng(seed)
-    if "slice" in header and all(rec.get("slice") for rec in records):
-        slices = [rec["slice"] for rec in records]
-    else:
-        order = rng.permutation(len(records))
-        n_test = int(round(config.test_fraction * len(records)))
-        n_canary = int(round(config.canary_fraction * len(records)))
-        slices = ["base"] * len(records)
-        for rank, i in enumerate(order):
-            if rank < n_test:
-                slices[i] = "test"
-            elif rank < n_test + n_canary:
-                slices[i] = "canary"
+    owners = [rec.get("owner") or f"o{i:05d}" for i, rec in enumerate(records)]
+    given = [(rec.get("slice") or "").strip() for rec in records]
+    slices = assign_slices(given, owners, config, seed)
     rows = pd.DataFrame(
         {
             "sample_id": ids,
             "label": label_ids,
             "group": [rec.get("group") or "all" for rec in records],
-            "owner": [rec.get("owner") or f"o{i:05d}" for i, rec in enumerate(records)],
+            "owner": owners,
             "slice": slices,
         }
     )
     table = SampleTable(rows=rows, images=torch.from_numpy(stacked), classes=classes)
-    return table, {"source": str(manifest)}
+    counts = pd.Series(slices).value_counts().to_dict()
+    return table, {"source": str(manifest), "slices_assigned": sum(1 for g in given if not g), "slice_counts": counts}
+
+
+def assign_slices(given: list[str], owners: list[str], config: DataConfig, seed: int) -> list[str]:
+    """Slices for rows whose manifest gives none, split like the default data.
+
+    ``test_fraction`` and ``canary_fraction`` of those rows become evaluation samples; the rest are
+    training contributors (whole owners together, as an upload would arrive): ``base_fraction`` of
+    the owners in ``base``, the others spread over ``u1..u<update_slices>``. Rows with a slice keep it.
+    """
+    rng = np.random.default_rng(seed)
+    open_rows = [i for i, g in enumerate(given) if not g]
+    out = list(given)
+    order = [open_rows[k] for k in rng.permutation(len(open_rows))]
+    n_test = int(round(config.test_fraction * len(open_rows)))
+    n_canary = int(round(config.canary_fraction * len(open_rows)))
+    for rank, i in enumerate(order):
+        if rank < n_test:
+            out[i] = "test"
+        elif rank < n_test + n_canary:
+            out[i] = "canary"
+    train_rows = [i for i in open_rows if not out[i]]
+    contributors = list(dict.fromkeys(owners[i] for i in sorted(train_rows)))
+    contributors = [contributors[k] for k in rng.permutation(len(contributors))]
+    n_base = int(round(config.base_fraction * len(contributors))) if config.update_slices else len(contributors)
+    updates = [f"u{k + 1}" for k in range(config.update_slices)]
+    rest = contributors[n_base:]
+    slice_of = {o: "base" for o in contributors[:n_base]}
+    slice_of.update({o: updates[k * len(updates) // len(rest)] for k, o in enumerate(rest)})
+    for i in train_rows:
+        out[i] = slice_of[owners[i]]
+    return out
