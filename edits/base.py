@@ -11,7 +11,7 @@ from pipeline.components import ComponentDraft
 from pipeline.config import BaseTrainConfig
 from pipeline.data import SampleSet, UmeData
 from pipeline.lineage import hash_sample_ids
-from pipeline.model import Classifier, create_net
+from pipeline.model import Classifier, create_net, load_backbone
 
 
 def train_base(
@@ -26,10 +26,17 @@ def train_base(
     make_trainer: Callable[[int], L.Trainer],
     seed: int,
     meta: dict | None = None,
+    pretrained: dict | None = None,
 ) -> tuple[nn.Module, ComponentDraft]:
-    """Train a fresh timm network on ``samples``; returns it and its ``base`` component draft."""
+    """Train a timm network on ``samples``; returns it and its ``base`` component draft.
+
+    Fresh weights, or with ``pretrained`` (``{"path", "sha256"}``, checked by the caller) a fine-tune
+    of a backbone the team already has; the head is re-initialised when its shape differs.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     net = create_net(arch, num_classes, in_chans)
+    if pretrained is not None:
+        pretrained = {**pretrained, "fresh_head": load_backbone(net, pretrained["path"])}
     module = Classifier(net, lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, augment_shift=config.augment_shift)
     data.batch_size = config.batch_size
     make_trainer(config.epochs).fit(module, datamodule=data.use_for_training(samples))
@@ -45,6 +52,7 @@ def train_base(
             "image_size": image_size,
             "classes": data.classes,
             "train": {k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "augment_shift")},
+            "pretrained": pretrained,
             **(meta or {}),
         },
     )

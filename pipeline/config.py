@@ -68,10 +68,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Any timm architecture, always created with ``pretrained=False``."""
+    """Any timm architecture, always created with ``pretrained=False``.
+
+    ``checkpoint`` is a backbone the team already has (a safetensors state dict of ``arch``,
+    relative to the project): the clean base is then a fine-tune of it. Its sha256 is recorded in
+    the ledger and the base's sidecar; ``checkpoint_sha256`` pins it (a changed file is refused).
+    """
 
     arch: str = "test_resnet"
     num_classes: int = 10
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,13 @@ class Params:
     def store(self) -> Path:
         """The state directory (components, ledger, step records, prepared data)."""
         return Path(self.paths.store)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``model.checkpoint``, relative to the directory of ``params.yaml``."""
+        if self.model.checkpoint is None:
+            return None
+        return Path(self.file).parent / self.model.checkpoint
 
     @property
     def requests_dir(self) -> Path:

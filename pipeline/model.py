@@ -8,15 +8,19 @@ trained model exactly. ``extra_loss`` lets an operator add a term (e.g. a KL loc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.config import TrainConfig
@@ -42,6 +46,70 @@ def check_arch(arch: str, file: str = "params.yaml") -> None:
 def create_net(arch: str, num_classes: int, in_chans: int) -> nn.Module:
     """A freshly initialised timm network; weights come only from our safetensors components."""
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_checkpoint(path: str | Path, expected_sha256: str | None, *, file: str = "params.yaml", field: str = "model.checkpoint") -> str:
+    """The checkpoint exists and (when pinned) has the expected sha256; returns its sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}", file=file, field=field)
+    digest = file_sha256(path)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise ConfigError(f"checkpoint {path} has sha256 {digest}, expected {expected_sha256}", file=file, field=f"{field}_sha256")
+    return digest
+
+
+def load_backbone(net: nn.Module, path: str | Path, *, file: str = "params.yaml", field: str = "model.checkpoint") -> list[str]:
+    """Load a pretrained state dict (safetensors only) into ``net``; returns the head tensors kept fresh.
+
+    Every tensor of ``net`` must come from the checkpoint with its shape, except the classifier
+    head, which is re-initialised when its shape differs (another number of classes).
+    """
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"not a readable safetensors file: {path} ({exc})", file=file, field=field) from None
+    state = net.state_dict()
+    head = _classifier_keys(net)
+    unexpected = sorted(set(tensors) - set(state))
+    if unexpected:
+        raise ConfigError(f"{path} holds {unexpected[0]!r}, which this architecture does not have ({len(unexpected)} such tensors)", file=file, field=field)
+    merged, fresh = dict(state), []
+    for name, value in state.items():
+        if name not in tensors:
+            if name in head or name.endswith("num_batches_tracked"):
+                fresh.append(name)
+                continue
+            raise ConfigError(f"{path} lacks {name!r} (not a checkpoint of this architecture)", file=file, field=field)
+        if tensors[name].shape != value.shape:
+            if name in head:
+                fresh.append(name)
+                continue
+            raise ConfigError(f"{path}: {name!r} has shape {tuple(tensors[name].shape)}, the model needs {tuple(value.shape)}", file=file, field=field)
+        merged[name] = tensors[name].to(value.dtype)
+    net.load_state_dict(merged, strict=True)
+    return fresh
+
+
+def _classifier_keys(net: nn.Module) -> set[str]:
+    """State-dict names of the classifier head (timm's ``get_classifier``)."""
+    get = getattr(net, "get_classifier", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return set()
+    for prefix, module in net.named_modules():
+        if module is head:
+            return {f"{prefix}.{k}" if prefix else k for k in module.state_dict()}
+    return set()
 
 
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:

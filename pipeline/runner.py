@@ -52,7 +52,7 @@ from pipeline.faults import crash_point
 from pipeline.history import write_history
 from pipeline.lineage import hash_sample_ids, version_lineage
 from pipeline.manifest import Manifest
-from pipeline.model import check_arch, make_trainer
+from pipeline.model import check_arch, check_checkpoint, create_net, load_backbone, make_trainer
 from pipeline.tempfiles import sweep_stale_temporaries
 from pipeline.workspace import Workspace
 
@@ -62,6 +62,8 @@ KEY_METRICS = ("test_accuracy", "retained_accuracy", "canary_agreement", "max_cl
 def validate_params(params: Params) -> None:
     """Everything that can be checked before any write: the arch, every step's method and options."""
     check_arch(params.model.arch, params.file)
+    if params.checkpoint_path is not None:
+        check_checkpoint(params.checkpoint_path, params.model.checkpoint_sha256, file=params.file)
     for key, step in params.stream.items():
         if step.kind == "rollback":
             _rollback_target(step, params)
@@ -363,7 +365,12 @@ def run_base(ws: Workspace) -> StepOutcome:
     sweep_stale_temporaries(ws.output_dir)  # a DDP follower: only its own scratch
     gate.reconcile(ws.ledger, ws.registry)
     cfg = params.train.base
-    ws.ledger.append("step_started", {"kind": "base", "arch": params.model.arch}, step=BASE_STEP)
+    pretrained = None
+    path = params.checkpoint_path
+    if path is not None:  # checked before anything is written: a bad file changes nothing
+        pretrained = {"path": str(path), "sha256": check_checkpoint(path, params.model.checkpoint_sha256, file=params.file)}
+        load_backbone(create_net(params.model.arch, params.model.num_classes, params.data.channels), path, file=params.file)
+    ws.ledger.append("step_started", {"kind": "base", "arch": params.model.arch, "pretrained": pretrained}, step=BASE_STEP)
     crash_point("step.started")
     run_id = ws.registry.start_run(BASE_STEP, {"ume.step": BASE_STEP, "ume.kind": "base"})
     crash_point("registry.run_started")
@@ -379,6 +386,7 @@ def run_base(ws: Workspace) -> StepOutcome:
         config=cfg,
         make_trainer=_trainer_factory(ws, run_id),
         seed=params.seed,
+        pretrained=pretrained,
     )
     component = ws.components.save(draft, parent=None)
     _record_component(ws, BASE_STEP, component)

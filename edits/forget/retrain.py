@@ -16,6 +16,7 @@ from edits.base import train_base
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.config import BaseTrainConfig
 from pipeline.data import UmeData
+from pipeline.model import check_checkpoint
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,17 @@ def retrain_from_scratch(net: nn.Module, data: UmeData, config: RetrainConfig, e
         make_trainer=env.make_trainer,
         seed=env.seed,
         meta={"method": "retrain", "exact": True, "retrained_from": env.champion_manifest.hash},
+        pretrained=_same_backbone(base.get("pretrained")),
     )
     return Change(new_base=draft, keep_overlays=0, notes={"exact": True, "retrained_samples": len(samples)})
+
+
+def _same_backbone(pretrained: dict | None) -> dict | None:
+    """A retrain starts from the backbone the base started from, if the file is still that one."""
+    if pretrained is None:
+        return None
+    check_checkpoint(pretrained["path"], pretrained["sha256"], file="the base's sidecar", field="meta.pretrained.path")
+    return {"path": pretrained["path"], "sha256": pretrained["sha256"]}
 
 
 @register_method("forget", "retrain", RetrainConfig)
