@@ -34,7 +34,7 @@ def train_base(
     of a backbone the team already has; the head is re-initialised when its shape differs.
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    net = create_net(arch, num_classes, in_chans)
+    net = create_net(arch, num_classes, in_chans, image_size)
     if pretrained is not None:
         pretrained = {**pretrained, "fresh_head": load_backbone(net, pretrained["path"])}
     module = Classifier(net, lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, augment_shift=config.augment_shift)

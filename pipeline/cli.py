@@ -291,6 +291,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bench.forget_evidence import main as evidence_main
 
         return evidence_main(args.rest)
+    if args.suite == "families":
+        from bench.families import main as families_main
+
+        return families_main(args.rest)
     from bench.forget_exact import main as exact_main
 
     return exact_main(args.rest)
@@ -329,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
-        "overlays (serving latency) or compress (quantize and prune the champion)",
+        "overlays (serving latency), compress (quantize and prune the champion) or families (every step kind per timm family)",
     )
-    p.add_argument("suite", choices=["forget", "forget-exact", "forget-evidence", "overlays", "compress"])
+    p.add_argument("suite", choices=["forget", "forget-exact", "forget-evidence", "overlays", "compress", "families"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
     p.set_defaults(fn=_cmd_bench)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")

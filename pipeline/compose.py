@@ -29,7 +29,7 @@ def build_base(store: ComponentStore, base_id: str) -> nn.Module:
         raise ComponentError(f"expected a base component, got kind {component.kind!r}", file=str(store.sidecar_path(base_id)), field="kind")
     meta = component.meta
     try:
-        net = create_net(meta["arch"], int(meta["num_classes"]), int(meta["in_chans"]))
+        net = create_net(meta["arch"], int(meta["num_classes"]), int(meta["in_chans"]), meta.get("image_size"))
     except KeyError as exc:
         raise ComponentError(f"base sidecar lacks {exc}", file=str(store.sidecar_path(base_id)), field="meta") from None
     try:

@@ -43,8 +43,18 @@ def check_arch(arch: str, file: str = "params.yaml") -> None:
         raise ConfigError(f"unknown timm architecture {arch!r}{hint}", file=file, field="model.arch")
 
 
-def create_net(arch: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A freshly initialised timm network; weights come only from our safetensors components."""
+def create_net(arch: str, num_classes: int, in_chans: int, image_size: int | None = None) -> nn.Module:
+    """A freshly initialised timm network; weights come only from our safetensors components.
+
+    Families with a fixed input size (ViT's patch grid and position embedding) are built for
+    ``image_size``; convolutional families take any size and do not accept the argument.
+    """
+    if image_size is not None:
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=image_size)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
 
 

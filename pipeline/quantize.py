@@ -23,6 +23,8 @@ import warnings
 import torch
 from torch import nn
 
+from pipeline.errors import ConfigError
+
 warnings.filterwarnings("ignore", message=r".*torch.ao.quantization is deprecated.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
 
@@ -36,6 +38,26 @@ def _prepare(net: nn.Module, example: torch.Tensor) -> nn.Module:
 
     torch.backends.quantized.engine = BACKEND
     return prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping(BACKEND), (example,))
+
+
+def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str, field: str) -> None:
+    """Refuse, naming the field, a network FX post-training quantization cannot trace.
+
+    FX needs a symbolically traceable forward: data-dependent control flow (for example timm's
+    ViT attention and position-embedding paths) is not. Checked before a step writes anything.
+    """
+    from torch.fx.proxy import TraceError
+
+    try:
+        _prepare(net, torch.zeros(1, *input_shape))
+    except (TraceError, NotImplementedError, TypeError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ConfigError(
+            f"int8 FX quantization cannot trace {type(net).__name__} ({type(exc).__name__}: {first}); "
+            "remove the quantize step for this architecture (prune still applies)",
+            file=file,
+            field=field,
+        ) from None
 
 
 def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:

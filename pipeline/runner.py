@@ -369,7 +369,7 @@ def run_base(ws: Workspace) -> StepOutcome:
     path = params.checkpoint_path
     if path is not None:  # checked before anything is written: a bad file changes nothing
         pretrained = {"path": str(path), "sha256": check_checkpoint(path, params.model.checkpoint_sha256, file=params.file)}
-        load_backbone(create_net(params.model.arch, params.model.num_classes, params.data.channels), path, file=params.file)
+        load_backbone(create_net(params.model.arch, params.model.num_classes, params.data.channels, params.data.image_size), path, file=params.file)
     ws.ledger.append("step_started", {"kind": "base", "arch": params.model.arch, "pretrained": pretrained}, step=BASE_STEP)
     crash_point("step.started")
     run_id = ws.registry.start_run(BASE_STEP, {"ume.step": BASE_STEP, "ume.kind": "base"})
@@ -569,6 +569,11 @@ def _refuse_before_writes(ws: Workspace, step: StepConfig, champion: Manifest) -
         raise ConfigError("the champion is already quantized: put compress steps before the quantize step", file=ws.params.file, field=where)
     if step.kind == "merge":
         chosen_overlays(champion, tuple(step.options.get("overlays") or ()), where=where, file=ws.params.file)
+    if step.kind == "compress" and (step.method or "quantize") == "quantize":
+        from pipeline.quantize import check_quantizable
+
+        size, channels = ws.params.data.image_size, ws.params.data.channels
+        check_quantizable(compose(champion.float_shadow(), ws.components), (channels, size, size), file=ws.params.file, field=f"{where}.method")
 
 
 def _run_operator(ws: Workspace, key: str, method, config, champion_manifest: Manifest, data: UmeData, env: OperatorEnv):

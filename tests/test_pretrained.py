@@ -82,3 +82,13 @@ def test_the_base_fine_tunes_the_checkpoint_and_records_its_hash(project: Path) 
     assert started.data["pretrained"]["sha256"] == raw["model"]["checkpoint_sha256"]
     meta = ws.components.sidecar(ws.versions.load(record["manifest_hash"]).base).meta
     assert meta["pretrained"]["sha256"] == raw["model"]["checkpoint_sha256"] and meta["pretrained"]["fresh_head"]
+
+
+def test_quantize_refuses_an_architecture_fx_cannot_trace_naming_the_step() -> None:
+    """timm's ViT has data-dependent control flow: a clear refusal before any write, not a crash mid-step."""
+    from pipeline.quantize import check_quantizable
+
+    with pytest.raises(ConfigError, match="cannot trace") as info:
+        check_quantizable(create_net("test_vit", 10, 1).eval(), (1, 16, 16), file="params.yaml", field="stream.s09.method")
+    assert "stream.s09.method" in str(info.value)
+    check_quantizable(create_net("test_resnet", 10, 1).eval(), (1, 16, 16), file="params.yaml", field="stream.s09.method")
