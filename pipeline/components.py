@@ -63,6 +63,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _not_safetensors(head: bytes, exc: Exception) -> str:
+    """The error for a file safetensors cannot read; a pickle or torch.save zip is named as such.
+
+    Only after safetensors refused it: a valid file's 8-byte header length may start with any byte
+    (a first byte of 0x80 is a legal length, not a pickle).
+    """
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        return f"not a valid safetensors file: it looks like a pickle (or torch.save zip); ume never unpickles weights ({exc})"
+    return f"not a valid safetensors file ({exc})"
+
+
 class ComponentStore:
     """Content-addressed component files under ``root`` (``<id>.safetensors`` + ``<id>.json``)."""
 
@@ -129,10 +140,6 @@ class ComponentStore:
         blob = path.read_bytes()
         if hashlib.sha256(blob).hexdigest() != component.sha256:
             raise ComponentError("weights do not match the sha256 in their sidecar (corrupt or replaced)", file=str(path))
-        if blob[:1] == b"\x80" or blob[:4] == b"PK\x03\x04":
-            raise ComponentError(
-                "not a valid safetensors file: it is a pickle (or torch.save zip); ume never unpickles weights", file=str(path)
-            )
         return blob
 
     def load(self, component_id: str) -> tuple[dict[str, torch.Tensor], Component]:
@@ -142,7 +149,7 @@ class ComponentStore:
         try:
             tensors = load(blob)  # the bytes that were hashed, not a second read of the file
         except SafetensorError as exc:
-            raise ComponentError(f"not a valid safetensors file ({exc})", file=str(self.weights_path(component_id))) from None
+            raise ComponentError(_not_safetensors(blob, exc), file=str(self.weights_path(component_id))) from None
         return tensors, component
 
     def verify(self, component_id: str) -> Component:
@@ -154,7 +161,7 @@ class ComponentStore:
             with safe_open(str(path), framework="pt") as handle:
                 handle.keys()
         except SafetensorError as exc:
-            raise ComponentError(f"not a valid safetensors file ({exc})", file=str(path)) from None
+            raise ComponentError(_not_safetensors(path.read_bytes()[:8], exc), file=str(path)) from None
         return component
 
     def exists(self, component_id: str) -> bool:

@@ -99,3 +99,16 @@ def test_a_pickle_payload_at_a_weights_path_is_never_unpickled(tmp_path: Path, h
             read(component.id)
         assert str(weights) in str(info.value)
     assert not marker.exists()
+
+
+def test_a_valid_safetensors_file_whose_header_length_starts_with_0x80_loads(tmp_path: Path) -> None:
+    """The 8-byte header length may start with any byte: 0x80 is a legal length, not a pickle (found by a ViT base)."""
+    store = ComponentStore(tmp_path / "components")
+    name = "w"
+    component = store.save(ComponentDraft("delta", {name: torch.ones(2)}, lineage=[]), parent=None)
+    while store.weights_path(component.id).read_bytes()[:1] != b"\x80":
+        name += "x"
+        component = store.save(ComponentDraft("delta", {name: torch.ones(2)}, lineage=[]), parent=None)
+    tensors, _ = store.load(component.id)
+    assert torch.equal(tensors[name], torch.ones(2))
+    store.verify(component.id)
