@@ -32,7 +32,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The slowest modules first: pytest-xdist hands out whole files (--dist loadfile) in collection order, so
 # the long ones start at once on both workers instead of trailing at the end (longest-first scheduling).
-SLOW_FIRST = ("test_e2e.py", "test_crash.py", "test_scaleout_mlflow.py", "test_stateful.py", "test_scaleout_ddp.py", "test_edit_merge.py")
+SLOW_FIRST = (
+    "test_e2e.py",
+    "test_crash.py",
+    "test_scaleout_mlflow.py",
+    "test_stateful.py",
+    "test_scaleout_ddp.py",
+    "test_edit_merge.py",
+    "test_own_images.py",
+    "test_forget_evidence.py",
+    "test_forget_steps.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
