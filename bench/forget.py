@@ -384,12 +384,14 @@ def _machine() -> str:
 
 
 def _clean(value: Any) -> Any:
-    """NaN -> None so the JSON is strict."""
+    """NaN -> None and numpy scalars -> Python, so the JSON is strict (shared by the benches)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
 

@@ -40,8 +40,6 @@ import copy
 import json
 import logging
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -61,6 +59,7 @@ from torchmetrics.classification import MulticlassRecall
 from behaviors.context import DEFAULT_THRESHOLDS
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
 from behaviors.references import ReferenceBank, open_bank, reference_pool
+from bench.forget import _clean, _machine
 from edits.base import train_base
 from edits.learn.lora import LoraLearnConfig, learn_lora
 from edits.registry import OperatorEnv
@@ -605,24 +604,6 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _machine() -> str:
-    cpu = f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    return f"{platform.system()} {platform.machine()}, {cpu}, Python {platform.python_version()}"
-
-
-def _clean(value: Any) -> Any:
-    """NaN -> None and numpy scalars -> Python, so the JSON is strict."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: bool = False) -> dict[str, Any]:

@@ -274,30 +274,19 @@ def _cmd_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_MODULES = {
+    "forget": "bench.forget",
+    "forget-exact": "bench.forget_exact",
+    "forget-evidence": "bench.forget_evidence",
+    "overlays": "bench.overlays",
+    "compress": "bench.compress",
+    "families": "bench.families",
+}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.suite == "forget":
-        from bench.forget import main as forget_main
-
-        return forget_main(args.rest)
-    if args.suite == "overlays":
-        from bench.overlays import main as overlays_main
-
-        return overlays_main(args.rest)
-    if args.suite == "compress":
-        from bench.compress import main as compress_main
-
-        return compress_main(args.rest)
-    if args.suite == "forget-evidence":
-        from bench.forget_evidence import main as evidence_main
-
-        return evidence_main(args.rest)
-    if args.suite == "families":
-        from bench.families import main as families_main
-
-        return families_main(args.rest)
-    from bench.forget_exact import main as exact_main
-
-    return exact_main(args.rest)
+    """Run a benchmark module as its own program: the package never imports ``bench/`` (imports only go down)."""
+    return subprocess.call([sys.executable, "-m", BENCH_MODULES[args.suite], *args.rest])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
         "overlays (serving latency), compress (quantize and prune the champion) or families (every step kind per timm family)",
     )
-    p.add_argument("suite", choices=["forget", "forget-exact", "forget-evidence", "overlays", "compress", "families"])
+    p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
     p.set_defaults(fn=_cmd_bench)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")
