@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -118,10 +117,6 @@ class ReferenceBank:
             false_positive_rate=self.config.false_positive_rate,
             min_references=self.config.min_references,
         )
-
-    def describe(self) -> dict[str, Any]:
-        """For the report: how many shadows, how many trained and purged this time, the seconds."""
-        return {"shadows": len(self), "trained": self.trained, "purged": self.purged, "seconds": round(self.seconds, 2), "path": str(self.root)}
 
 
 def query_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:

@@ -40,11 +40,6 @@ class BehaviorResult:
         return self.outcome != "failed"
 
     @property
-    def controlled_checks(self) -> list[dict[str, Any]]:
-        """Checks judged against a control (forget checks), with their verdicts."""
-        return [c for c in self.checks if c.get("controlled")]
-
-    @property
     def short_name(self) -> str:
         """``test_accuracy.py::test_floor`` -> ``test_floor``."""
         return self.name.split("::")[-1]
