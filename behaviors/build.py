@@ -11,16 +11,16 @@ from typing import Any
 import lightning as L
 
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
-from pipeline.compose import compose
-from pipeline.config import ReferenceConfig
+from pipeline.core.config import ReferenceConfig
+from pipeline.core.errors import UmeError
 from pipeline.data import UmeData, open_data
 from pipeline.data.table import EVAL_SLICES
-from pipeline.deletion import DeletionLog
-from pipeline.errors import UmeError
-from pipeline.lineage import hash_sample_id, version_lineage
-from pipeline.manifest import Manifest
-from pipeline.model import make_trainer
-from pipeline.workspace import Workspace
+from pipeline.model.compose import compose
+from pipeline.model.lineage import hash_sample_id, version_lineage
+from pipeline.model.manifest import Manifest
+from pipeline.model.net import make_trainer
+from pipeline.records.deletion import DeletionLog
+from pipeline.records.workspace import Workspace
 
 
 def model_under_test(ws: Workspace, name: str, manifest: Manifest, version: int | None) -> ModelUnderTest:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.data import SampleSet, UmeData
-from pipeline.model import predict_logits
+from pipeline.model.net import predict_logits
 
 if TYPE_CHECKING:
     from behaviors.references import ReferenceBank

@@ -181,7 +181,7 @@ def ume_context(request: pytest.FixtureRequest) -> BehaviorContext:
     context = request.config.stash.get(CONTEXT_KEY, None)
     if context is None:
         from behaviors.build import standalone_context
-        from pipeline.workspace import Workspace
+        from pipeline.records.workspace import Workspace
 
         ws = Workspace.open(request.config.getoption("--ume-params"))
         context = standalone_context(ws, request.config.getoption("--ume-version"))

@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
-from pipeline.config import ReferenceConfig
+from pipeline.core.config import ReferenceConfig
 from pipeline.data import SampleSet, UmeData
-from pipeline.lineage import hash_sample_ids
-from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
-from pipeline.model import Classifier, predict_logits
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
+from pipeline.model.net import Classifier, predict_logits
 
 log = logging.getLogger("ume.references")
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from behaviors.suite import BehaviorResult
-from pipeline.markdown import markdown_to_html
+from pipeline.core.markdown import markdown_to_html
 
 
 def _fmt(value: float | None) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from behaviors.context import ModelUnderTest, Splits
-from pipeline.quantize import model_bytes
+from pipeline.model.quantize import model_bytes
 
 pytestmark = pytest.mark.blocking
 

@@ -61,7 +61,7 @@ def _latencies(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dic
 
 
 def _accuracy(net: nn.Module, samples) -> float:
-    from pipeline.model import predict_logits
+    from pipeline.model.net import predict_logits
 
     return float((predict_logits(net, samples.x).argmax(1) == samples.y).float().mean()) if len(samples) else float("nan")
 
@@ -92,12 +92,12 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
     from behaviors.context import ModelUnderTest
     from behaviors.test_fairness import group_metrics
     from edits import OperatorEnv, get_method
-    from pipeline.compose import compose, transform_network
     from pipeline.data import open_data
-    from pipeline.lineage import version_lineage
-    from pipeline.model import make_trainer
-    from pipeline.quantize import model_bytes
-    from pipeline.runner import open_workspace
+    from pipeline.model.compose import compose, transform_network
+    from pipeline.model.lineage import version_lineage
+    from pipeline.model.net import make_trainer
+    from pipeline.model.quantize import model_bytes
+    from pipeline.steps import open_workspace
 
     started = time.time()
     ws = open_workspace(params_path)

@@ -2,7 +2,7 @@
 
 Each :class:`CrashCase` names a scenario (what the user does next on a small trained project:
 append a learn step, file a deletion request with ``ume forget``, append a quantize step, roll an
-overlay back, re-prepare the data) and a crash point of :mod:`pipeline.faults`. A case:
+overlay back, re-prepare the data) and a crash point of :mod:`pipeline.core.faults`. A case:
 
 1. copies the template project (prepared data, a gated base, one promoted learn step ``s01``);
 2. does the scenario with ``UME_CRASH_AT=<point>``: the stage process kills itself there with
@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.faults import CRASH_AT_ENV, CRASH_LOG_ENV, CRASH_POINTS
+from pipeline.core.faults import CRASH_AT_ENV, CRASH_LOG_ENV, CRASH_POINTS
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(
@@ -201,8 +201,8 @@ def run_commands(root: Path, commands: list[tuple[str, ...]], extra: dict[str, s
 
 def final_state(root: Path) -> dict[str, Any]:
     """What a run ended with: champion manifest, each step's decision and manifest, requests."""
-    from pipeline.deletion import DeletionLog
-    from pipeline.workspace import Workspace
+    from pipeline.records.deletion import DeletionLog
+    from pipeline.records.workspace import Workspace
 
     with contextlib.chdir(root):  # a project's paths (store, sqlite) are relative to its directory
         ws = Workspace.open("params.yaml")
@@ -223,11 +223,11 @@ def final_state(root: Path) -> dict[str, Any]:
 
 def invariant_problems(root: Path, reference: dict[str, Any]) -> list[str]:
     """Every invariant the harness checks after recovery, against the crash-free ``reference``."""
-    from pipeline.audit import audit
-    from pipeline.components import ComponentStore
-    from pipeline.errors import UmeError
-    from pipeline.manifest import Manifest
-    from pipeline.workspace import Workspace
+    from pipeline.core.errors import UmeError
+    from pipeline.model.components import ComponentStore
+    from pipeline.model.manifest import Manifest
+    from pipeline.records.workspace import Workspace
+    from pipeline.reports.audit import audit
 
     problems: list[str] = []
     try:

@@ -79,8 +79,8 @@ def _owner(ws, slice_name: str, skip: set[str]) -> str:
 def run_family(arch: str, image_size: int, log: Callable[[str], None]) -> dict[str, str]:
     """Every step kind on ``arch``; the outcome of each."""
     from pipeline.cli import append_stream_step, main
-    from pipeline.errors import UmeError
-    from pipeline.runner import open_workspace, run_base, run_prepare, run_step
+    from pipeline.core.errors import UmeError
+    from pipeline.steps import open_workspace, run_base, run_prepare, run_step
 
     out: dict[str, str] = {}
     old = os.getcwd()

@@ -45,14 +45,14 @@ from torch import nn
 from behaviors.mia import mia_scores
 from edits.base import train_base
 from edits.registry import OperatorEnv, get_method
-from pipeline.config import BaseTrainConfig, DataConfig, Params, parse_params
+from pipeline.core.config import BaseTrainConfig, DataConfig, Params, parse_params
 from pipeline.data.digits import build_digits_table
 from pipeline.data.module import SampleSet, UmeData
 from pipeline.data.table import SampleTable
-from pipeline.deletion import DeletionRequest, make_request
-from pipeline.delta import apply_delta
-from pipeline.lineage import hash_sample_ids
-from pipeline.model import make_trainer, predict_logits
+from pipeline.model.delta import apply_delta
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.net import make_trainer, predict_logits
+from pipeline.records.deletion import DeletionRequest, make_request
 
 TRAIN_SLICES = ("base", "u1", "u2", "u3")
 APPROXIMATE = ("finetune", "neggrad", "scrub", "ssd", "salun")

@@ -63,13 +63,13 @@ from bench.forget import _clean, _machine
 from edits.base import train_base
 from edits.learn.lora import LoraLearnConfig, learn_lora
 from edits.registry import OperatorEnv
-from pipeline.config import BaseTrainConfig, DataConfig, Params, ReferenceConfig, parse_params
+from pipeline.core.config import BaseTrainConfig, DataConfig, Params, ReferenceConfig, parse_params
 from pipeline.data.digits import build_digits_table
 from pipeline.data.module import SampleSet, UmeData
 from pipeline.data.table import EVAL_SLICES, SampleTable
-from pipeline.lineage import hash_sample_ids
-from pipeline.lora import LoraSettings, fold_lora
-from pipeline.model import make_trainer, predict_logits
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.lora import LoraSettings, fold_lora
+from pipeline.model.net import make_trainer, predict_logits
 
 UPDATE_SLICES = ("u1", "u2", "u3")
 TRAIN_SLICES = ("base", *UPDATE_SLICES)

@@ -48,8 +48,8 @@ def _forget(root: Path, request_owner: str, method: str) -> dict[str, Any]:
     """Honour the owner's deletion with ``method`` in the project at ``root``; returns the step record."""
     from pipeline.cli import append_stream_step
     from pipeline.data.table import SampleTable
-    from pipeline.deletion import ingest, make_request, resolve, write_request
-    from pipeline.runner import open_workspace, run_step
+    from pipeline.records.deletion import ingest, make_request, resolve, write_request
+    from pipeline.steps import open_workspace, run_step
 
     os.chdir(root)
     ws = open_workspace(root / "params.yaml")
@@ -63,7 +63,7 @@ def _forget(root: Path, request_owner: str, method: str) -> dict[str, Any]:
 
 def bench_seed(seed: int, log) -> list[dict[str, Any]]:
     """One seed: build the stream once, then honour the same request with exact and with retrain."""
-    from pipeline.runner import open_workspace, run_base, run_prepare, run_step
+    from pipeline.steps import open_workspace, run_base, run_prepare, run_step
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "exact"

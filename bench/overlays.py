@@ -2,7 +2,7 @@
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685)
 adds a low-rank update ``B @ A * alpha/r`` to a frozen weight. Our overlays are peft LoRA adapters
-on every ``nn.Linear`` and ungrouped ``nn.Conv2d`` (:func:`pipeline.lora.lora_targets`), rank 8,
+on every ``nn.Linear`` and ungrouped ``nn.Conv2d`` (:func:`pipeline.model.lora.lora_targets`), rank 8,
 alpha 16. The variants, all built from the same freshly initialised timm network:
 
 - ``base``: the plain network, no overlay.
@@ -45,8 +45,8 @@ import yaml
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from pipeline.lora import LoraSettings, attach_lora, lora_targets
-from pipeline.model import create_net
+from pipeline.model.lora import LoraSettings, attach_lora, lora_targets
+from pipeline.model.net import create_net
 
 REPO = Path(__file__).resolve().parents[1]
 RANK = 8

@@ -116,8 +116,8 @@ def _sha256(path: Path) -> str:
 
 
 def _registry(root: Path):
-    from pipeline.config import RegistryConfig
-    from pipeline.registry import Registry
+    from pipeline.core.config import RegistryConfig
+    from pipeline.records.registry import Registry
 
     return Registry(RegistryConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", model_name=MODEL_NAME))
 
@@ -162,9 +162,8 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 def invoke(root: Path, argv: tuple[str, ...]) -> tuple[int | None, str, str]:
     """Run ``ume --params <root>/params.yaml <argv>`` in-process (cwd = root); exit code, stdout, stderr."""
-    import pipeline.audit
-    import pipeline.runner
-    import pipeline.status  # noqa: F401  (imported outside the capture: torch logs to stderr on first import)
+    import pipeline.reports.audit
+    import pipeline.reports.status  # noqa: F401  (imported outside the capture: torch logs to stderr on first import)
     from pipeline.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -274,7 +273,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def _request_id(selector: Any) -> str:
-    from pipeline.deletion import request_id_for
+    from pipeline.records.deletion import request_id_for
 
     try:
         return request_id_for(selector)
@@ -316,7 +315,7 @@ def write_file(rel: str, content: str) -> Setup:
 
 def _champion_manifest(root: Path) -> dict[str, Any]:
     """The champion's manifest according to the ledger (no MLflow needed)."""
-    from pipeline.ledger import Ledger
+    from pipeline.records.ledger import Ledger
 
     entries = Ledger(root / "store" / "ledger.jsonl").verify()
     version = next(e.data["alias"]["to"] for e in reversed(entries) if e.type == "decision" and e.data.get("alias"))
@@ -411,7 +410,7 @@ def tamper_ledger(how: str) -> Setup:
         elif how == "drop":
             del lines[1]
         elif how == "rehash":  # an edit with a recomputed hash: the next line no longer chains
-            from pipeline.ledger import canonical_json, entry_hash
+            from pipeline.records.ledger import canonical_json, entry_hash
 
             raw = json.loads(lines[0])
             raw["data"]["tampered"] = True
@@ -911,7 +910,7 @@ def build_templates(workdir: Path, thresholds: dict[str, float] | None = None) -
     ``thresholds`` overrides behaviour thresholds of the templates: the corpus needs a promoted base,
     not any particular gate outcome.
     """
-    from pipeline.runner import open_workspace, run_base, run_prepare
+    from pipeline.steps import open_workspace, run_base, run_prepare
     from tests.projects import tiny_params_dict, write_params
 
     templates = {}
@@ -992,7 +991,7 @@ def _crash_part(workdir: Path, jobs: int) -> dict[str, Any]:
 
 def _machine_part(workdir: Path, examples: int, steps: int) -> dict[str, Any]:
     from bench.stream_machine import run_machine
-    from pipeline.runner import open_workspace, run_base, run_prepare
+    from pipeline.steps import open_workspace, run_base, run_prepare
 
     started = time.time()
     from tests.projects import tiny_params_dict, write_params
@@ -1051,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
             "line naming file/field/expectation, and store/, requests/, params.yaml and the MLflow registry (alias, versions, tags) unchanged"
         ),
         "crash_points": (
-            "bench.crash.CASES (CI runs bench.crash.CI_CASES in tests/test_crash.py): SIGKILL at a named point of pipeline.faults, "
+            "bench.crash.CASES (CI runs bench.crash.CI_CASES in tests/test_crash.py): SIGKILL at a named point of pipeline.core.faults, "
             "recover with `dvc repro`, survived = audit passes, champion/steps/requests equal the crash-free run, components verify, "
             "no temporary file left, dvc status clean"
         ),

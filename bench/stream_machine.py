@@ -3,7 +3,7 @@
 Each example starts from a copy of a small trained project (prepared data and a gated base) and
 runs a random sequence of the operations a user can do, through the same code paths as the CLI
 (``ume forget`` and ``ume rollback`` are called as commands; other steps are appended to
-``params.yaml`` and run with :func:`pipeline.runner.run_step`, as ``ume step`` does). After every
+``params.yaml`` and run with :func:`pipeline.steps.run_step`, as ``ume step`` does). After every
 operation, :meth:`StreamMachine.invariants` checks the invariants of ``DESIGN.md``:
 
 1. the champion passed the gate it was promoted through, and the registry agrees with the ledger
@@ -92,7 +92,7 @@ class StreamMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------------------ helpers
 
     def _ws(self):
-        from pipeline.workspace import Workspace
+        from pipeline.records.workspace import Workspace
 
         return Workspace.open(self.params)
 
@@ -108,8 +108,8 @@ class StreamMachine(RuleBasedStateMachine):
     def _append_and_run(self, entry: dict[str, Any]) -> str:
         """Append a step to the stream and run it as ``ume step`` does; a refusal must change nothing."""
         from pipeline.cli import append_stream_step
-        from pipeline.errors import UmeError
-        from pipeline.runner import open_workspace, run_step
+        from pipeline.core.errors import UmeError
+        from pipeline.steps import open_workspace, run_step
 
         self.counter += 1
         key = f"m{self.counter:02d}-{entry['kind']}"
@@ -189,7 +189,7 @@ class StreamMachine(RuleBasedStateMachine):
         if key is None:
             self._note("forget: repeat")
             return
-        from pipeline.runner import open_workspace, run_step
+        from pipeline.steps import open_workspace, run_step
 
         with contextlib.redirect_stdout(io.StringIO()):
             outcome = run_step(open_workspace(self.params), key)
@@ -237,11 +237,11 @@ class StreamMachine(RuleBasedStateMachine):
     @invariant()
     def invariants(self) -> None:
         """DESIGN.md invariants 1-4 after every operation (6 is checked by the operations themselves)."""
-        from pipeline.audit import audit
-        from pipeline.compose import compose
-        from pipeline.deletion import DeletionLog, uncovered_requests
-        from pipeline.lineage import hash_sample_ids
-        from pipeline.model import predict_logits
+        from pipeline.model.compose import compose
+        from pipeline.model.lineage import hash_sample_ids
+        from pipeline.model.net import predict_logits
+        from pipeline.records.deletion import DeletionLog, uncovered_requests
+        from pipeline.reports.audit import audit
 
         ws = self._ws()
         report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import lightning as L
 from torch import nn
 
-from pipeline.components import ComponentDraft
-from pipeline.config import BaseTrainConfig
+from pipeline.core.config import BaseTrainConfig
 from pipeline.data import SampleSet, UmeData
-from pipeline.lineage import hash_sample_ids
-from pipeline.model import Classifier, create_net, load_backbone
+from pipeline.model.components import ComponentDraft
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.net import Classifier, create_net, load_backbone
 
 
 def train_base(

@@ -9,12 +9,12 @@ from typing import Any
 import lightning as L
 from torch import nn
 
-from pipeline.components import ComponentDraft, ComponentStore
-from pipeline.config import parse_dataclass
+from pipeline.core.config import parse_dataclass
+from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
-from pipeline.deletion import DeletionRequest
-from pipeline.errors import ConfigError
-from pipeline.manifest import Manifest
+from pipeline.model.components import ComponentDraft, ComponentStore
+from pipeline.model.manifest import Manifest
+from pipeline.records.deletion import DeletionRequest
 
 Operator = Callable[[nn.Module, UmeData, Any, "OperatorEnv"], "list[ComponentDraft] | Change"]
 
@@ -87,17 +87,8 @@ def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operato
     return wrap
 
 
-def _load_builtin() -> None:
-    import edits.compress  # noqa: F401  (registers its methods)
-    import edits.edit  # noqa: F401
-    import edits.forget  # noqa: F401
-    import edits.learn  # noqa: F401
-    import edits.merge  # noqa: F401
-
-
 def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where: str = "method") -> Method:
     """The method, or a clear error listing the ones that exist."""
-    _load_builtin()
     name = name or DEFAULT_METHOD.get(kind)
     if name is None or (kind, name) not in _METHODS:
         known = ", ".join(n for k, n in sorted(_METHODS) if k == kind) or "none yet"
@@ -107,5 +98,4 @@ def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where:
 
 def list_methods(kind: str | None = None) -> list[Method]:
     """Registered methods, optionally of one kind."""
-    _load_builtin()
     return [m for (k, _), m in sorted(_METHODS.items()) if kind in (None, k)]

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from pipeline.errors import ConfigError, UmeError
+from pipeline.core.errors import ConfigError, UmeError
 
 if TYPE_CHECKING:
-    from pipeline.workspace import Workspace
-from pipeline.faults import crash_point
+    from pipeline.records.workspace import Workspace
+from pipeline.core.faults import crash_point
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from pipeline.runner import open_workspace, run_prepare
+    from pipeline.steps import open_workspace, run_prepare
 
     ws = open_workspace(args.params)
     if not ws.primary:  # started on every rank by an external launcher (torchrun, srun): rank 0 prepares
@@ -40,7 +40,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_base(args: argparse.Namespace) -> int:
-    from pipeline.runner import open_workspace, run_base
+    from pipeline.steps import open_workspace, run_base
 
     ws = open_workspace(args.params)
     outcome = run_base(ws)
@@ -49,7 +49,7 @@ def _cmd_base(args: argparse.Namespace) -> int:
 
 
 def _cmd_step(args: argparse.Namespace) -> int:
-    from pipeline.runner import open_workspace, run_step
+    from pipeline.steps import open_workspace, run_step
 
     ws = open_workspace(args.params)
     ws.params.step(args.step_id)
@@ -60,7 +60,7 @@ def _cmd_step(args: argparse.Namespace) -> int:
 
 def _finish(ws: Workspace, record: dict) -> None:
     """Print the outcome (rank 0 only) and, in a DDP run, wait until every rank is done."""
-    from pipeline import ranks
+    from pipeline.core import ranks
 
     if ws.primary:
         _print_outcome(record)
@@ -75,8 +75,8 @@ def _print_outcome(record: dict) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import collect_status, render_status
-    from pipeline.workspace import Workspace
+    from pipeline.records.workspace import Workspace
+    from pipeline.reports.status import collect_status, render_status
 
     ws = Workspace.open(args.params)
     status = collect_status(ws)
@@ -98,8 +98,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import audit
-    from pipeline.workspace import Workspace
+    from pipeline.records.workspace import Workspace
+    from pipeline.reports.audit import audit
 
     ws = Workspace.open(args.params)
     report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
@@ -134,7 +134,7 @@ def stream_text_with(params_path: Path, key: str, entry: dict) -> str:
         raise ConfigError("cannot append a step: 'stream' must be the last section of the file", file=str(params_path), field="stream")
     block = yaml.safe_dump({key: entry}, sort_keys=False, default_flow_style=False)
     new_text = text.rstrip("\n") + "\n" + "".join(f"  {line}\n" for line in block.splitlines())
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     parse_params(yaml.safe_load(new_text), file=str(params_path))
     return new_text
@@ -150,7 +150,7 @@ def _run_appended_step(params_path: Path, key: str) -> int:
     if dvc and Path("dvc.yaml").exists() and params_path.resolve() == Path("params.yaml").resolve():
         stages = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
         return subprocess.call([dvc, "repro", "--single-item", f"step@{key}", *(["seal"] if "seal" in stages else [])])
-    from pipeline.runner import open_workspace, run_step
+    from pipeline.steps import open_workspace, run_step
 
     outcome = run_step(open_workspace(params_path), key)
     _print_outcome(outcome.record)
@@ -158,7 +158,7 @@ def _run_appended_step(params_path: Path, key: str) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from pipeline.runner import check_rollback_drop, check_rollback_to, open_workspace, validate_params
+    from pipeline.steps import check_rollback_drop, check_rollback_to, open_workspace, validate_params
 
     params_path = Path(args.params)
     ws = open_workspace(params_path)
@@ -202,9 +202,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_forget(args: argparse.Namespace) -> int:
     from pipeline.data.table import SampleTable
-    from pipeline.deletion import REPEAT_ENTRY, ingest, make_request, request_path, resolve, write_request
-    from pipeline.lineage import version_lineage
-    from pipeline.runner import open_workspace
+    from pipeline.model.lineage import version_lineage
+    from pipeline.records.deletion import REPEAT_ENTRY, ingest, make_request, request_path, resolve, write_request
+    from pipeline.steps import open_workspace
 
     params_path = Path(args.params)
     ws = open_workspace(params_path)
@@ -225,7 +225,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
         get_method("forget", args.method, file="command line", where="--method")
     sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=args.samples or "command line")
-    from pipeline.deletion import DeletionLog
+    from pipeline.records.deletion import DeletionLog
 
     existing = request_path(request.id, ws.params.requests_dir)
     received = request.id in DeletionLog.read(ws.ledger).requests
@@ -265,8 +265,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _cmd_certificate(args: argparse.Namespace) -> int:
-    from pipeline.certificate import write_certificate
-    from pipeline.workspace import Workspace
+    from pipeline.records.workspace import Workspace
+    from pipeline.reports.certificate import write_certificate
 
     ws = Workspace.open(args.params)
     md, html_path = write_certificate(ws, args.request_id, Path(args.out))

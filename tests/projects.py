@@ -208,8 +208,8 @@ def opened(root: Path):
     A relative sqlite URI is made absolute first: MLflow keeps one engine per URI per process, and
     ``sqlite:///mlflow.db`` would otherwise keep reading the first project this process opened.
     """
-    from pipeline.config import load_params
-    from pipeline.workspace import Workspace
+    from pipeline.core.config import load_params
+    from pipeline.records.workspace import Workspace
 
     _forget_mlflow_stores()
     with contextlib.chdir(root):
@@ -223,7 +223,7 @@ def opened(root: Path):
 
 def project_status(root: Path) -> dict[str, Any]:
     """What ``ume status --json`` prints, computed in-process (no interpreter start), without the tracking URI."""
-    from pipeline.status import collect_status
+    from pipeline.reports.status import collect_status
 
     with opened(root) as ws:
         status = json.loads(json.dumps(collect_status(ws)))
@@ -233,7 +233,7 @@ def project_status(root: Path) -> dict[str, Any]:
 
 def project_audit(root: Path) -> list[str]:
     """The problems ``ume audit`` would report, checked in-process (empty: the audit passes)."""
-    from pipeline.audit import audit
+    from pipeline.reports.audit import audit
 
     with opened(root) as ws:
         return list(audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of).problems)

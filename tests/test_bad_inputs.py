@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from bench.reliability import CASES, MARKER, BadInput, Outcome, PicklePayload, require_champion, run_case
-from pipeline.components import ComponentDraft, ComponentStore
-from pipeline.errors import ComponentError
+from pipeline.core.errors import ComponentError
+from pipeline.model.components import ComponentDraft, ComponentStore
 from tests.projects import tiny_params_dict, write_params
 
 BY_NAME = {case.name: case for case in CASES}

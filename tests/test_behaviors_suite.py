@@ -10,7 +10,7 @@ import torch
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
 from behaviors.suite import run_suite
 from pipeline.data import SampleSet
-from pipeline.gate import decide
+from pipeline.records.gate import decide
 
 SPECS = '''
 import pytest

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.components import ComponentDraft, ComponentStore
-from pipeline.compose import compose, weights_hash
-from pipeline.errors import ComponentError
-from pipeline.lora import LoraSettings, attach_lora, lora_targets
-from pipeline.runner import open_workspace, run_step
+from pipeline.core.errors import ComponentError
+from pipeline.model.components import ComponentDraft, ComponentStore
+from pipeline.model.compose import compose, weights_hash
+from pipeline.model.lora import LoraSettings, attach_lora, lora_targets
+from pipeline.steps import open_workspace, run_step
 
 
 def test_component_roundtrip_and_corruption(tmp_path: Path) -> None:
@@ -37,8 +37,8 @@ def test_nan_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_folded_lora_matches_unmerged_adapter() -> None:
-    from pipeline.lora import adapter_tensors, fold_lora
-    from pipeline.model import create_net
+    from pipeline.model.lora import adapter_tensors, fold_lora
+    from pipeline.model.net import create_net
 
     torch.manual_seed(0)
     net = create_net("test_resnet", 10, 1).eval()

@@ -16,15 +16,15 @@ from torch import nn
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
 from behaviors.suite import run_suite
 from pipeline.cli import append_stream_step, main
-from pipeline.compose import compose, weights_hash
+from pipeline.core.errors import ConfigError
 from pipeline.data import SampleSet
-from pipeline.deletion import DeletionLog
-from pipeline.errors import ConfigError
-from pipeline.lineage import version_lineage
-from pipeline.manifest import Manifest
-from pipeline.prune import apply_masks, global_masks, prunable, sparsity_of
-from pipeline.quantize import calibrate, model_bytes, quantize
-from pipeline.runner import open_workspace, run_step
+from pipeline.model.compose import compose, weights_hash
+from pipeline.model.lineage import version_lineage
+from pipeline.model.manifest import Manifest
+from pipeline.model.prune import apply_masks, global_masks, prunable, sparsity_of
+from pipeline.model.quantize import calibrate, model_bytes, quantize
+from pipeline.records.deletion import DeletionLog
+from pipeline.steps import open_workspace, run_step
 
 REPO = Path(__file__).resolve().parents[1]
 

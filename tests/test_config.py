@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_params, parse_params
-from pipeline.errors import ConfigError
-from pipeline.runner import validate_params
+from pipeline.core.config import load_params, parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.steps import validate_params
 from tests.projects import REPO, tiny_params_dict, write_params
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from bench.crash import CASES, CI_CASES, LEARN_STEP, reference_run, run_case
-from pipeline.faults import CRASH_POINTS, crash_point
-from pipeline.tempfiles import sweep_stale_temporaries
+from pipeline.core.faults import CRASH_POINTS, crash_point
+from pipeline.core.tempfiles import sweep_stale_temporaries
 from tests.projects import base_template, clone_project, sh
 
 pytestmark = [pytest.mark.crash, pytest.mark.e2e]

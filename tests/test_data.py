@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import DataConfig, parse_params
+from pipeline.core.config import DataConfig, parse_params
+from pipeline.core.errors import DataError
 from pipeline.data import SampleTable, UmeData
 from pipeline.data.digits import build_digits_table
 from pipeline.data.folder import build_folder_table
 from pipeline.data.module import DELETION_ENTRY, deleted_hashed_ids
-from pipeline.errors import DataError
-from pipeline.ledger import Ledger
-from pipeline.lineage import hash_sample_ids
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.records.ledger import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +148,12 @@ def test_no_consumer_ever_sees_a_deleted_sample(digits: SampleTable, tmp_path_fa
 def test_a_blocked_base_says_why_there_is_no_champion_and_how_to_rerun_it(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from pipeline.runner import _no_champion_reason
+    from pipeline.steps.context import no_champion_reason
 
     def ws(record):
         return SimpleNamespace(step_record=lambda key: record, reports_dir=tmp_path / "reports", params=SimpleNamespace(file="params.yaml"))
 
-    assert "has not run" in _no_champion_reason(ws(None))
-    reason = _no_champion_reason(ws({"decision": "blocked", "version": 1, "failing": ["test_test_accuracy_floor"]}))
+    assert "has not run" in no_champion_reason(ws(None))
+    reason = no_champion_reason(ws({"decision": "blocked", "version": 1, "failing": ["test_test_accuracy_floor"]}))
     assert "blocked by test_test_accuracy_floor" in reason and "dvc repro --force --single-item base" in reason
     assert "has not run" not in reason

@@ -9,10 +9,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.components import ComponentDraft, ComponentStore
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.data.digits import build_digits_table
-from pipeline.deletion import (
+from pipeline.model.components import ComponentDraft, ComponentStore
+from pipeline.model.lineage import hash_sample_ids, version_lineage
+from pipeline.model.manifest import Manifest
+from pipeline.records.deletion import (
     DeletionLog,
     covered,
     deletion_debt,
@@ -24,10 +27,7 @@ from pipeline.deletion import (
     uncovered_requests,
     write_request,
 )
-from pipeline.errors import ConfigError, DataError
-from pipeline.ledger import Ledger
-from pipeline.lineage import hash_sample_ids, version_lineage
-from pipeline.manifest import Manifest
+from pipeline.records.ledger import Ledger
 
 
 @pytest.fixture(scope="module")

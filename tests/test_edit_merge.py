@@ -15,13 +15,13 @@ from edits import OperatorEnv, get_method
 from edits.edit.spec import load_spec, parse_confusion
 from edits.merge.common import chosen_overlays, merged_bookkeeping
 from pipeline.cli import append_stream_step, main
-from pipeline.components import Component
-from pipeline.compose import compose, weights_hash
-from pipeline.deletion import DeletionLog, deletion_debt, uncovered_requests
-from pipeline.errors import ConfigError
-from pipeline.lineage import version_lineage
-from pipeline.manifest import Manifest
-from pipeline.runner import check_rollback_drop, open_workspace, run_step
+from pipeline.core.errors import ConfigError
+from pipeline.model.components import Component
+from pipeline.model.compose import compose, weights_hash
+from pipeline.model.lineage import version_lineage
+from pipeline.model.manifest import Manifest
+from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
+from pipeline.steps import check_rollback_drop, open_workspace, run_step
 
 SPEC = {
     "description": "tilted field photos: fix the top confusion",

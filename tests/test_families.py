@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
-from pipeline.model import create_net
-from pipeline.quantize import check_quantizable
+from pipeline.core.errors import ConfigError
+from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
+from pipeline.model.net import create_net
+from pipeline.model.quantize import check_quantizable
 
 FAMILIES = {"test_resnet": True, "test_vit": False, "test_efficientnet": True, "test_convnext": True}  # arch -> FX-quantizable
 

@@ -18,10 +18,10 @@ from behaviors.evidence import forget_evidence, split_name
 from behaviors.membership import logit_confidence, membership_test
 from behaviors.plugin import Check, verdict
 from behaviors.suite import BehaviorResult
-from pipeline.certificate import certificate_markdown
 from pipeline.cli import main
-from pipeline.runner import open_workspace, run_step
-from pipeline.status import collect_status, render_status
+from pipeline.reports.certificate import certificate_markdown
+from pipeline.reports.status import collect_status, render_status
+from pipeline.steps import open_workspace, run_step
 
 # ------------------------------------------------------------------------------------- verdicts
 
@@ -181,8 +181,8 @@ def _bank_dir(root: Path, lineages: list[list[str]]):
     """A bank directory with one (untrained) shadow adapter per lineage, on a fresh test_resnet."""
     from safetensors.torch import save_file
 
-    from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
-    from pipeline.model import create_net
+    from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
+    from pipeline.model.net import create_net
 
     base = create_net("test_resnet", 10, 1).eval()
     import copy
@@ -202,7 +202,7 @@ def _bank_dir(root: Path, lineages: list[list[str]]):
 def test_no_shadow_that_saw_a_deleted_sample_survives_opening(deleted: set[str], tmp_path_factory: pytest.TempPathFactory) -> None:
     """Invariant 2 for the bank: once a sample is deleted, no reference model trained on it is kept or used."""
     from behaviors.references import open_bank
-    from pipeline.config import ReferenceConfig
+    from pipeline.core.config import ReferenceConfig
 
     lineages = [["a", "b"], ["c"], ["d", "e"], ["f"], []]
     root = tmp_path_factory.mktemp("bank")

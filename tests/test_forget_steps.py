@@ -10,14 +10,14 @@ import yaml
 
 from edits import OperatorEnv, get_method
 from pipeline.cli import append_stream_step, main
-from pipeline.compose import compose
+from pipeline.core.errors import ConfigError
 from pipeline.data import open_data
-from pipeline.deletion import DeletionLog, deletion_debt, uncovered_requests
-from pipeline.errors import ConfigError
-from pipeline.lineage import version_lineage
-from pipeline.model import make_trainer
-from pipeline.runner import check_rollback_drop, check_rollback_to, open_workspace, run_step
-from pipeline.status import collect_status
+from pipeline.model.compose import compose
+from pipeline.model.lineage import version_lineage
+from pipeline.model.net import make_trainer
+from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
+from pipeline.reports.status import collect_status
+from pipeline.steps import check_rollback_drop, check_rollback_to, open_workspace, run_step
 from tests.projects import TEST_THRESHOLDS
 
 
@@ -122,7 +122,7 @@ def test_every_approximate_method_returns_a_covering_delta(trained_copy: Path, m
     owner = owner_in("base", trained_copy / "store")
     rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
     from pipeline.data.table import SampleTable
-    from pipeline.deletion import ingest, make_request, resolve
+    from pipeline.records.deletion import ingest, make_request, resolve
 
     request = make_request({"owner": owner}, "t", method)
     ingest(ws.ledger, request, resolve(request, SampleTable.load(ws.data_dir)))

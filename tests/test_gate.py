@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.audit import audit
-from pipeline.config import RegistryConfig
-from pipeline.gate import ABANDONED, Decision, apply_decision, complete_pending_promotion, decide, ledger_champion, reconcile
-from pipeline.ledger import Ledger
-from pipeline.registry import Registry
+from pipeline.core.config import RegistryConfig
+from pipeline.records.gate import ABANDONED, Decision, apply_decision, complete_pending_promotion, decide, ledger_champion, reconcile
+from pipeline.records.ledger import Ledger
+from pipeline.records.registry import Registry
+from pipeline.reports.audit import audit
 
 
 @dataclass

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import LedgerError
-from pipeline.ledger import GENESIS, Ledger
+from pipeline.core.errors import LedgerError
+from pipeline.records.ledger import GENESIS, Ledger
 
 payloads = st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.integers(), st.text(max_size=10), st.booleans()), max_size=4)
 

@@ -9,8 +9,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from pipeline.errors import ConfigError
-from pipeline.model import check_checkpoint, create_net, file_sha256, load_backbone
+from pipeline.core.errors import ConfigError
+from pipeline.model.net import check_checkpoint, create_net, file_sha256, load_backbone
 
 
 def _checkpoint(path: Path, arch: str = "test_resnet", num_classes: int = 5, in_chans: int = 1) -> Path:
@@ -59,7 +59,7 @@ def test_a_pinned_hash_must_match(tmp_path: Path) -> None:
 
 
 def test_the_base_fine_tunes_the_checkpoint_and_records_its_hash(project: Path) -> None:
-    from pipeline.runner import open_workspace, run_base, run_prepare
+    from pipeline.steps import open_workspace, run_base, run_prepare
 
     _checkpoint(project / "backbone.safetensors", num_classes=7)
     params_path = project / "params.yaml"
@@ -86,7 +86,7 @@ def test_the_base_fine_tunes_the_checkpoint_and_records_its_hash(project: Path) 
 
 def test_quantize_refuses_an_architecture_fx_cannot_trace_naming_the_step() -> None:
     """timm's ViT has data-dependent control flow: a clear refusal before any write, not a crash mid-step."""
-    from pipeline.quantize import check_quantizable
+    from pipeline.model.quantize import check_quantizable
 
     with pytest.raises(ConfigError, match="cannot trace") as info:
         check_quantizable(create_net("test_vit", 10, 1).eval(), (1, 16, 16), file="params.yaml", field="stream.s09.method")

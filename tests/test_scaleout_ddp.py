@@ -95,10 +95,10 @@ def _registry_state(ws) -> tuple:
 
 
 def test_follower_runs_a_whole_step_and_writes_nothing(trained_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import ranks
-    from pipeline.config import load_params
-    from pipeline.runner import run_step
-    from pipeline.workspace import Workspace
+    from pipeline.core import ranks
+    from pipeline.core.config import load_params
+    from pipeline.records.workspace import Workspace
+    from pipeline.steps import run_step
 
     primary = Workspace(load_params(trained_copy / "params.yaml"), primary=True)
     store_before, registry_before = _tree_digest(trained_copy / "store"), _registry_state(primary)
@@ -126,8 +126,8 @@ def test_follower_runs_a_whole_step_and_writes_nothing(trained_copy: Path, tmp_p
 
 
 def test_follower_ledger_starts_where_rank_zero_started(trained_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.config import load_params
-    from pipeline.workspace import Workspace
+    from pipeline.core.config import load_params
+    from pipeline.records.workspace import Workspace
 
     monkeypatch.delenv("UME_LEDGER_START", raising=False)  # restored to absent afterwards
     params = load_params(trained_copy / "params.yaml")
@@ -144,7 +144,7 @@ def test_follower_ledger_starts_where_rank_zero_started(trained_copy: Path, tmp_
 
 
 def test_rank_detection(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import ranks
+    from pipeline.core import ranks
 
     for name in (*ranks.RANK_VARS, ranks.ROLE_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -170,7 +170,7 @@ def test_rank_detection(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_agree_replays_rank_zero_decisions_before_the_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import ranks
+    from pipeline.core import ranks
 
     monkeypatch.delenv(ranks.AGREED_ENV, raising=False)
     monkeypatch.setattr(ranks, "_recorded", [])

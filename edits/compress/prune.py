@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from edits.forget.common import StepsModule, fit_steps
 from edits.registry import Change, OperatorEnv, register_method
-from pipeline.components import ComponentDraft
+from edits.training import StepsModule, fit_steps
+from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
-from pipeline.delta import snapshot
-from pipeline.errors import ConfigError
-from pipeline.lineage import hash_sample_ids
-from pipeline.prune import apply_masks, global_masks, prunable, sparsity_of
+from pipeline.model.components import ComponentDraft
+from pipeline.model.delta import snapshot
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.prune import apply_masks, global_masks, prunable, sparsity_of
 
 
 @dataclass(frozen=True)

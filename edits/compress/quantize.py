@@ -1,4 +1,4 @@
-"""Int8 post-training static quantization of Conv2d and Linear layers (see :mod:`pipeline.quantize`).
+"""Int8 post-training static quantization of Conv2d and Linear layers (see :mod:`pipeline.model.quantize`).
 
 Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-
 Only Inference" (CVPR). Activation ranges are calibrated on retained samples the version was
@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from edits.registry import Change, OperatorEnv, register_method
-from pipeline.components import ComponentDraft
+from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
-from pipeline.errors import ConfigError
-from pipeline.lineage import hash_sample_ids
-from pipeline.quantize import BACKEND, calibrate
+from pipeline.model.components import ComponentDraft
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.quantize import BACKEND, calibrate
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edits.edit.spec import load_spec, resolve_cases, spec_hash
 from edits.registry import OperatorEnv, register_method
-from pipeline.components import ComponentDraft
 from pipeline.data import UmeData
-from pipeline.lineage import hash_sample_ids
-from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
-from pipeline.model import predict_logits, random_shift, set_norm_eval
+from pipeline.model.components import ComponentDraft
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
+from pipeline.model.net import predict_logits, random_shift, set_norm_eval
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.config import load_yaml, parse_dataclass, yaml_problem
+from pipeline.core.config import load_yaml, parse_dataclass, yaml_problem
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.data import SampleSet, UmeData
-from pipeline.errors import ConfigError, DataError
-from pipeline.lineage import hash_sample_ids
-from pipeline.model import predict_logits
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.net import predict_logits
 
 
 @dataclass(frozen=True)

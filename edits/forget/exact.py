@@ -20,10 +20,10 @@ from torch import nn
 
 from edits.forget.retrain import RetrainConfig, retrain_from_scratch
 from edits.registry import Change, OperatorEnv, get_method, register_method
-from pipeline.compose import compose
 from pipeline.data import UmeData
-from pipeline.lineage import version_lineage
-from pipeline.lora import LoraSettings, fold_lora
+from pipeline.model.compose import compose
+from pipeline.model.lineage import version_lineage
+from pipeline.model.lora import LoraSettings, fold_lora
 
 REPLAYABLE = ("learn/lora", "edit/lora")  # overlays retrained from their recorded settings
 

@@ -14,9 +14,9 @@ from torch import nn
 
 from edits.base import train_base
 from edits.registry import Change, OperatorEnv, register_method
-from pipeline.config import BaseTrainConfig
+from pipeline.core.config import BaseTrainConfig
 from pipeline.data import UmeData
-from pipeline.model import check_checkpoint
+from pipeline.model.net import check_checkpoint
 
 
 @dataclass(frozen=True)

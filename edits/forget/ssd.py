@@ -26,7 +26,7 @@ from torch import nn
 from edits.forget.common import delta_change, forget_meta, forget_set, loader, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import SampleSet, UmeData
-from pipeline.model import predict_logits
+from pipeline.model.net import predict_logits
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from edits.registry import OperatorEnv, register_method
-from pipeline.components import ComponentDraft
 from pipeline.data import UmeData
-from pipeline.lineage import hash_sample_ids
-from pipeline.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
-from pipeline.model import Classifier
+from pipeline.model.components import ComponentDraft
+from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
+from pipeline.model.net import Classifier
 
 
 @dataclass(frozen=True)

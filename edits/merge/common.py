@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.components import Component
-from pipeline.errors import ConfigError
-from pipeline.manifest import Manifest
+from pipeline.core.errors import ConfigError
+from pipeline.model.components import Component
+from pipeline.model.manifest import Manifest
 
 
 def merged_bookkeeping(sidecars: list[Component], steps: list[str]) -> tuple[list[str], dict[str, Any]]:

@@ -15,10 +15,10 @@ from torch import nn
 
 from edits.merge.common import merged_bookkeeping
 from edits.registry import Change, OperatorEnv, register_method
-from pipeline.components import ComponentDraft
-from pipeline.compose import build_base
 from pipeline.data import UmeData
-from pipeline.delta import snapshot, weight_delta
+from pipeline.model.components import ComponentDraft
+from pipeline.model.compose import build_base
+from pipeline.model.delta import snapshot, weight_delta
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from torch import nn
 
 from edits.merge.common import chosen_overlays, merged_bookkeeping
 from edits.registry import Change, OperatorEnv, register_method
-from pipeline.components import ComponentDraft
-from pipeline.compose import build_base
+from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
-from pipeline.errors import ConfigError
-from pipeline.lora import LoraSettings, attach_lora, lora_config
+from pipeline.model.components import ComponentDraft
+from pipeline.model.compose import build_base
+from pipeline.model.lora import LoraSettings, attach_lora, lora_config
 
 MERGED = "merged"
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import DataConfig
+from pipeline.core.config import DataConfig
 from pipeline.data.table import SampleTable, assign_content_ids
 
 VULNERABLE_SIZE = 8  # samples of each atypical data subject: rare, so the gate's averages barely move

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config import DataConfig
+from pipeline.core.config import DataConfig
+from pipeline.core.errors import DataError
 from pipeline.data.table import SampleTable, assign_content_ids
-from pipeline.errors import DataError
 
 REQUIRED = ("path", "label")
 OPTIONAL = ("group", "owner", "slice", "sample_id")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -18,13 +19,18 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from pipeline.core.errors import DataError
 from pipeline.data.table import DELETION_ENTRY, SampleTable
-from pipeline.errors import DataError
-from pipeline.ledger import Ledger
-from pipeline.lineage import hash_sample_id
+from pipeline.model.lineage import hash_sample_id
 
 
-def deleted_hashed_ids(ledger: Ledger) -> frozenset[str]:
+class EntrySource(Protocol):
+    """What the data layer reads from the ledger (``records.ledger.Ledger`` is one): entries of a type."""
+
+    def of_type(self, *types: str) -> list[Any]: ...
+
+
+def deleted_hashed_ids(ledger: EntrySource) -> frozenset[str]:
     """Union of the hashed sample ids of every deletion request recorded in the ledger."""
     out: set[str] = set()
     for entry in ledger.of_type(DELETION_ENTRY):
@@ -213,7 +219,7 @@ class UmeData(L.LightningDataModule):
 
 
 def open_data(
-    prepared_dir: str | Path, ledger: Ledger, *, batch_size: int = 64, num_workers: int = 0, seed: int = 0
+    prepared_dir: str | Path, ledger: EntrySource, *, batch_size: int = 64, num_workers: int = 0, seed: int = 0
 ) -> UmeData:
     """Open ``store/data`` with the ledger's deleted set applied: the only way consumers get data."""
     table = SampleTable.load(prepared_dir)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Params
+from pipeline.core.config import Params
+from pipeline.core.errors import DataError
 from pipeline.data.digits import build_digits_table
 from pipeline.data.folder import build_folder_table
-from pipeline.errors import DataError
 
 
 def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 COLUMNS = ("sample_id", "label", "group", "owner", "slice")
 EVAL_SLICES = ("test", "canary")

@@ -1,0 +1,1 @@
+"""Foundations every floor may import: configuration, errors, fault points, process ranks, temporary files, Markdown."""

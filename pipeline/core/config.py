@@ -1,0 +1,468 @@
+"""``params.yaml``: the single place a user configures a run, parsed into typed dataclasses.
+
+Every field is checked: unknown keys, wrong types, unknown parents and bad values raise one
+:class:`~pipeline.core.errors.ConfigError` naming the file and the dotted field. Nothing is written
+before the whole file has been validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.core.errors import ConfigError
+
+T = TypeVar("T")
+
+STEP_KINDS = ("learn", "edit", "forget", "compress", "merge", "retrain", "rollback")
+STEP_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+BASE_STEP = "base"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where ume keeps its state, relative to the project root."""
+
+    store: str = "store"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow tracking + model registry. Any tracking URI works; sqlite is the default."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ume"
+    model_name: str = "ume-classifier"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The sample table: the embedded digits default, or an image folder plus a manifest CSV."""
+
+    source: str = "digits"
+    folder: str | None = None
+    manifest: str | None = None
+    image_size: int = 16
+    channels: int = 1
+    test_fraction: float = 0.2
+    canary_fraction: float = 0.1
+    base_fraction: float = 0.55
+    update_slices: int = 3
+    owner_size_min: int = 15
+    owner_size_max: int = 25
+    minority_fraction: float = 0.1
+    field_fraction: float = 0.0
+    field_rotation: float = 30.0
+    vulnerable_owners: int = 0
+    corrupt_labels: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Any timm architecture, always created with ``pretrained=False``.
+
+    ``checkpoint`` is a backbone the team already has (a safetensors state dict of ``arch``,
+    relative to the project): the clean base is then a fine-tune of it. Its sha256 is recorded in
+    the ledger and the base's sidecar; ``checkpoint_sha256`` pins it (a changed file is refused).
+    """
+
+    arch: str = "test_resnet"
+    num_classes: int = 10
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """Training of the clean base checkpoint."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.003
+    weight_decay: float = 0.0001
+    augment_shift: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Lightning Trainer settings shared by every training loop (scale out here)."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1  # machines in a multi-node DDP run (each starts `ume` with its NODE_RANK; README)
+    global_batch: bool = True  # batch sizes are global: split among the DDP processes (same optimizer steps as one)
+    precision: str = "32-true"
+    num_workers: int = 0
+    progress_bar: bool = True
+    base: BaseTrainConfig = field(default_factory=BaseTrainConfig)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """``behaviors.references``: the reference bank of the per-sample membership test.
+
+    ``shadows`` reference overlays are trained when fewer than ``min_shadows`` remain (see
+    :mod:`behaviors.references`); each follows the recorded recipe of the version's first
+    ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
+    sample is scored when at least ``min_references`` shadows never trained on it; its member
+    threshold is set for ``false_positive_rate`` on samples the model never saw. Every model is
+    queried on each image and its shifts by ``query_shift`` pixels (0: the image alone).
+    """
+
+    shadows: int = 16
+    min_shadows: int = 8
+    epochs: int = 12
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 0.003
+    batch_size: int = 32
+    replay: float = 1.0
+    augment_shift: int = 1
+    query_shift: int = 1
+    false_positive_rate: float = 0.05
+    min_references: int = 4
+
+
+@dataclass(frozen=True)
+class BehaviorsConfig:
+    """The behaviour suite: where the specs live, the thresholds they read, the reference bank."""
+
+    path: str = "behaviors"
+    thresholds: dict[str, float] = field(default_factory=dict)
+    references: ReferenceConfig = field(default_factory=ReferenceConfig)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One entry of the stream. ``options`` holds the method's own fields, checked by the method."""
+
+    key: str
+    kind: str
+    parent: str
+    method: str | None
+    options: dict[str, Any]
+
+    def params_hash(self) -> str:
+        """A stable hash of this step's parameters (used to recognise a rerun of the same step)."""
+        payload = {"kind": self.kind, "parent": self.parent, "method": self.method, **self.options}
+        spec = self.options.get("spec")
+        if isinstance(spec, str) and Path(spec).is_file():  # an edited spec file is a new step
+            payload["spec_sha256"] = hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``."""
+
+    file: str
+    seed: int
+    paths: PathsConfig
+    registry: RegistryConfig
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    behaviors: BehaviorsConfig
+    stream: dict[str, StepConfig]
+
+    @property
+    def store(self) -> Path:
+        """The state directory (components, ledger, step records, prepared data)."""
+        return Path(self.paths.store)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``model.checkpoint``, relative to the directory of ``params.yaml``."""
+        if self.model.checkpoint is None:
+            return None
+        return Path(self.file).parent / self.model.checkpoint
+
+    @property
+    def requests_dir(self) -> Path:
+        """``requests/`` beside ``params.yaml``: deletion requests as received."""
+        return Path(self.file).parent / "requests"
+
+    def step(self, key: str) -> StepConfig:
+        """The stream step ``key``; a clear error when there is none."""
+        if key not in self.stream:
+            known = ", ".join(self.stream) or "(empty stream)"
+            raise ConfigError(f"no such step; the stream has: {known}", file=self.file, field=f"stream.{key}")
+        return self.stream[key]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _check_value(value: Any, tp: Any, where: str, file: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float only)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, where, file)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise ConfigError(f"expected {names}, got {type(value).__name__} {value!r}", file=file, field=where)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"expected null, got {value!r}", file=file, field=where)
+        return None
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", file=file, field=where)
+        return {
+            _check_value(k, key_tp, f"{where}.{k}", file): _check_value(v, val_tp, f"{where}.{k}", file)
+            for k, v in value.items()
+        }
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(args) != 2 or args[1] is not Ellipsis:
+            raise ConfigError(f"expected a list, got {type(value).__name__}", file=file, field=where)
+        return tuple(_check_value(v, args[0], f"{where}[{i}]", file) for i, v in enumerate(value))
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", file=file, field=where)
+        return [_check_value(v, item_tp, f"{where}[{i}]", file) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return parse_dataclass(tp, value, where=where, file=file)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", file=file, field=where)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {type(value).__name__} {value!r}", file=file, field=where)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}", file=file, field=where)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"expected a finite number, got {value!r}", file=file, field=where)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {type(value).__name__} {value!r}", file=file, field=where)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def parse_dataclass(cls: type[T], data: Any, *, where: str, file: str) -> T:
+    """Build dataclass ``cls`` from a YAML mapping, rejecting unknown keys and wrong types.
+
+    ``where`` is the dotted path of ``data`` inside the file, used in error messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", file=file, field=where or "(top level)")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key (allowed: {allowed})", file=file, field=f"{prefix}{key}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], f"{prefix}{name}", file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError("required field is missing", file=file, field=f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _check_fraction(value: float, where: str, file: str, *, upper: float = 1.0) -> None:
+    if not 0.0 <= value <= upper:
+        raise ConfigError(f"expected a fraction in [0, {upper}], got {value}", file=file, field=where)
+
+
+def _validate_data(data: DataConfig, file: str) -> None:
+    if data.source not in ("digits", "folder"):
+        raise ConfigError(f"expected 'digits' or 'folder', got {data.source!r}", file=file, field="data.source")
+    if data.source == "folder":
+        for name in ("folder", "manifest"):
+            if not getattr(data, name):
+                raise ConfigError("required when data.source is 'folder'", file=file, field=f"data.{name}")
+    if data.image_size < 8 or data.image_size > 512:
+        raise ConfigError(f"expected 8..512, got {data.image_size}", file=file, field="data.image_size")
+    if data.channels not in (1, 3):
+        raise ConfigError(f"expected 1 or 3, got {data.channels}", file=file, field="data.channels")
+    _check_fraction(data.test_fraction, "data.test_fraction", file, upper=0.5)
+    _check_fraction(data.canary_fraction, "data.canary_fraction", file, upper=0.5)
+    _check_fraction(data.base_fraction, "data.base_fraction", file)
+    _check_fraction(data.minority_fraction, "data.minority_fraction", file, upper=0.5)
+    _check_fraction(data.field_fraction, "data.field_fraction", file, upper=0.5)
+    if not -180.0 <= data.field_rotation <= 180.0:
+        raise ConfigError(f"expected degrees in -180..180, got {data.field_rotation}", file=file, field="data.field_rotation")
+    if data.vulnerable_owners < 0 or data.vulnerable_owners > 5:
+        raise ConfigError(f"expected 0..5 per update slice, got {data.vulnerable_owners}", file=file, field="data.vulnerable_owners")
+    if data.update_slices < 0 or data.update_slices > 50:
+        raise ConfigError(f"expected 0..50, got {data.update_slices}", file=file, field="data.update_slices")
+    if not 1 <= data.owner_size_min <= data.owner_size_max:
+        raise ConfigError(
+            f"expected 1 <= owner_size_min <= owner_size_max, got {data.owner_size_min}..{data.owner_size_max}",
+            file=file,
+            field="data.owner_size_min",
+        )
+    for slice_name, share in data.corrupt_labels.items():
+        _check_fraction(share, f"data.corrupt_labels.{slice_name}", file)
+
+
+def _validate_references(refs: ReferenceConfig, file: str) -> None:
+    where = "behaviors.references"
+    for name in ("shadows", "min_shadows", "epochs", "rank", "batch_size", "min_references"):
+        if getattr(refs, name) < 1:
+            raise ConfigError("expected a positive integer", file=file, field=f"{where}.{name}")
+    if refs.min_shadows > refs.shadows:
+        raise ConfigError(f"expected at most shadows ({refs.shadows}), got {refs.min_shadows}", file=file, field=f"{where}.min_shadows")
+    if refs.min_references > refs.min_shadows:
+        raise ConfigError(f"expected at most min_shadows ({refs.min_shadows}), got {refs.min_references}", file=file, field=f"{where}.min_references")
+    if not 0 < refs.false_positive_rate < 0.5:
+        raise ConfigError(f"expected a rate in (0, 0.5), got {refs.false_positive_rate}", file=file, field=f"{where}.false_positive_rate")
+    if refs.lr <= 0 or refs.alpha <= 0 or refs.replay < 0:
+        raise ConfigError("expected positive lr and alpha and a non-negative replay", file=file, field=where)
+
+
+def _validate_train(train: TrainConfig, file: str) -> None:
+    base = train.base
+    for name in ("epochs", "batch_size"):
+        if getattr(base, name) < 1:
+            raise ConfigError("expected a positive integer", file=file, field=f"train.base.{name}")
+    if base.lr <= 0:
+        raise ConfigError(f"expected a positive learning rate, got {base.lr}", file=file, field="train.base.lr")
+    if isinstance(train.num_nodes, bool) or not isinstance(train.num_nodes, int) or train.num_nodes < 1:
+        raise ConfigError(f"expected a positive integer, got {train.num_nodes!r}", file=file, field="train.num_nodes")
+    if train.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
+        raise ConfigError(f"unknown accelerator {train.accelerator!r}", file=file, field="train.accelerator")
+
+
+def _parse_stream(raw: Any, file: str) -> dict[str, StepConfig]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of step id -> step, got {type(raw).__name__}", file=file, field="stream")
+    steps: dict[str, StepConfig] = {}
+    for key, entry in raw.items():
+        where = f"stream.{key}"
+        if not isinstance(key, str) or not STEP_KEY_PATTERN.match(key) or key == BASE_STEP:
+            raise ConfigError(
+                "step ids are 1-64 letters, digits, '_' or '-' and not 'base'", file=file, field=where
+            )
+        if not isinstance(entry, dict):
+            raise ConfigError(f"expected a mapping, got {type(entry).__name__}", file=file, field=where)
+        entry = dict(entry)
+        kind = entry.pop("kind", None)
+        if kind not in STEP_KINDS:
+            raise ConfigError(f"expected one of {', '.join(STEP_KINDS)}, got {kind!r}", file=file, field=f"{where}.kind")
+        parent = entry.pop("parent", None)
+        if not isinstance(parent, str):
+            raise ConfigError("every step names its parent step (or 'base')", file=file, field=f"{where}.parent")
+        if parent != BASE_STEP and parent not in steps:
+            known = ", ".join([BASE_STEP, *steps])
+            raise ConfigError(
+                f"unknown parent {parent!r}: it must be 'base' or a step listed before this one ({known})",
+                file=file,
+                field=f"{where}.parent",
+            )
+        method = entry.pop("method", None)
+        if method is not None and not isinstance(method, str):
+            raise ConfigError(f"expected a string, got {method!r}", file=file, field=f"{where}.method")
+        steps[key] = StepConfig(key=key, kind=kind, parent=parent, method=method, options=entry)
+    return steps
+
+
+def parse_params(raw: Any, file: str = "params.yaml") -> Params:
+    """Validate a loaded ``params.yaml`` mapping and return typed :class:`Params`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping at the top level", file=file)
+    sections = {
+        "seed": int,
+        "paths": PathsConfig,
+        "registry": RegistryConfig,
+        "data": DataConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "behaviors": BehaviorsConfig,
+        "stream": None,
+    }
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"unknown key (allowed: {', '.join(sections)})", file=file, field=str(key))
+    seed = _check_value(raw.get("seed", 0), int, "seed", file)
+    parsed: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if cls in (None, int):
+            continue
+        parsed[name] = parse_dataclass(cls, raw.get(name), where=name, file=file)
+    _validate_data(parsed["data"], file)
+    _validate_train(parsed["train"], file)
+    _validate_references(parsed["behaviors"].references, file)
+    if parsed["model"].num_classes < 2:
+        raise ConfigError("expected at least 2 classes", file=file, field="model.num_classes")
+    return Params(file=file, seed=seed, stream=_parse_stream(raw.get("stream"), file), **parsed)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys merged in with ``<<`` may be overridden
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) or key is None:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no Python objects), refusing duplicate keys."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, 1-based)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        context = f" ({exc.context} at line {exc.context_mark.line + 1})" if exc.context and exc.context_mark else ""
+        return f"{where}: {exc.problem}{context}"
+    return " ".join(str(exc).split())
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; every problem is a :class:`ConfigError` naming the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("file not found (run ume from the project root, or pass --params)", file=str(path)) from None
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {yaml_problem(exc)}", file=str(path)) from None
+    return parse_params(raw, file=str(path))

@@ -1,0 +1,109 @@
+"""Int8 post-training static quantization as an export transform (CPU, x86 backend).
+
+Conv2d and Linear layers (with their BatchNorm folded and ReLU fused) run as int8 kernels
+(fbgemm/oneDNN through PyTorch's ``x86`` quantized engine): weights per-channel symmetric int8,
+activations per-tensor affine uint8 with ranges from a histogram observer calibrated on retained
+samples (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR; Krishnamoorthi 2018, arXiv:1806.08342). Pooling, adds
+and the classifier head's reshape run on quantized tensors too; only the input quantize and the
+output dequantize are float. We use PyTorch's FX graph-mode flow (``torch.ao.quantization``):
+measured here, torchao 0.18's ``quantize_`` rejects Conv2d and its PT2E flow is slower than fp32
+on this CPU (README, "Compression").
+
+The transform component stores only the calibrated observer state (safetensors); composing
+re-runs ``prepare -> load observers -> convert`` on the float network, which is deterministic,
+so the same manifest gives the same int8 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from pipeline.core.errors import ConfigError
+
+warnings.filterwarnings("ignore", message=r".*torch.ao.quantization is deprecated.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
+
+BACKEND = "x86"
+OBSERVER_KEY = "activation_post_process"
+
+
+def _prepare(net: nn.Module, example: torch.Tensor) -> nn.Module:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = BACKEND
+    return prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping(BACKEND), (example,))
+
+
+def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str, field: str) -> None:
+    """Refuse, naming the field, a network FX post-training quantization cannot trace.
+
+    FX needs a symbolically traceable forward: data-dependent control flow (for example timm's
+    ViT attention and position-embedding paths) is not. Checked before a step writes anything.
+    """
+    from torch.fx.proxy import TraceError
+
+    try:
+        _prepare(net, torch.zeros(1, *input_shape))
+    except (TraceError, NotImplementedError, TypeError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ConfigError(
+            f"int8 FX quantization cannot trace {type(net).__name__} ({type(exc).__name__}: {first}); "
+            "remove the quantize step for this architecture (prune still applies)",
+            file=file,
+            field=field,
+        ) from None
+
+
+def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Observer state (activation ranges) of ``net`` on calibration ``images``."""
+    prepared = _prepare(net, images[:1])
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            prepared(images[i : i + batch_size])
+    return {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items() if OBSERVER_KEY in k}
+
+
+class Int8Network(nn.Module):
+    """The converted int8 graph. Its kernels allocate outputs with an op PyTorch flags as
+    non-deterministic (``quantized_resize_cpu_``), which a Lightning ``deterministic=True`` run
+    earlier in the process would turn into an error; the result does not depend on it, so the
+    flag is lifted for the forward pass only."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Int8 inference on float input (quantize in, dequantize out)."""
+        enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False)
+        try:
+            return self.graph(x)
+        finally:
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+    """The int8 network of float ``net`` with stored observer state."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    prepared = _prepare(net, example)
+    result = prepared.load_state_dict(observers, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"observer state does not fit this network: {result.unexpected_keys[:3]}")
+    return Int8Network(convert_fx(prepared)).eval()
+
+
+def model_bytes(net: nn.Module) -> int:
+    """Bytes of every tensor in the state dict (int8 weights count one byte each)."""
+    total = 0
+    for value in net.state_dict().values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total

@@ -1,0 +1,147 @@
+"""The ledger: an append-only, hash-chained JSONL log of every request, step, decision and alias move.
+
+Each line is one entry ``{seq, time, type, step, data, prev, hash}`` where ``hash`` is the SHA-256
+of the canonical JSON of the entry without ``hash`` and ``prev`` is the previous entry's hash
+(``GENESIS`` for the first). Changing, dropping or reordering any line breaks the chain, which
+:meth:`Ledger.verify` reports with the line number. Appends are atomic (write a temporary copy,
+fsync, ``os.replace``) and serialised with an exclusive file lock, so a crash leaves either the
+old or the new file and two writers never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.canonical import canonical_json
+from pipeline.core.errors import LedgerError
+from pipeline.core.faults import crash_point
+
+GENESIS = "0" * 64
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """SHA-256 of an entry without its own ``hash`` field."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One verified ledger line."""
+
+    seq: int
+    time: str
+    type: str
+    step: str | None
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+
+class Ledger:
+    """Append-only hash-chained log at ``path`` (created on first append)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_raw(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        return [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+    def entries(self) -> list[Entry]:
+        """Every entry, after verifying the whole chain (raises :class:`LedgerError` if broken)."""
+        return self.verify()
+
+    def verify(self) -> list[Entry]:
+        """Check every line parses, is in sequence and chains to the previous hash."""
+        prev = GENESIS
+        out: list[Entry] = []
+        for number, line in enumerate(self._read_raw(), start=1):
+            where = f"line {number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LedgerError(f"{where} is not JSON ({exc.msg})", file=str(self.path)) from None
+            if not isinstance(raw, dict) or set(raw) != {"seq", "time", "type", "step", "data", "prev", "hash"}:
+                raise LedgerError(f"{where} does not have the ledger entry fields", file=str(self.path))
+            if raw["seq"] != number:
+                raise LedgerError(f"{where} has seq {raw['seq']}, expected {number}", file=str(self.path))
+            if raw["prev"] != prev:
+                raise LedgerError(f"{where} does not chain to the entry before it (prev hash differs)", file=str(self.path))
+            if entry_hash(raw) != raw["hash"]:
+                raise LedgerError(f"{where} was modified: its content does not match its hash", file=str(self.path))
+            prev = raw["hash"]
+            out.append(Entry(**raw))
+        return out
+
+    def head(self) -> str:
+        """Hash of the last entry (``GENESIS`` when empty)."""
+        entries = self.verify()
+        return entries[-1].hash if entries else GENESIS
+
+    def __len__(self) -> int:
+        """Number of entries (lines; not verified)."""
+        return len(self._read_raw())
+
+    def copy_to(self, path: str | Path, entries: int | None = None) -> Ledger:
+        """A private ledger at ``path`` holding the first ``entries`` entries of this one (all by default).
+
+        A DDP follower works on such a copy: its appends chain on, in its own file, and it never
+        sees what rank 0 appends to the shared ledger meanwhile.
+        """
+        copy = Ledger(path)
+        lines = self._read_raw()[:entries] if entries is not None else self._read_raw()
+        copy.path.parent.mkdir(parents=True, exist_ok=True)
+        copy.path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        copy.verify()
+        return copy
+
+    def append(self, type: str, data: dict[str, Any], *, step: str | None = None) -> Entry:
+        """Append one entry atomically; returns it with its hash."""
+        with self._locked():
+            entries = self.verify()
+            prev = entries[-1].hash if entries else GENESIS
+            raw: dict[str, Any] = {
+                "seq": len(entries) + 1,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "type": type,
+                "step": step,
+                "data": json.loads(canonical_json(data)),
+                "prev": prev,
+            }
+            raw["hash"] = entry_hash(raw)
+            lines = self._read_raw()
+            lines.append(canonical_json(raw))
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            crash_point("ledger.tmp_written")
+            os.replace(tmp, self.path)
+            return Entry(**raw)
+
+    def of_type(self, *types: str) -> list[Entry]:
+        """Verified entries of the given types, in order."""
+        return [e for e in self.verify() if e.type in types]

@@ -1,0 +1,268 @@
+"""The MLflow side: one run per step, one registered model version per candidate, the ``champion`` alias.
+
+Works with any tracking URI: ``sqlite:///mlflow.db`` by default, or an MLflow server backed by
+PostgreSQL. Versions carry the tags ``ume.step``, ``ume.manifest_hash``, ``ume.decision`` and a
+behaviour summary; runs carry behaviour metrics and the report artifacts. Only :mod:`pipeline.records.gate`
+moves the alias (through :meth:`Registry.set_champion`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import RegistryConfig
+from pipeline.core.errors import RegistryError
+
+CHAMPION = "champion"
+logging.getLogger("alembic").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from our processes
+# An unreachable tracking server must fail a step in seconds, not after MLflow's default of 7 retries
+# with exponential backoff and a 120 s timeout (minutes). Set these variables to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """MLflow allows alphanumerics, ``_ - . : /`` and spaces; brackets become ``.``."""
+    return _METRIC_NAME.sub(".", name).rstrip(".")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version as ume sees it."""
+
+    version: int
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    source: str
+
+    @property
+    def manifest_hash(self) -> str | None:
+        """The ``ume.manifest_hash`` tag."""
+        return self.tags.get("ume.manifest_hash")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error is the transport failing (no answer from the server), not an answer."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.RequestException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    message = str(getattr(exc, "message", exc))
+    return message.startswith("API request to ") and " failed with " in message
+
+
+class _FailClosedClient:
+    """An :class:`mlflow.MlflowClient` whose transport failures become one-line :class:`RegistryError` s.
+
+    Any MLflow call that cannot reach the tracking server stops the command there: nothing after it
+    runs, so no alias moves (the gate fails closed); rerunning once the server is back completes the step.
+    """
+
+    def __init__(self, client: Any, tracking_uri: str) -> None:
+        self._client = client
+        self._tracking_uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except MlflowException as exc:
+                if not _unreachable(exc):
+                    raise
+                text = str(getattr(exc, "message", exc))
+                errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+                reason = errno.group(0).strip() if errno else ("timed out" if "timeout" in text.lower() else " ".join(text.split())[:200])
+                raise RegistryError(
+                    f"cannot reach the MLflow tracking server at {self._tracking_uri} ({reason}); stopped before any"
+                    " further change, nothing more is promoted: rerun once the server is back",
+                    field="registry.tracking_uri",
+                ) from None
+
+        return call
+
+
+class Registry:
+    """A thin, typed wrapper over :class:`mlflow.MlflowClient` for one registered model."""
+
+    def __init__(self, config: RegistryConfig) -> None:
+        from mlflow import MlflowClient
+
+        self.config = config
+        self.model_name = config.model_name
+        self.client = _FailClosedClient(MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri), config.tracking_uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where runs go."""
+        return self.config.tracking_uri
+
+    def experiment_id(self) -> str:
+        """The experiment's id, created on first use."""
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.config.experiment)
+            self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.config.experiment)
+        return self._experiment_id
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        """Create a run for a step; returns its id."""
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark a run finished (or FAILED)."""
+        self.client.set_terminated(run_id, status=status)
+
+    def running_runs(self) -> list[str]:
+        """Ids of this experiment's runs still marked RUNNING (left by a killed process when no stage runs)."""
+        exp = self.client.get_experiment_by_name(self.config.experiment)
+        if exp is None:
+            return []
+        runs = self.client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        return [run.info.run_id for run in runs]
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log flat parameters (values stringified, truncated to MLflow's limit)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Log numeric metrics in one batch."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on a run."""
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
+        """Upload a directory of artifacts under ``artifact_path``."""
+        self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def artifact_uri(self, run_id: str) -> str:
+        """The run's artifact root URI."""
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Register a model version whose files are the run's ``artifact_path``; returns its number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(
+                self.model_name, description="Managed by ume: base + overlays, promoted through the behaviour gate."
+            )
+        source = f"{self.artifact_uri(run_id)}/{artifact_path}"
+        mv = self.client.create_model_version(self.model_name, source=source, run_id=run_id, tags=tags)
+        return int(mv.version)
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        """Set tags on a model version."""
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), k, v)
+
+    def champion(self) -> int | None:
+        """The version the ``champion`` alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(self.model_name, CHAMPION).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no model, or no alias yet
+                return None
+            raise RegistryError(f"cannot read the {CHAMPION!r} alias of {self.model_name!r}: {exc.message}", field="registry") from None
+
+    def set_champion(self, version: int) -> None:
+        """Move the ``champion`` alias (only the gate calls this)."""
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+
+    def version(self, version: int) -> VersionInfo:
+        """One version; :class:`RegistryError` if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            raise RegistryError(f"model {self.model_name!r} has no version {version}", field="version") from None
+        return VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source)
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version of the model, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{self.model_name}'", max_results=10000)
+        except MlflowException as exc:  # an unknown model is an empty list, not an error: this is something else
+            raise RegistryError(f"cannot list the versions of {self.model_name!r}: {exc.message}", field="registry") from None
+        out = [VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source) for mv in found]
+        return sorted(out, key=lambda v: v.version)
+
+
+FOLLOWER_VERSION = 0  # what a follower's register() answers: no real version is ever 0
+
+
+class FollowerRegistry(Registry):
+    """The registry as a DDP follower sees it: reads go to MLflow, every write does nothing.
+
+    Rank 0 creates the runs, registers the versions and moves the alias; a follower takes the same
+    code path, so its writes return harmless values (a placeholder run id, version 0).
+    """
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        """No run: a placeholder id."""
+        return f"follower-{name}"
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Nothing to end."""
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Rank 0 logs them."""
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Rank 0 logs them."""
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Rank 0 sets them."""
+
+    def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
+        """Rank 0 uploads them."""
+
+    def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Rank 0 registers the version; a follower gets the placeholder 0."""
+        return FOLLOWER_VERSION
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        """Rank 0 tags it."""
+
+    def set_champion(self, version: int) -> None:
+        """Only rank 0's gate moves the alias."""

@@ -1,0 +1,1 @@
+"""Read-only views for people: `ume status`, `ume audit`, deletion certificates."""

@@ -1,0 +1,165 @@
+"""``ume audit``: the ledger's chain verifies and the MLflow registry agrees with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.core.errors import ComponentError, LedgerError
+from pipeline.model.components import ComponentStore
+from pipeline.model.manifest import Manifest
+from pipeline.records.deletion import DeletionLog, uncovered_requests
+from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
+from pipeline.records.ledger import Ledger
+from pipeline.records.registry import Registry
+
+
+@dataclass
+class AuditReport:
+    """Problems found (empty when everything holds) and what was checked."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the audit passed."""
+        return not self.problems
+
+
+def audit(
+    ledger: Ledger,
+    registry: Registry,
+    *,
+    store: ComponentStore | None = None,
+    manifest_of: Callable[[int], Manifest] | None = None,
+) -> AuditReport:
+    """Verify the chain, every version against its ledger entries, and the champion alias."""
+    report = AuditReport()
+    try:
+        entries = ledger.verify()
+    except LedgerError as exc:
+        report.problems.append(f"ledger chain broken: {exc}")
+        return report
+    report.checked.append(f"ledger chain: {len(entries)} entries verify")
+
+    candidates = {e.data["version"]: e for e in entries if e.type == "candidate"}
+    decisions: dict[int, str] = {}
+    promoted_ever: set[int] = set()
+    for e in entries:
+        if e.type == "decision":
+            if e.data.get("mode", "gate") == "gate":
+                decisions[e.data["version"]] = e.data["decision"]
+            if e.data["decision"] == PROMOTED:
+                promoted_ever.add(e.data["version"])
+
+    abandoned = {v for e in entries if e.type == ABANDONED_ENTRY for v in e.data["versions"]}
+    decided_any = {e.data["version"] for e in entries if e.type == "decision"}
+    versions = {v.version: v for v in registry.versions()}
+    for number, info in versions.items():
+        if number in abandoned:
+            if info.tags.get("ume.decision") != ABANDONED:
+                report.problems.append(f"registry version {number} was abandoned in the ledger but is tagged {info.tags.get('ume.decision')!r}")
+            continue
+        entry = candidates.get(number)
+        if entry is None:
+            report.problems.append(f"registry version {number} has no candidate entry in the ledger (a stage was interrupted: rerun `dvc repro`)")
+            continue
+        if number not in decided_any:
+            report.problems.append(f"ledger candidate version {number} has no decision (a stage was interrupted: rerun `dvc repro`)")
+        if info.manifest_hash != entry.data["manifest_hash"]:
+            report.problems.append(
+                f"registry version {number} has manifest {info.manifest_hash} but the ledger recorded {entry.data['manifest_hash']}"
+            )
+        tag = info.tags.get("ume.decision")
+        if number in decisions and tag != decisions[number]:
+            report.problems.append(f"registry version {number} is tagged {tag!r} but the ledger decided {decisions[number]!r}")
+    for number in candidates:
+        if number not in versions:
+            report.problems.append(f"ledger candidate version {number} is missing from the registry")
+    report.checked.append(
+        f"registry: {len(versions)} versions match their ledger entries" + (f" ({len(abandoned)} abandoned by interrupted stages)" if abandoned else "")
+    )
+    revoked_in_ledger = {int(v) for e in entries if e.type == "revocation" for v in e.data["by_request"]}
+    for number in sorted(revoked_in_ledger):
+        if number in versions and versions[number].tags.get("deletion_status") != "revoked":
+            report.problems.append(f"registry version {number} was revoked in the ledger but is not tagged deletion_status=revoked")
+
+    expected = ledger_champion(ledger)
+    actual = registry.champion()
+    if expected != actual:
+        alias = f"points at version {actual}" if actual is not None else "is not set"
+        moved = f"the ledger's last alias move is to version {expected}" if expected is not None else "the ledger records no promotion"
+        report.problems.append(
+            f"champion alias {alias} but {moved} (moved outside ume, or a promotion was interrupted: rerun `dvc repro`)"
+        )
+    elif actual is not None and actual not in promoted_ever:
+        report.problems.append(f"champion version {actual} never passed the gate")
+    else:
+        report.checked.append(f"champion alias: version {actual} matches the ledger")
+    unusable: set[int] = set()
+    if store is not None and manifest_of is not None:
+        unusable = _check_components(report, sorted(v for v in versions if v in candidates), actual, store, manifest_of)
+    if actual is not None and actual in versions and manifest_of is not None and actual not in unusable:
+        log = DeletionLog.read(ledger)
+        carried = uncovered_requests(manifest_of(actual), store, log, list(log.resolved)) if store is not None else {}
+        if carried:
+            report.problems.append(
+                f"champion version {actual} is revoked: it carries deleted samples of resolved request(s) {', '.join(sorted(carried))}"
+            )
+        elif log.resolved:
+            report.checked.append(f"champion carries no deleted sample of {len(log.resolved)} resolved request(s)")
+    return report
+
+
+def _check_components(
+    report: AuditReport, numbers: list[int], champion: int | None, store: ComponentStore, manifest_of: Callable[[int], Manifest]
+) -> set[int]:
+    """Every component of every registered version matches its sidecar (hash, safetensors); the champion composes.
+
+    Returns the versions that cannot be composed (each reported once).
+    """
+    from pipeline.model.compose import apply_overlay, build_base, compose
+
+    broken: dict[str, str] = {}
+    checked: set[str] = set()
+    unusable: set[int] = set()
+    for number in numbers:
+        try:
+            manifest = manifest_of(number)
+        except ComponentError as exc:
+            report.problems.append(f"registry version {number}: {exc}")
+            unusable.add(number)
+            continue
+        for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+            if component_id in checked:
+                continue
+            checked.add(component_id)
+            try:
+                store.verify(component_id)
+            except ComponentError as exc:
+                broken[component_id] = str(exc)
+                report.problems.append(f"component {component_id} of version {number}: {exc}")
+        if any(c in broken for c in (manifest.base, *manifest.overlays, *manifest.transforms)):
+            unusable.add(number)
+            continue
+        if number != champion:
+            continue
+        component_id = manifest.base
+        try:  # the served version must compose: tensors that verify can still not fit the network
+            net = build_base(store, component_id)
+            for component_id in manifest.overlays:
+                net = apply_overlay(net, store, component_id)
+            if manifest.transforms:  # export transforms apply to the folded network: compose the whole version
+                component_id = manifest.transforms[-1]
+                compose(manifest, store)
+        except (ComponentError, RuntimeError, ValueError, KeyError) as exc:
+            lines = [line.strip() for text in (str(exc), str(exc.__context__ or "")) for line in text.splitlines() if line.strip()]
+            detail = next((line for line in lines if "mismatch" in line or "key" in line.lower()), "")
+            first = " ".join(dict.fromkeys(line for line in (lines[:1] or [type(exc).__name__]) + [detail] if line))[:400]
+            where = "" if str(store.root) in first else f"{store.weights_path(component_id)}: "
+            report.problems.append(f"champion version {number} does not compose: {where}{first}")
+            unusable.add(number)
+    if checked:
+        report.checked.append(f"components: {len(checked) - len(broken)} of {len(checked)} match their sidecars")
+    return unusable

@@ -1,0 +1,116 @@
+"""``ume status``: the champion, every stream step with its decision, and the deleted-sample count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.core.config import BASE_STEP
+from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
+from pipeline.records.workspace import Workspace
+
+
+def collect_status(ws: Workspace) -> dict[str, Any]:
+    """Status as a JSON-ready mapping (the same data ``--json`` prints)."""
+    champion_version = ws.registry.champion()
+    champion: dict[str, Any] | None = None
+    log = DeletionLog.read(ws.ledger)
+    debt: dict[str, int] = {}
+    if champion_version is not None:
+        manifest = ws.manifest_of(champion_version)
+        debt = deletion_debt(manifest, ws.components, log)
+        champion = {
+            "version": champion_version,
+            "composition": manifest.describe(),
+            "base": manifest.base,
+            "overlays": [{"step": s, "component": c} for c, s in zip(manifest.overlays, manifest.overlay_steps, strict=True)],
+            "manifest_hash": manifest.hash,
+            "carries_deleted": uncovered_requests(manifest, ws.components, log),
+        }
+    steps = []
+    for key in [BASE_STEP, *ws.params.stream]:
+        record = ws.step_record(key)
+        kind = "base" if key == BASE_STEP else ws.params.stream[key].kind
+        if record is None:
+            steps.append({"id": key, "kind": kind, "decision": "pending"})
+            continue
+        steps.append(
+            {
+                "id": key,
+                "kind": kind,
+                "decision": record["decision"],
+                "version": record["version"],
+                "champion_after": record["champion_after"],
+                "reason": record["reason"],
+                "failing": record["failing"],
+                "metrics": record["metrics"],
+                "seconds": record.get("seconds"),
+            }
+        )
+    return {
+        "champion": champion,
+        "steps": steps,
+        "deleted_samples": len(log.hashed_ids()),
+        "requests": {rid: _request_status(e.data, log.resolved.get(rid)) for rid, e in log.requests.items()},
+        "pending_requests": log.pending,
+        "deletion_debt": {"samples": sum(debt.values()), "by_request": debt},
+        "ledger_entries": len(ws.ledger.verify()),
+        "tracking_uri": ws.params.registry.tracking_uri,
+        "model_name": ws.params.registry.model_name,
+    }
+
+
+def _request_status(request: dict[str, Any], resolved: Any) -> dict[str, Any]:
+    """One request: scope, size, resolution and how many of its forget checks were conclusive."""
+    out: dict[str, Any] = {"scope": request["scope"], "samples": request["count"], "resolved": resolved is not None}
+    if resolved is not None:
+        r = resolved.data
+        out |= {"method": r["method"], "exact": r["exact"], "version": r["version"], "evidence": r.get("evidence"), "note": r.get("note")}
+    return out
+
+
+def _evidence(request: dict[str, Any]) -> str:
+    evidence = request.get("evidence")
+    if not request["resolved"]:
+        return "pending"
+    if evidence is None:
+        return "not recorded (resolved before ume recorded controls)"
+    checks = evidence["passed"] + evidence["failed"] + evidence["inconclusive"]
+    shown = f"; shown by {', '.join(evidence['shown_by'])}" if evidence.get("shown_by") else "; nothing shown"
+    return f"{evidence['conclusive']}/{checks} checks conclusive{shown}"
+
+
+def _num(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """The human table printed at the end of ``make demo``."""
+    lines = []
+    champ = status["champion"]
+    if champ:
+        lines.append(f"champion: {status['model_name']} v{champ['version']} = {champ['composition']}")
+    else:
+        lines.append("champion: none yet (run `dvc repro`)")
+    debt = status["deletion_debt"]
+    lines.append(
+        f"deleted samples: {status['deleted_samples']}   pending requests: {', '.join(status['pending_requests']) or 'none'}   "
+        f"deletion debt: {debt['samples']} samples   ledger entries: {status['ledger_entries']}"
+    )
+    lines.append("")
+    width = max([18, *(len(s["id"]) for s in status["steps"])])
+    header = f"{'step':<{width}} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for s in status["steps"]:
+        m = s.get("metrics", {})
+        lines.append(
+            f"{s['id']:<{width}} {s['kind']:<9} {s['decision']:<9} {s.get('version', '-')!s:>4} {s.get('champion_after', '-')!s:>5} "
+            f"{_num(m, 'test_accuracy'):>8} {_num(m, 'retained_accuracy'):>8} {_num(m, 'canary_agreement'):>7} "
+            f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
+        )
+    if status["requests"]:
+        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'exact':<5}  evidence"]
+        for rid, r in status["requests"].items():
+            exact = "" if not r["resolved"] else ("yes" if r["exact"] else "no")
+            lines.append(f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {exact:<5}  {_evidence(r)}")
+    return "\n".join(lines)

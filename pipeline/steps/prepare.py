@@ -1,0 +1,25 @@
+"""The ``prepare`` stage: build the sample table into ``store/data`` and record its hash in the ledger."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from pipeline.core.faults import crash_point
+from pipeline.data import prepare_data
+from pipeline.records.workspace import Workspace
+
+
+def run_prepare(ws: Workspace) -> dict[str, Any]:
+    """Stage the table beside the old one and swap it in: a bad source leaves the prepared data as it was."""
+    staging = ws.data_dir.with_name(".data.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    info = prepare_data(ws.params, staging)
+    crash_point("prepare.staged")
+    if ws.data_dir.exists():
+        shutil.rmtree(ws.data_dir)
+    os.replace(staging, ws.data_dir)
+    ws.ledger.append("prepare", {"content_hash": info["content_hash"], "slices": info["slices"], "groups": info["groups"]})
+    return info
