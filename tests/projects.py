@@ -10,7 +10,7 @@ the same stream gives different numbers there):
   Quality itself is measured in ``bench/``, never asserted here.
 - **Perturbations.** ``UME_TEST_SEED`` (default 0) changes the seed of every test project (data split
   and training), and ``UME_TEST_THREADS`` the number of CPU threads every process uses (conftest), to
-  mimic another machine: the suite must pass under each (README, "Tests").
+  mimic another machine: the suite must pass under each (docs/testing.md).
 
 Templates: the repository's pipeline with tiny params, ``dvc repro base`` run once per test session
 (across pytest-xdist workers, under a file lock) and copied by every test that needs a trained base.

@@ -99,7 +99,7 @@ class TrainConfig:
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
-    num_nodes: int = 1  # machines in a multi-node DDP run (each starts `ume` with its NODE_RANK; README)
+    num_nodes: int = 1  # machines in a multi-node DDP run (each starts `ume` with its NODE_RANK; docs/scaling-out.md)
     global_batch: bool = True  # batch sizes are global: split among the DDP processes (same optimizer steps as one)
     precision: str = "32-true"
     num_workers: int = 0

@@ -232,7 +232,7 @@ class SplitGlobalBatch(L.Callback):
     """``batch_size`` is the global batch: with N processes each takes ``batch_size // N`` per step.
 
     A DDP run then makes as many optimizer steps per epoch as one process, with the same learning
-    rate schedule, and reaches the same accuracy (measured in the README); Lightning's own meaning
+    rate schedule, and reaches the same accuracy (measured in docs/scaling-out.md); Lightning's own meaning
     (each device takes the whole batch) halves the steps on two processes. Applies to training
     through a data module with a ``batch_size`` (the base and ``learn`` steps); loaders an operator
     builds itself keep their batch per device.

@@ -8,7 +8,7 @@ Integer-Arithmetic-Only Inference", CVPR; Krishnamoorthi 2018, arXiv:1806.08342)
 and the classifier head's reshape run on quantized tensors too; only the input quantize and the
 output dequantize are float. We use PyTorch's FX graph-mode flow (``torch.ao.quantization``):
 measured here, torchao 0.18's ``quantize_`` rejects Conv2d and its PT2E flow is slower than fp32
-on this CPU (README, "Compression").
+on this CPU (docs/compression.md).
 
 The transform component stores only the calibrated observer state (safetensors); composing
 re-runs ``prepare -> load observers -> convert`` on the float network, which is deterministic,
