@@ -144,10 +144,10 @@ def edit_cases(ws: Workspace, data: UmeData, manifest: Manifest, step: dict[str,
 
 
 def served_version(ws: Workspace, request_id: str) -> int | None:
-    """The un-forgotten control of a request: the champion its forget step started from (recorded
-    when the request was resolved), else the one it arrived on."""
+    """The un-forgotten control of a request: the champion its first forget step started from (recorded
+    when the request was first resolved; a two-phase deletion keeps it), else the one it arrived on."""
     log = DeletionLog.read(ws.ledger)
-    resolved = log.resolved.get(request_id)
+    resolved = log.first_resolved.get(request_id)
     if resolved is not None and resolved.data.get("control_version") is not None:
         return int(resolved.data["control_version"])
     steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request_id]
@@ -190,7 +190,10 @@ def forget_cases(
             label = None
             classes = set(trained.y.tolist())
             unseen = test.take([i for i, y in enumerate(test.y.tolist()) if y in classes])
-        version = current_champion[0] if rid == current_request else served_version(ws, rid)
+        # The request being processed is judged against the champion its step started from, unless an
+        # earlier phase already resolved it (that champion is then the approximately forgotten model).
+        first_time = rid == current_request and rid not in log.resolved
+        version = current_champion[0] if first_time else served_version(ws, rid)
         control, note = None, "no record of the version the request arrived on"
         if version is not None:
             if version not in controls:

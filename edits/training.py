@@ -1,7 +1,7 @@
 """Training helpers every method kind shares: seeded loaders and a Lightning module run for a fixed number of steps.
 
 Forget methods (NegGrad, SCRUB, SalUn, fine-tune) and the pruning fine-tune all train through
-:class:`StepsModule` and :func:`fit_steps`, with the Trainer the runner hands them (progress bar,
+:class:`StepsModule` and :func:`fit_steps`, with the Trainer the step lifecycle hands them (progress bar,
 MLflow logger, strategy), so none of them writes a loop of its own.
 """
 

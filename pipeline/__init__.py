@@ -1,7 +1,12 @@
-"""ume's engine: config, data, model composition, stream runner, gate, registry, ledger, CLI.
+"""ume's engine, in floors (imports only go down; ``tests/test_layers.py`` enforces it)::
 
-Import floors (imports only go down), see ``docs/architecture.md``::
+    cli
+    steps (the one step lifecycle and a module per step kind), reports (status, audit, certificate)
+    behaviors/, edits/          (outside this package)
+    records (ledger, registry, gate, deletion, debt, history, workspace)
+    data (sample table, data module, sources)
+    model (network, components, manifests, composition, LoRA, deltas, pruning, int8)
+    core (config, errors, fault points, ranks, temporary files, Markdown)
 
-    cli -> runner -> (behaviors, edits, gate, compose, data) -> (model, lineage, registry)
-        -> (components, config, ledger, errors)
+See ``docs/architecture.md``.
 """

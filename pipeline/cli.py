@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -74,22 +72,38 @@ def _print_outcome(record: dict) -> None:
     print(f"[{record['id']}] champion: v{record['champion_after']}  ({record['seconds']} s)")
 
 
+def _as_of(text: str | None):
+    """``--as-of``: judge deadlines at this time (an audit of the past, or a test's fake clock)."""
+    if text is None:
+        return None
+    from pipeline.records.debt import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise ConfigError(f"expected an ISO 8601 time such as 2027-01-31T00:00:00Z, got {text!r}", field="--as-of") from None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.records.workspace import Workspace
     from pipeline.reports.status import collect_status, render_status
 
     ws = Workspace.open(args.params)
-    status = collect_status(ws)
+    status = collect_status(ws, now=_as_of(args.as_of))
     print(json.dumps(status, indent=1) if args.json else render_status(status))
     if args.check:
         blocked = [s["id"] for s in status["steps"] if s["decision"] == "blocked"]
         pending = [s["id"] for s in status["steps"] if s["decision"] == "pending"]
         requests = status["pending_requests"]
-        if blocked or pending or requests:
+        overdue = status["overdue_requests"]
+        debt = status["deletion_debt"]
+        if blocked or pending or requests or overdue or debt["over_sample_limit"]:
             parts = (
                 f"blocked: {', '.join(blocked)}" if blocked else "",
                 f"pending: {', '.join(pending)}" if pending else "",
                 f"deletion requests not yet honoured: {', '.join(requests)}" if requests else "",
+                f"deletion deadline passed (received + {debt['max_days']:g} days): {', '.join(overdue)}" if overdue else "",
+                f"deletion debt {debt['samples']} samples > deletion.max_debt_samples {debt['max_samples']}" if debt["over_sample_limit"] else "",
             )
             what = "; ".join(p for p in parts if p)
             print(f"ume status --check: {what}", file=sys.stderr)
@@ -111,33 +125,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_CHECK_FAILED
 
 
-STREAM_LINE = re.compile(r"^stream:\s*(#.*)?$")
-
 
 def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
     """Append one step to ``stream:`` keeping the file's comments; ``stream`` must be the last section."""
-    new_text = stream_text_with(params_path, key, entry)
-    tmp = params_path.with_name(f".{params_path.name}.tmp")
-    tmp.write_text(new_text)
-    os.replace(tmp, params_path)
+    from pipeline.core.streamfile import stream_text_with, write_stream_text
 
-
-def stream_text_with(params_path: Path, key: str, entry: dict) -> str:
-    """The text of ``params_path`` with one step appended to ``stream:``, validated; nothing is written."""
-    text = params_path.read_text()
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if STREAM_LINE.match(line)]
-    if not starts:
-        raise ConfigError("cannot append a step: no block-style 'stream:' section", file=str(params_path), field="stream")
-    later = [line for line in lines[starts[0] + 1 :] if line and not line[0].isspace() and not line.startswith("#")]
-    if later:
-        raise ConfigError("cannot append a step: 'stream' must be the last section of the file", file=str(params_path), field="stream")
-    block = yaml.safe_dump({key: entry}, sort_keys=False, default_flow_style=False)
-    new_text = text.rstrip("\n") + "\n" + "".join(f"  {line}\n" for line in block.splitlines())
-    from pipeline.core.config import parse_params
-
-    parse_params(yaml.safe_load(new_text), file=str(params_path))
-    return new_text
+    write_stream_text(params_path, stream_text_with(params_path, {key: entry}))
 
 
 def _run_appended_step(params_path: Path, key: str) -> int:
@@ -239,14 +232,19 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     key = steps[0] if steps else None
     new_text = None
     if key is None:
+        from edits.forget import EXACT_METHODS
+        from pipeline.core.streamfile import new_step_key, stream_text_with
+
         stream = ws.params.stream
-        key = f"forget-{len(stream) + 1:02d}"
-        while key in stream:
-            key += "x"
-        entry: dict = {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}
+        key = new_step_key(stream, "forget")
+        entries: dict = {key: {"kind": "forget", "parent": list(stream)[-1] if stream else "base", "request": request.id}}
         if args.method:
-            entry["method"] = args.method
-        new_text = stream_text_with(params_path, key, entry)  # validated before anything is written
+            entries[key]["method"] = args.method
+        if args.method and args.method not in EXACT_METHODS and not args.defer_exact:
+            # Two-phase deletion: the approximate step serves a forgotten model at once, the exact step
+            # right after it (same `dvc repro`) replaces its overlay and pays the deletion debt.
+            entries[f"{key}-exact"] = {"kind": "forget", "parent": key, "request": request.id, "method": "exact"}
+        new_text = stream_text_with(params_path, entries)  # validated before anything is written
     # Write-ahead: the ledger first. From here on no consumer reads the samples, and a crash before the
     # request file or the stream step is written leaves the request visible (`ume status --check`);
     # running the same `ume forget` again finishes it.
@@ -256,11 +254,12 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         write_request(request, ws.params.requests_dir)
     crash_point("forget.request_written")
     if new_text is not None:
-        tmp = params_path.with_name(f".{params_path.name}.tmp")
-        tmp.write_text(new_text)
-        os.replace(tmp, params_path)
+        from pipeline.core.streamfile import write_stream_text
+
+        write_stream_text(params_path, new_text)
     print(f"received deletion request {request.id}: {request.describe()} -> {len(sample_ids)} samples, now excluded from all data use")
-    print(f"request file {existing}; stream step {key}; run `dvc repro` to honour it")
+    phases = f"stream steps {key} ({args.method}) then {key}-exact (exact)" if new_text and f"{key}-exact:" in new_text else f"stream step {key}"
+    print(f"request file {existing}; {phases}; run `dvc repro` to honour it")
     return 0
 
 
@@ -301,7 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_step)
     p = sub.add_parser("status", help="champion, steps and decisions, deleted samples")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--check", action="store_true", help="exit 1 when any stream step is blocked or pending, or a deletion request is not yet honoured")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any stream step is blocked or pending, a deletion request is not yet honoured, "
+        "a deletion deadline has passed, or the deletion debt exceeds deletion.max_debt_samples",
+    )
+    p.add_argument("--as-of", help="judge deletion deadlines at this UTC time (ISO 8601) instead of now")
     p.set_defaults(fn=_cmd_status)
     sub.add_parser("audit", help="verify the ledger's hash chain and that the registry agrees").set_defaults(fn=_cmd_audit)
     p = sub.add_parser("rollback", help="append a rollback step to the stream and run it now")
@@ -317,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--label", help="a whole class (class name)")
     group.add_argument("--group", help="every sample of this group")
     p.add_argument("--reason", required=True, help="legal basis or ticket, e.g. 'GDPR art. 17'")
-    p.add_argument("--method", help="unlearning method (default: exact; see docs)")
+    p.add_argument("--method", help="unlearning method (default: exact; see docs/deletion.md)")
+    p.add_argument(
+        "--defer-exact",
+        action="store_true",
+        help="with an approximate --method: do not append the exact step now; it is appended when a deletion-debt limit is reached",
+    )
     p.set_defaults(fn=_cmd_forget)
     p = sub.add_parser(
         "bench",

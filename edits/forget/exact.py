@@ -8,6 +8,11 @@ trained on top of it, are retrained with their recorded settings (learn and edit
 the remaining data; overlays
 below are kept as they are. Exact by construction. When the clean base itself is affected, fall
 back to ``base_fallback``: ``retrain`` (exact) or an approximate method (recorded deletion debt).
+
+The second phase of a two-phase deletion: when an approximate method already served the request,
+its forget overlays (those that ``cover`` the request's samples, not exact) are dropped, and every
+overlay trained above them is retrained too (it was trained on a model they shaped), so the result
+replaces the approximate overlay and pays the deletion debt.
 """
 
 from __future__ import annotations
@@ -52,11 +57,12 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         change.notes.update({"reason": f"base affected: approximate {config.base_fallback}, deletion debt recorded", "debt": True})
         return change
     sidecars = [store.sidecar(cid) for cid in manifest.overlays]
+    approximate = [i for i, sc in enumerate(sidecars) if set(sc.meta.get("covers", [])) & forget and not sc.meta.get("exact")]
     affected = [i for i, sc in enumerate(sidecars) if set(sc.lineage) & forget]
-    if not affected:
+    if not affected and not approximate:
         return Change(notes={"reason": "no component of the champion was trained on these samples", "exact": True})
-    first = affected[0]
-    suffix = list(zip(sidecars[first:], manifest.overlay_steps[first:], strict=True))
+    first = min(affected + approximate)
+    suffix = [(sc, step) for i, (sc, step) in enumerate(zip(sidecars, manifest.overlay_steps, strict=True)) if i >= first and i not in approximate]
     if any(sc.kind != "lora" or sc.meta.get("method") not in REPLAYABLE for sc, _ in suffix):
         change = retrain_from_scratch(net, data, RetrainConfig(), env)
         change.notes["reason"] = "an overlay without a replayable recipe (a merge or a forget delta) sits above the affected one: full retrain"
@@ -77,8 +83,7 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         drafts.append(draft)
         current = fold_lora(copy.deepcopy(current), draft.tensors, LoraSettings.from_json(draft.meta["lora"])).eval()
         lineage |= set(draft.lineage)
-    return Change(
-        drafts=drafts,
-        keep_overlays=first,
-        notes={"exact": True, "retrained_steps": [s for _, s in suffix], "kept_overlays": first},
-    )
+    notes = {"exact": True, "retrained_steps": [s for _, s in suffix], "kept_overlays": first}
+    if approximate:
+        notes["replaced_approximate"] = [manifest.overlay_steps[i] for i in approximate]
+    return Change(drafts=drafts, keep_overlays=first, notes=notes)

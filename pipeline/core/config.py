@@ -108,6 +108,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DeletionConfig:
+    """``deletion``: how long a request may be served only approximately (deletion debt).
+
+    A request whose samples some served component still carries (an approximate method covered
+    them) is *in debt*. Its deadline is ``received + max_debt_days``; the stream also pays when the
+    served champion's debt exceeds ``max_debt_samples`` samples in all. When a limit is reached,
+    ume appends the exact step (``pay-<request>``) to the stream; `ume status --check` fails
+    once a deadline has passed.
+    """
+
+    max_debt_days: float = 30.0
+    max_debt_samples: int = 100
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     """``behaviors.references``: the reference bank of the per-sample membership test.
 
@@ -174,6 +189,7 @@ class Params:
     train: TrainConfig
     behaviors: BehaviorsConfig
     stream: dict[str, StepConfig]
+    deletion: DeletionConfig = DeletionConfig()
 
     @property
     def store(self) -> Path:
@@ -400,6 +416,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         "model": ModelConfig,
         "train": TrainConfig,
         "behaviors": BehaviorsConfig,
+        "deletion": DeletionConfig,
         "stream": None,
     }
     for key in raw:
@@ -414,6 +431,10 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     _validate_data(parsed["data"], file)
     _validate_train(parsed["train"], file)
     _validate_references(parsed["behaviors"].references, file)
+    if not parsed["deletion"].max_debt_days >= 0:
+        raise ConfigError(f"expected a number of days >= 0, got {parsed['deletion'].max_debt_days}", file=file, field="deletion.max_debt_days")
+    if parsed["deletion"].max_debt_samples < 0:
+        raise ConfigError(f"expected a sample count >= 0, got {parsed['deletion'].max_debt_samples}", file=file, field="deletion.max_debt_samples")
     if parsed["model"].num_classes < 2:
         raise ConfigError("expected at least 2 classes", file=file, field="model.num_classes")
     return Params(file=file, seed=seed, stream=_parse_stream(raw.get("stream"), file), **parsed)

@@ -35,6 +35,7 @@ REQUEST_ENTRY = DELETION_ENTRY  # what the data layer's filter reads
 REPEAT_ENTRY = "deletion_repeated"
 RESOLVED_ENTRY = "deletion_resolved"
 REVOKED_ENTRY = "revocation"
+EXACT_METHODS = ("exact", "retrain")  # forget methods after which no served component carries the samples
 SELECTOR_KINDS = ("owner", "samples", "label", "group")
 REQUESTS_DIR = Path("requests")
 
@@ -173,7 +174,9 @@ class DeletionLog:
     """The deletion state read from the ledger."""
 
     requests: dict[str, Entry] = field(default_factory=dict)
-    resolved: dict[str, Entry] = field(default_factory=dict)
+    resolved: dict[str, Entry] = field(default_factory=dict)  # the latest resolution of each request
+    first_resolved: dict[str, Entry] = field(default_factory=dict)  # its first (phase 1 of a two-phase deletion)
+    resolutions: dict[str, list[Entry]] = field(default_factory=dict)  # every resolution, in ledger order
 
     @classmethod
     def read(cls, ledger: Ledger) -> DeletionLog:
@@ -184,6 +187,8 @@ class DeletionLog:
                 log.requests.setdefault(entry.data["request_id"], entry)
             elif entry.type == RESOLVED_ENTRY:
                 log.resolved[entry.data["request_id"]] = entry
+                log.first_resolved.setdefault(entry.data["request_id"], entry)
+                log.resolutions.setdefault(entry.data["request_id"], []).append(entry)
         return log
 
     def hashed_ids(self, request_ids: Iterable[str] | None = None) -> set[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.markdown import markdown_to_html
+from pipeline.records.debt import debts_of
 from pipeline.records.deletion import REPEAT_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
 from pipeline.records.workspace import Workspace
 
@@ -82,7 +83,10 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
     entry = log.requests[request_id]
     hashed = set(entry.data["hashed_ids"])
     resolved = log.resolved.get(request_id)
-    step_key = _forget_step(ws, request_id)
+    phases = log.resolutions.get(request_id, [])
+    step_key = resolved.step if resolved is not None and resolved.step else _forget_step(ws, request_id)
+    steps = {e.step for e in phases if e.step} | ({step_key} if step_key else set())
+    debt = next(d for d in debts_of(ws) if d.request_id == request_id)
     lines = [
         f"# Deletion certificate `{request_id}`",
         "",
@@ -95,7 +99,9 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
         f"| received | {request.received} |",
         f"| samples resolved | {entry.data['count']} |",
         f"| scope | {entry.data['scope']} |",
-        f"| status | {'resolved' if resolved else 'pending'} |",
+        f"| status | {'resolved' if resolved else 'pending'} ({debt.state}) |",
+        f"| deadline | {debt.deadline} (received + {ws.params.deletion.max_debt_days:g} days) |",
+        f"| became exact | {debt.exact_since or 'not yet'} |",
         "",
         "## How it was honoured",
         "",
@@ -113,6 +119,12 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
             f"| current champion | {ws.registry.champion()} |",
             "",
         ]
+        if len(phases) > 1:  # a two-phase deletion: approximate at once, then exact
+            lines += ["Phases:", "", "| phase | step | method | exact | version | debt samples | recorded |", "|---|---|---|---|---|---|---|"]
+            for number, e in enumerate(phases, start=1):
+                d = e.data
+                lines.append(f"| {number} | `{e.step}` | {d['method']} | {'yes' if d['exact'] else 'no'} | v{d['version']} | {d['debt_samples']} | {e.time} |")
+            lines.append("")
     else:
         lines += ["The request is received and its samples are excluded from all data use; the model step is pending.", ""]
     lines += ["## Components affected", "", "| component | kind | influenced by | covers | made by |", "|---|---|---|---|---|"]
@@ -134,7 +146,7 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
         lines.append("No forget step has run for this request yet.")
     lines += ["", "## Ledger entries", "", "| seq | type | step | hash |", "|---|---|---|---|"]
     for e in ws.ledger.verify():
-        related = e.data.get("request_id") == request_id or (step_key and e.step == step_key) or e in revoked
+        related = e.data.get("request_id") == request_id or (e.step in steps) or e in revoked
         if related or (e.type == REPEAT_ENTRY and e.data.get("request_id") == request_id):
             lines.append(f"| {e.seq} | {e.type} | {e.step or ''} | `{e.hash}` |")
     lines += ["", f"Ledger head: `{ws.ledger.head()}` (verify with `ume audit`).", "", "## Hashed sample ids", ""]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.core.config import BASE_STEP
+from pipeline.records.debt import request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.records.workspace import Workspace
 
 
-def collect_status(ws: Workspace) -> dict[str, Any]:
-    """Status as a JSON-ready mapping (the same data ``--json`` prints)."""
+def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]:
+    """Status as a JSON-ready mapping (the same data ``--json`` prints); deadlines are judged at ``now``."""
+    now = now or datetime.now(UTC)
     champion_version = ws.registry.champion()
     champion: dict[str, Any] | None = None
     log = DeletionLog.read(ws.ledger)
@@ -46,13 +49,23 @@ def collect_status(ws: Workspace) -> dict[str, Any]:
                 "seconds": record.get("seconds"),
             }
         )
+    debts = {d.request_id: d for d in request_debts(log, debt, ws.params.deletion, now)}
+    requests = {rid: _request_status(e.data, log.resolved.get(rid)) | _deadline(debts[rid]) for rid, e in log.requests.items()}
     return {
+        "as_of": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "champion": champion,
         "steps": steps,
         "deleted_samples": len(log.hashed_ids()),
-        "requests": {rid: _request_status(e.data, log.resolved.get(rid)) for rid, e in log.requests.items()},
+        "requests": requests,
         "pending_requests": log.pending,
-        "deletion_debt": {"samples": sum(debt.values()), "by_request": debt},
+        "overdue_requests": [rid for rid, r in requests.items() if r["state"] == "overdue"],
+        "deletion_debt": {
+            "samples": sum(debt.values()),
+            "by_request": debt,
+            "max_samples": ws.params.deletion.max_debt_samples,
+            "max_days": ws.params.deletion.max_debt_days,
+            "over_sample_limit": sum(debt.values()) > ws.params.deletion.max_debt_samples,
+        },
         "ledger_entries": len(ws.ledger.verify()),
         "tracking_uri": ws.params.registry.tracking_uri,
         "model_name": ws.params.registry.model_name,
@@ -66,6 +79,11 @@ def _request_status(request: dict[str, Any], resolved: Any) -> dict[str, Any]:
         r = resolved.data
         out |= {"method": r["method"], "exact": r["exact"], "version": r["version"], "evidence": r.get("evidence"), "note": r.get("note")}
     return out
+
+
+def _deadline(debt: Any) -> dict[str, Any]:
+    """Age, deadline, state (pending / debt / overdue / exact) and when it became exact."""
+    return {"age_days": debt.age_days, "deadline": debt.deadline, "state": debt.state, "exact_since": debt.exact_since}
 
 
 def _evidence(request: dict[str, Any]) -> str:
@@ -94,8 +112,10 @@ def render_status(status: dict[str, Any]) -> str:
     debt = status["deletion_debt"]
     lines.append(
         f"deleted samples: {status['deleted_samples']}   pending requests: {', '.join(status['pending_requests']) or 'none'}   "
-        f"deletion debt: {debt['samples']} samples   ledger entries: {status['ledger_entries']}"
+        f"deletion debt: {debt['samples']} samples (limit {debt['max_samples']})   ledger entries: {status['ledger_entries']}"
     )
+    if status["overdue_requests"]:
+        lines.append(f"OVERDUE (past received + {debt['max_days']:g} days as of {status['as_of']}): {', '.join(status['overdue_requests'])}")
     lines.append("")
     width = max([18, *(len(s["id"]) for s in status["steps"])])
     header = f"{'step':<{width}} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
@@ -109,8 +129,10 @@ def render_status(status: dict[str, Any]) -> str:
             f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
         )
     if status["requests"]:
-        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'exact':<5}  evidence"]
+        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'state':<8} {'age':>6} {'deadline':<11}  evidence"]
         for rid, r in status["requests"].items():
-            exact = "" if not r["resolved"] else ("yes" if r["exact"] else "no")
-            lines.append(f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {exact:<5}  {_evidence(r)}")
+            deadline = "-" if r["state"] == "exact" else r["deadline"][:10]
+            lines.append(
+                f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {r['state']:<8} {r['age_days']:>5.1f}d {deadline:<11}  {_evidence(r)}"
+            )
     return "\n".join(lines)

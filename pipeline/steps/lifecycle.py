@@ -10,14 +10,17 @@ already in the ledger is finished from it rather than built again.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from behaviors.suite import BehaviorResult
 from pipeline.core.config import BASE_STEP, Params
+from pipeline.core.errors import UmeError
 from pipeline.core.faults import crash_point
 from pipeline.core.tempfiles import sweep_stale_temporaries
 from pipeline.model.net import check_arch, check_checkpoint
 from pipeline.records import gate
+from pipeline.records.debt import schedule_due_deletions
 from pipeline.records.revocation import revoke_unservable_versions
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import StepContext, StepOutcome, current_champion
@@ -54,7 +57,19 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
 
 
 def run_stage(ctx: StepContext) -> StepOutcome:
-    """The phases every stage goes through, in order."""
+    """The phases every stage goes through, then the deletion-debt schedule (an exact step when a limit is reached)."""
+    outcome = _run_phases(ctx)
+    if ctx.ws.primary:
+        try:
+            for key in schedule_due_deletions(ctx.ws):
+                print(f"deletion debt: a limit in `deletion` is reached; appended the exact step {key} to the stream (run `dvc repro`)")
+        except UmeError as exc:  # the stage itself succeeded: say what to do instead of failing it
+            print(f"deletion debt is due but no exact step could be appended ({exc}); add one by hand", file=sys.stderr)
+    return outcome
+
+
+def _run_phases(ctx: StepContext) -> StepOutcome:
+    """Plan and refuse, start, operate, evaluate and gate, act on the decision, record."""
     ws, kind = ctx.ws, step_kind(ctx.kind)
     sweep_stale_temporaries(ws.output_dir)  # a DDP follower: only its own scratch
     gate.reconcile(ws.ledger, ws.registry)

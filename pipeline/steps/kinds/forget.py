@@ -83,10 +83,17 @@ def check_covers(ws: Workspace, manifest: Manifest, request: DeletionRequest, me
 def resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: str, outcome: StepOutcome) -> None:
     """Record that the promoted version no longer carries the request's samples, and what shows it."""
     manifest = ws.versions.load(outcome.record["manifest_hash"])
-    debt = deletion_debt(manifest, ws.components, DeletionLog.read(ws.ledger)).get(request.id, 0)
+    log = DeletionLog.read(ws.ledger)
+    debt = deletion_debt(manifest, ws.components, log).get(request.id, 0)
+    earlier, first = log.resolved.get(request.id), log.first_resolved.get(request.id)
     evidence = forget_evidence(outcome.results).get(request.id, {"checks": [], "passed": 0, "failed": 0, "inconclusive": 0, "conclusive": 0})
     shown = [c["check"] for c in evidence["checks"] if c["verdict"] == "passed"]
-    if debt == 0:
+    if debt == 0 and earlier is not None and not earlier.data.get("exact"):
+        note = (
+            f"exact (phase 2): replaces the approximate {earlier.data['method']} overlay of v{earlier.data['version']}; "
+            f"the deletion debt of {earlier.data.get('debt_samples', 0)} samples is paid"
+        )
+    elif debt == 0:
         note = "exact: no served component carries the samples"
     elif shown:
         note = f"approximate, shown by {', '.join(shown)} (control failed, candidate passed); deletion debt until an exact step"
@@ -101,7 +108,9 @@ def resolve_request(ws: Workspace, key: str, request: DeletionRequest, method: s
             "method": method,
             "exact": debt == 0,
             "debt_samples": debt,
-            "control_version": outcome.record["champion_before"],
+            "control_version": first.data.get("control_version") if first is not None else outcome.record["champion_before"],
+            "phase": 1 if earlier is None else int(earlier.data.get("phase", 1)) + 1,
+            "replaces": {k: earlier.data[k] for k in ("version", "method", "exact", "debt_samples")} if earlier is not None else None,
             "evidence": {k: evidence[k] for k in ("conclusive", "passed", "failed", "inconclusive")} | {"shown_by": shown},
             "note": note,
         },
@@ -166,7 +175,8 @@ class ForgetKind(StepKind):
     def promoted(self, ctx: StepContext, outcome: StepOutcome) -> None:
         """Resolve the request (once: a resumed step may have resolved it before its crash)."""
         request = ctx.plan.request
-        if outcome.record.get("resumed") and request.id in DeletionLog.read(ctx.ws.ledger).resolved:
+        by_this_step = [e for e in DeletionLog.read(ctx.ws.ledger).resolutions.get(request.id, []) if e.step == ctx.key]
+        if outcome.record.get("resumed") and by_this_step:
             return
         method = str(outcome.record.get("notes", {}).get("method", "")).split("/")[-1]
         resolve_request(ctx.ws, ctx.key, request, method, outcome)

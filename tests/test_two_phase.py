@@ -1,0 +1,200 @@
+"""Two-phase deletion and deletion debt with a deadline (issue 15, items 3 and 4).
+
+An approximate method serves a forgotten model first; the exact step right after it replaces the
+approximate overlay and pays the debt; deadlines are judged with ``ume status --as-of`` (a fake
+clock); a limit reached appends the exact step by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from edits import OperatorEnv, get_method
+from pipeline.cli import main
+from pipeline.core.config import DeletionConfig
+from pipeline.data import open_data
+from pipeline.data.table import SampleTable
+from pipeline.model.compose import compose
+from pipeline.model.lineage import version_lineage
+from pipeline.model.net import make_trainer
+from pipeline.records.debt import due_requests, parse_time, request_debts
+from pipeline.records.deletion import DeletionLog, deletion_debt, ingest, make_request, resolve
+from pipeline.records.ledger import Entry
+from pipeline.steps import open_workspace, run_step
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return int(info.value.code)
+
+
+def stream(params: Path) -> dict:
+    return yaml.safe_load(params.read_text())["stream"]
+
+
+# This file tests the plumbing of the two phases, never a model's quality: every quality bound but the
+# forget checks is set where no tiny model can reach it (a class deletion moves group gaps and recalls).
+PERMISSIVE = {
+    "max_test_accuracy_drop": 1.0,
+    "max_retained_accuracy_drop": 1.0,
+    "max_class_recall_drop": 1.0,
+    "min_canary_agreement": 0.0,
+    "max_calibration_error_increase": 1.0,
+    "max_group_accuracy_gap": 1.0,
+    "max_group_gap_increase": 1.0,
+}
+
+
+def permissive(params: Path, **sections: dict) -> None:
+    raw = yaml.safe_load(params.read_text())
+    raw["behaviors"]["thresholds"].update(PERMISSIVE)
+    raw.update(sections)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _entry(seq: int, type_: str, data: dict, time: str = "2026-11-01T00:00:00Z") -> Entry:
+    return Entry(seq, time, type_, None, data, "", "")
+
+
+def test_deadlines_and_the_sample_cap_decide_which_requests_are_due() -> None:
+    log = DeletionLog()
+    for rid, received in (("del-a", "2026-10-01T00:00:00Z"), ("del-b", "2026-11-25T00:00:00Z"), ("del-c", "2026-11-20T00:00:00Z")):
+        log.requests[rid] = _entry(1, "deletion_request", {"request_id": rid, "received": received})
+    exact = _entry(5, "deletion_resolved", {"request_id": "del-c", "exact": True}, time="2026-11-21T10:00:00Z")
+    log.resolved["del-c"] = log.first_resolved["del-c"] = exact
+    log.resolutions["del-c"] = [exact]
+    for rid in ("del-a", "del-b"):
+        approx = _entry(4, "deletion_resolved", {"request_id": rid, "exact": False})
+        log.resolved[rid] = log.first_resolved[rid] = approx
+        log.resolutions[rid] = [approx]
+    debt = {"del-a": 8, "del-b": 5}
+    now = parse_time("2026-11-30T00:00:00Z")
+    config = DeletionConfig(max_debt_days=30, max_debt_samples=100)
+    debts = {d.request_id: d for d in request_debts(log, debt, config, now)}
+    assert debts["del-a"].state == "overdue" and debts["del-a"].deadline == "2026-10-31T00:00:00Z"
+    assert debts["del-b"].state == "debt" and debts["del-b"].age_days == 5.0
+    assert debts["del-c"].state == "exact" and debts["del-c"].exact_since == "2026-11-21T10:00:00Z"
+    assert due_requests(list(debts.values()), config, now) == ["del-a"]
+    # The cap: 13 samples of debt against a cap of 10 makes every request in debt due, overdue or not.
+    assert due_requests(list(debts.values()), DeletionConfig(max_debt_days=30, max_debt_samples=10), now) == ["del-a", "del-b"]
+    # A year later nothing exact turns overdue.
+    later = request_debts(log, debt, config, now + timedelta(days=365))
+    assert {d.request_id: d.state for d in later} == {"del-a": "overdue", "del-b": "overdue", "del-c": "exact"}
+
+
+def test_two_phase_deletion_serves_approximately_then_replaces_it_exactly(trained_copy: Path, capsys) -> None:
+    params = trained_copy / "params.yaml"
+    permissive(params)
+    assert cli("forget", "--label", "3", "--reason", "class retired", "--method", "salun") == 0
+    steps = stream(params)
+    first, second = list(steps)[-2:]
+    assert second == f"{first}-exact" and steps[second] == {"kind": "forget", "parent": first, "request": steps[first]["request"], "method": "exact"}
+    rid = steps[first]["request"]
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"][first]["fallback"] = "none"  # phase 1 is about the approximate path (its quality is the bench's job)
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    record = run_step(open_workspace(), first).record
+    assert record["decision"] == "promoted", record["failing"]
+    ws = open_workspace()
+    served = ws.versions.load(record["manifest_hash"])
+    assert sum(deletion_debt(served, ws.components, DeletionLog.read(ws.ledger)).values()) > 0
+    received = parse_time(DeletionLog.read(ws.ledger).requests[rid].data["received"])
+    capsys.readouterr()
+    late = (received + timedelta(days=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert cli("status", "--check", "--as-of", late) == 1
+    err = capsys.readouterr().err
+    assert f"deletion deadline passed (received + 30 days): {rid}" in err, err
+    assert cli("status", "--as-of", "not-a-time") == 2
+
+    record = run_step(open_workspace(), second).record
+    ws = open_workspace()
+    manifest = ws.versions.load(record["manifest_hash"])
+    log = DeletionLog.read(ws.ledger)
+    assert not deletion_debt(manifest, ws.components, log), "phase 2 leaves no debt"
+    assert not version_lineage(manifest, ws.components) & log.hashed_ids([rid])
+    assert record["decision"] == "promoted", record["failing"]
+    phases = log.resolutions[rid]
+    assert [e.data["exact"] for e in phases] == [False, True] and [e.data["phase"] for e in phases] == [1, 2]
+    assert phases[1].data["replaces"]["method"] == "salun" and "deletion debt of" in phases[1].data["note"]
+    assert phases[1].data["control_version"] == phases[0].data["control_version"]  # still the un-forgotten model
+    capsys.readouterr()
+    cli("status", "--check", "--as-of", late)  # still fails: this test ran only some of the stream's steps
+    assert "deletion deadline passed" not in capsys.readouterr().err
+    assert cli("status", "--json", "--as-of", late) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["requests"][rid]["state"] == "exact" and status["deletion_debt"]["samples"] == 0 and not status["overdue_requests"]
+    assert cli("certificate", rid) == 0
+    text = Path("certificates", f"{rid}.md").read_text()
+    assert "Phases:" in text and "| 1 |" in text and "| 2 |" in text and "became exact | 20" in text
+
+
+def test_a_reached_limit_appends_the_exact_step_by_itself(trained_copy: Path) -> None:
+    params = trained_copy / "params.yaml"
+    permissive(params, deletion={"max_debt_days": 30, "max_debt_samples": 0})  # any debt is too much
+    assert cli("forget", "--label", "3", "--reason", "class retired", "--method", "salun", "--defer-exact") == 0
+    key = list(stream(params))[-1]
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"][key]["fallback"] = "none"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    record = run_step(open_workspace(), key).record
+    assert record["decision"] == "promoted", record["failing"]
+    rid = raw["stream"][key]["request"]
+    steps = stream(params)
+    assert list(steps)[-1] == f"pay-{rid}" and steps[f"pay-{rid}"] == {"kind": "forget", "parent": key, "request": rid, "method": "exact"}
+    run_step(open_workspace(), "s01")  # a later stage appends no second exact step for the same request
+    assert [k for k in stream(params) if k.startswith("pay-")] == [f"pay-{rid}"]
+
+
+def test_exact_drops_the_approximate_overlay_and_retrains_only_what_sat_above_it(trained_copy: Path) -> None:
+    ws = open_workspace()
+    assert run_step(ws, "s01").record["decision"] == "promoted"
+    ws = open_workspace()
+    champion = ws.manifest_of(ws.registry.champion())
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
+    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
+    request = make_request({"owner": owner}, "t", "finetune")
+    ingest(ws.ledger, request, resolve(request, SampleTable.load(ws.data_dir)))
+    data = open_data(ws.data_dir, ws.ledger, seed=0)
+
+    def env_for(manifest):
+        return OperatorEnv(
+            step="f",
+            seed=0,
+            make_trainer=lambda epochs, steps=-1: make_trainer(ws.params.train, max_epochs=epochs, max_steps=steps),
+            champion_lineage=frozenset(version_lineage(manifest, ws.components)),
+            champion_manifest=manifest,
+            components=ws.components,
+            request=request,
+            forget_ids=frozenset(DeletionLog.read(ws.ledger).hashed_ids([request.id])),
+        )
+
+    approx = get_method("forget", "finetune")
+    net = compose(champion, ws.components)
+    for p in net.parameters():
+        p.requires_grad_(True)  # as the lifecycle hands a network to an operator
+    (delta,) = approx.fn(net, data, approx.parse_config({"steps": 5}, where="t", file="t"), env_for(champion)).drafts
+    served = champion.with_overlay(ws.components.save(delta, parent=champion.hash).id, "f-approx")
+    exact = get_method("forget", "exact")
+    change = exact.fn(compose(served, ws.components), data, exact.parse_config({}, where="t", file="t"), env_for(served))
+    assert change.notes["replaced_approximate"] == ["f-approx"] and change.notes["retrained_steps"] == ["s01"]
+    assert change.keep_overlays == 0 and len(change.drafts) == 1 and change.drafts[0].meta["method"] == "learn/lora"
+    assert not set(change.drafts[0].lineage) & env_for(served).forget_ids
+
+
+def test_status_json_reports_age_deadline_and_state_per_request(trained_copy: Path, capsys) -> None:
+    owner = str(pd.read_csv(trained_copy / "store" / "data" / "samples.csv").query("slice == 'u1'")["owner"].iloc[0])
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17") == 0
+    capsys.readouterr()
+    now = datetime.now(UTC) + timedelta(days=40)
+    assert cli("status", "--json", "--as-of", now.strftime("%Y-%m-%dT%H:%M:%SZ")) == 0
+    status = json.loads(capsys.readouterr().out)
+    (request,) = status["requests"].values()
+    assert request["state"] == "overdue" and request["age_days"] >= 40 and status["overdue_requests"]
