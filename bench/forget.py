@@ -155,8 +155,8 @@ def build_setup(seed: int) -> Setup:
 
 
 def _owners(train: SampleSet) -> list[str]:
-    """Training owners in first-seen order (deterministic for a table)."""
-    return list(dict.fromkeys(train.owners))
+    """Training owners in first-seen order (deterministic for a table); licensed samples have none."""
+    return [o for o in dict.fromkeys(train.owners) if o]
 
 
 def make_scenario(name: str, setup: Setup) -> Scenario:

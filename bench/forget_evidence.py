@@ -287,7 +287,7 @@ def member_scores(setup: Setup, net: nn.Module, samples: SampleSet) -> np.ndarra
 def make_requests(setup: Setup, counts: dict[str, int]) -> list[Request]:
     """The requests of one seed (deterministic in the seed)."""
     pool, rng = setup.pool, np.random.default_rng(10_000 + setup.seed)
-    owners = list(dict.fromkeys(pool.owners))
+    owners = [o for o in dict.fromkeys(pool.owners) if o]  # licensed samples have no owner
     ids_of = {o: tuple(s for s, w in zip(pool.sample_ids, pool.owners, strict=True) if w == o) for o in owners}
     requests: list[Request] = []
     maps = setup.notes["key_maps"]

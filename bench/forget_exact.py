@@ -137,16 +137,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--owners-per-slice", type=int, default=10, help="owners deleted per slice, layout and seed (0: skip that part)")
     args = parser.parse_args(argv)
+    from bench.layouts import LAYOUTS, bench_layout, choose_layout, owners_markdown
+
     started = time.time()
+    log = lambda m: print(m, flush=True)  # noqa: E731
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
-        rows += bench_seed(seed, log=lambda m: print(m, flush=True))
+        rows += bench_seed(seed, log=log)
+    owners: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    if args.owners_per_slice:
+        for seed in args.seeds:
+            for layout in LAYOUTS:
+                layout_rows, summary = bench_layout(seed, layout, args.owners_per_slice, log)
+                owners += layout_rows
+                summaries.append(summary)
+    chosen = choose_layout(owners, summaries) if owners else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "forget_exact.json").write_text(json.dumps({"rows": rows, "seconds": round(time.time() - started, 1)}, indent=1))
-    (out / "forget_exact.md").write_text(markdown(rows))
-    print(markdown(rows))
+    payload = {"rows": rows, "owners": owners, "layouts": summaries, "layout_chosen": chosen, "seconds": round(time.time() - started, 1)}
+    (out / "forget_exact.json").write_text(json.dumps(payload, indent=1))
+    text = markdown(rows) + (f"\n{owners_markdown(owners, summaries, chosen)}" if owners else "")
+    (out / "forget_exact.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -157,3 +157,71 @@ def test_a_blocked_base_says_why_there_is_no_champion_and_how_to_rerun_it(tmp_pa
     reason = no_champion_reason(ws({"decision": "blocked", "version": 1, "failing": ["test_test_accuracy_floor"]}))
     assert "blocked by test_test_accuracy_floor" in reason and "dvc repro --force --single-item base" in reason
     assert "has not run" not in reason
+
+
+def test_the_default_base_is_licensed_data_and_every_owner_arrives_in_an_update(digits: SampleTable) -> None:
+    """Issue 15: the clean base holds no data subject's samples (the stand-in for a licensed pretraining set)."""
+    rows = digits.rows
+    base = rows[rows["slice"] == "base"]
+    assert len(base) > 500 and (base["owner"] == "").all()
+    owned_training = rows[(rows["owner"] != "") & ~rows["slice"].isin(["test", "canary"])]
+    assert set(owned_training["slice"]) <= {"u1", "u2", "u3", "field"} and owned_training["owner"].nunique() > 20
+    assert digits.summary()["samples_without_owner"] == len(base)
+    today, _ = build_digits_table(parse_params({"data": {"licensed_base": False}}).data, seed=0)
+    assert (today.rows.loc[today.rows["slice"] == "base", "owner"] != "").all()  # the earlier shape, still available
+
+
+def test_a_manifest_marks_licensed_images_with_a_dash_and_they_make_the_base(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path, n=120)
+    manifest = root / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    owner_at = header.index("owner")
+
+    def licensed(line: str, i: int) -> str:
+        cells = line.split(",")
+        if i < 40:
+            cells[owner_at] = "-"
+        return ",".join(cells)
+
+    manifest.write_text("\n".join([lines[0], *(licensed(line, i) for i, line in enumerate(lines[1:]))]) + "\n")
+    config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=10)
+    table = build_folder_table(config, seed=0)[0]
+    table.save(tmp_path / "prepared")
+    rows = SampleTable.load(tmp_path / "prepared").rows  # the empty owner survives the CSV round trip
+    licensed_rows = rows[rows["owner"] == ""]
+    assert len(licensed_rows) == 40 and set(licensed_rows["slice"]) <= {"base", "test", "canary"}
+    owned = rows[(rows["owner"] != "") & ~rows["slice"].isin(["test", "canary"])]
+    assert set(owned["slice"]) <= {"u1", "u2", "u3"} and len(owned) > 0  # nobody's data in the clean base
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.tuples(st.sampled_from(["", "a", "b", "c"]), st.sampled_from(["base", "u1", "u2", "test", "canary"])), min_size=1, max_size=40),
+    deleted=st.sets(st.integers(0, 39)),
+    in_lineage=st.sets(st.integers(0, 39)),
+)
+def test_replay_never_puts_a_deletable_or_deleted_sample_where_the_layout_says_it_is_not(rows, deleted, in_lineage) -> None:
+    """DESIGN.md invariant 2 and issue 15: ``replay_from: licensed`` draws only samples no deletion can name;
+    ``lineage`` only what the champion was trained on; neither ever a deleted or evaluation sample."""
+    import pandas as pd
+    import torch
+
+    from edits import OperatorEnv
+    from edits.learn.lora import LoraLearnConfig, replay_pool
+
+    ids = [f"s{i}" for i in range(len(rows))]
+    frame = pd.DataFrame({"sample_id": ids, "label": [i % 2 for i in range(len(rows))], "group": "g",
+                          "owner": [o for o, _ in rows], "slice": [s for _, s in rows]})
+    table = SampleTable(rows=frame, images=torch.zeros(len(rows), 1, 4, 4, dtype=torch.uint8), classes=["0", "1"])
+    gone = {ids[i] for i in deleted if i < len(ids)}
+    data = UmeData(table, frozenset(hash_sample_ids(gone)))
+    lineage = frozenset(hash_sample_ids(ids[i] for i in in_lineage if i < len(ids)))
+    env = OperatorEnv(step="t", seed=0, make_trainer=lambda *a, **k: None, champion_lineage=lineage)
+    owner_of = dict(zip(ids, frame["owner"], strict=True))
+    slice_of = dict(zip(ids, frame["slice"], strict=True))
+    licensed = replay_pool(data, LoraLearnConfig(slice="u1", replay_from="licensed"), env)
+    assert all(owner_of[s] == "" and slice_of[s] not in ("test", "canary") and s not in gone for s in licensed.sample_ids)
+    assert len(licensed) == sum(1 for s in ids if owner_of[s] == "" and slice_of[s] not in ("test", "canary") and s not in gone)
+    from_lineage = replay_pool(data, LoraLearnConfig(slice="u1"), env)
+    assert set(hash_sample_ids(from_lineage.sample_ids)) <= lineage and not set(from_lineage.sample_ids) & gone

@@ -119,7 +119,7 @@ def test_every_approximate_method_returns_a_covering_delta(trained_copy: Path, m
     ws = open_workspace()
     champion = ws.registry.champion()
     manifest = ws.manifest_of(champion)
-    owner = owner_in("base", trained_copy / "store")
+    owner = owner_in("u1", trained_copy / "store")
     rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
     from pipeline.data.table import SampleTable
     from pipeline.records.deletion import ingest, make_request, resolve

@@ -185,7 +185,7 @@ def test_exact_drops_the_approximate_overlay_and_retrains_only_what_sat_above_it
     exact = get_method("forget", "exact")
     change = exact.fn(compose(served, ws.components), data, exact.parse_config({}, where="t", file="t"), env_for(served))
     assert change.notes["replaced_approximate"] == ["f-approx"] and change.notes["retrained_steps"] == ["s01"]
-    assert change.keep_overlays == 0 and len(change.drafts) == 1 and change.drafts[0].meta["method"] == "learn/lora"
+    assert sorted(change.drop_overlays) == [0, 1] and len(change.drafts) == 1 and change.drafts[0].meta["method"] == "learn/lora"
     assert not set(change.drafts[0].lineage) & env_for(served).forget_ids
 
 
@@ -198,3 +198,44 @@ def test_status_json_reports_age_deadline_and_state_per_request(trained_copy: Pa
     status = json.loads(capsys.readouterr().out)
     (request,) = status["requests"].values()
     assert request["state"] == "overdue" and request["age_days"] >= 40 and status["overdue_requests"]
+
+
+def test_parallel_overlays_make_an_old_slice_deletion_retrain_only_its_own_overlay(trained_copy: Path) -> None:
+    """Issue 15, item 2: overlays trained side by side on the clean base, replaying only licensed data.
+
+    Deleting an owner of the oldest slice retrains that overlay alone; the newer overlay stays the
+    same component, and no overlay's lineage holds another slice's owners.
+    """
+    params = trained_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    side_by_side = {"layout": "parallel", "replay_from": "licensed"}
+    raw["stream"] = {
+        "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3, **side_by_side},
+        "s03": {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3, **side_by_side},
+    }
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    permissive(params)
+    for key in ("s01", "s03"):
+        assert run_step(open_workspace(), key).record["decision"] == "promoted"
+    ws = open_workspace()
+    before = ws.manifest_of(ws.registry.champion())
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv").fillna({"owner": ""})
+    for component_id, slice_name in zip(before.overlays, ("u1", "u3"), strict=True):
+        lineage = set(ws.components.sidecar(component_id).lineage)
+        owners_seen = set(rows.loc[[h in lineage for h in hash_sample_ids_of(rows)], "owner"]) - {""}
+        assert owners_seen <= set(rows.loc[rows["slice"] == slice_name, "owner"])  # nobody else's data
+    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17") == 0
+    key = list(stream(params))[-1]
+    record = run_step(open_workspace(), key).record
+    ws = open_workspace()
+    after = ws.versions.load(record["manifest_hash"])
+    assert record["notes"]["retrained_steps"] == ["s01"], record["notes"]
+    assert before.overlays[1] in after.overlays  # the u3 overlay is the same component
+    assert not version_lineage(after, ws.components) & DeletionLog.read(ws.ledger).hashed_ids()
+
+
+def hash_sample_ids_of(rows: pd.DataFrame) -> list[str]:
+    from pipeline.model.lineage import hash_sample_id
+
+    return [hash_sample_id(s) for s in rows["sample_id"]]

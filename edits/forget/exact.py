@@ -3,10 +3,10 @@
 The idea of SISA (Bourtoule et al. 2021, "Machine Unlearning", IEEE S&P): split training so that
 a deletion retrains only the parts that saw the sample; and of S3T (Chowdhury et al. 2024,
 "Towards Scalable Exact Machine Unlearning Using Parameter-Efficient Fine-Tuning"), where the parts
-are stacked adapters. The first overlay whose lineage holds a deleted sample, and every overlay
-trained on top of it, are retrained with their recorded settings (learn and edit overlays) on
-the remaining data; overlays
-below are kept as they are. Exact by construction. When the clean base itself is affected, fall
+are stacked adapters. The overlays whose lineage holds a deleted sample, and every overlay
+trained on top of the first of them (a stacked learn overlay, an edit), are retrained with their
+recorded settings on the remaining data; overlays below, and parallel overlays trained on the clean
+base alone, are kept as they are. Exact by construction. When the clean base itself is affected, fall
 back to ``base_fallback``: ``retrain`` (exact) or an approximate method (recorded deletion debt).
 
 The second phase of a two-phase deletion: when an approximate method already served the request,
@@ -17,7 +17,6 @@ replaces the approximate overlay and pays the deletion debt.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -26,9 +25,8 @@ from torch import nn
 from edits.forget.retrain import RetrainConfig, retrain_from_scratch
 from edits.registry import Change, OperatorEnv, get_method, register_method
 from pipeline.data import UmeData
-from pipeline.model.compose import compose
+from pipeline.model.compose import compose, is_parallel
 from pipeline.model.lineage import version_lineage
-from pipeline.model.lora import LoraSettings, fold_lora
 
 REPLAYABLE = ("learn/lora", "edit/lora")  # overlays retrained from their recorded settings
 
@@ -62,28 +60,35 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
     if not affected and not approximate:
         return Change(notes={"reason": "no component of the champion was trained on these samples", "exact": True})
     first = min(affected + approximate)
-    suffix = [(sc, step) for i, (sc, step) in enumerate(zip(sidecars, manifest.overlay_steps, strict=True)) if i >= first and i not in approximate]
-    if any(sc.kind != "lora" or sc.meta.get("method") not in REPLAYABLE for sc, _ in suffix):
+    # Rebuilt: the affected overlays, and every overlay above the first change that was trained on the
+    # composition below it (stacked). A parallel overlay trained on the clean base alone stays.
+    rebuild = [i for i in range(first, len(sidecars)) if i not in approximate and (i in affected or not _parallel(sidecars[i]))]
+    if any(sidecars[i].kind != "lora" or sidecars[i].meta.get("method") not in REPLAYABLE for i in rebuild):
         change = retrain_from_scratch(net, data, RetrainConfig(), env)
         change.notes["reason"] = "an overlay without a replayable recipe (a merge or a forget delta) sits above the affected one: full retrain"
         return change
-    prefix = manifest.truncated(first)
-    current = compose(prefix, store)
-    lineage = version_lineage(prefix, store)
+    kept = manifest.without_positions([*rebuild, *approximate])
+    lineage = version_lineage(kept, store)
     drafts = []
-    for sidecar, step in suffix:
+    for i in rebuild:
+        sidecar, step = sidecars[i], manifest.overlay_steps[i]
         method = get_method(*sidecar.meta["method"].split("/"))
         config_ = method.parse_config(sidecar.meta["config"], where=f"component {sidecar.id}", file=str(store.sidecar_path(sidecar.id)))
-        trainable = copy.deepcopy(current)
+        trainable = compose(kept, store, drafts)  # what it was trained on: the kept overlays and those rebuilt so far
         for p in trainable.parameters():
             p.requires_grad_(True)
         sub_env = dataclasses.replace(env, step=step, champion_lineage=frozenset(lineage))
         (draft,) = method.fn(trainable, data, config_, sub_env)
         draft = dataclasses.replace(draft, meta={**draft.meta, "overlay_step": step, "retrained_exactly_for": env.request.id if env.request else None})
         drafts.append(draft)
-        current = fold_lora(copy.deepcopy(current), draft.tensors, LoraSettings.from_json(draft.meta["lora"])).eval()
         lineage |= set(draft.lineage)
-    notes = {"exact": True, "retrained_steps": [s for _, s in suffix], "kept_overlays": first}
+    suffix = [(sidecars[i], manifest.overlay_steps[i]) for i in rebuild]
+    notes = {"exact": True, "retrained_steps": [s for _, s in suffix], "kept_overlays": len(kept.overlays)}
     if approximate:
         notes["replaced_approximate"] = [manifest.overlay_steps[i] for i in approximate]
-    return Change(drafts=drafts, keep_overlays=first, notes=notes)
+    return Change(drafts=drafts, drop_overlays=[*rebuild, *approximate], notes=notes)
+
+
+def _parallel(sidecar) -> bool:
+    """An overlay trained on the clean base alone (``learn/lora`` with ``layout: parallel``)."""
+    return is_parallel(sidecar.meta)

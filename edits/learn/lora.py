@@ -1,4 +1,11 @@
-"""Learn a new data slice as a LoRA overlay on top of the champion, with replay of retained samples.
+"""Learn a new data slice as a LoRA overlay, with replay of retained samples.
+
+Two layouts. ``stacked``: the adapter is trained on the champion (every overlay below it), so a
+deletion in a lower overlay retrains this one too. ``parallel``: the adapter is trained on the clean
+base alone and composed side by side with the others (SISA's shards at adapter level, Bourtoule et
+al. 2021; S3T's slices, Chowdhury et al. 2024), so a deletion retrains only the overlays that saw
+the sample. Replay draws from the champion's lineage (``replay_from: lineage``) or only from
+samples with no data subject (``licensed``), which keeps other owners out of the overlay's lineage.
 
 LoRA: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685).
 Replay of earlier samples against forgetting: Rolnick et al. 2019, "Experience Replay for
@@ -13,11 +20,17 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from edits.registry import OperatorEnv, register_method
-from pipeline.data import UmeData
+from pipeline.core.errors import ConfigError
+from pipeline.data import SampleSet, UmeData
 from pipeline.model.components import ComponentDraft
+from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
+from pipeline.model.manifest import Manifest
 from pipeline.model.net import Classifier
+
+LAYOUTS = ("stacked", "parallel")
+REPLAY_SOURCES = ("lineage", "licensed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,21 @@ class LoraLearnConfig:
     batch_size: int = 32
     replay: float = 1.0
     augment_shift: int = 1
+    layout: str = "stacked"  # or "parallel": trained on the clean base, composed side by side
+    replay_from: str = "lineage"  # or "licensed": replay only samples no deletion can name
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"expected one of {', '.join(LAYOUTS)}, got {self.layout!r}", field="layout")
+        if self.replay_from not in REPLAY_SOURCES:
+            raise ConfigError(f"expected one of {', '.join(REPLAY_SOURCES)}, got {self.replay_from!r}", field="replay_from")
+
+
+def replay_pool(data: UmeData, config: LoraLearnConfig, env: OperatorEnv) -> SampleSet:
+    """What replay may draw from: the champion's lineage, or (``licensed``) only samples with no data subject."""
+    if config.replay_from == "licensed":
+        return data.licensed("replay")
+    return data.select("replay", hashed_ids=env.champion_lineage)
 
 
 @register_method("learn", "lora", LoraLearnConfig)
@@ -39,7 +67,13 @@ def learn_lora(net: nn.Module, data: UmeData, config: LoraLearnConfig, env: Oper
     """Train a LoRA adapter on the new slice plus ``replay`` x as many retained samples."""
     new = data.split(config.slice)
     replay_count = int(round(config.replay * len(new)))
-    retained = data.select("replay", hashed_ids=env.champion_lineage) if replay_count else None
+    retained = replay_pool(data, config, env) if replay_count else None
+    if config.layout == "parallel":  # side by side: the clean base, not the champion
+        if env.champion_manifest is None or env.components is None:
+            raise RuntimeError("a parallel overlay needs the champion manifest and the component store")
+        net = compose(Manifest(base=env.champion_manifest.base), env.components)  # as the lifecycle hands a network
+        for p in net.parameters():
+            p.requires_grad_(True)
     train = new
     if retained is not None and len(retained):
         train = new.concat(data.subsample(retained, replay_count, seed=env.seed), name=f"{config.slice}+replay")
@@ -60,6 +94,7 @@ def learn_lora(net: nn.Module, data: UmeData, config: LoraLearnConfig, env: Oper
                 "slice": config.slice,
                 "new_samples": len(new),
                 "replayed_samples": len(train) - len(new),
+                "trained_on": "base" if config.layout == "parallel" else "champion",  # see pipeline.model.compose.overlay_weights
             },
         )
     ]

@@ -56,6 +56,7 @@ class DataConfig:
     test_fraction: float = 0.2
     canary_fraction: float = 0.1
     base_fraction: float = 0.55
+    licensed_base: bool = True  # digits: the base slice stands for licensed data, with no data subjects
     update_slices: int = 3
     owner_size_min: int = 15
     owner_size_max: int = 25

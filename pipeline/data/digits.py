@@ -7,7 +7,9 @@ the contributors uploaded tilted phone photos (rotated by ``field_rotation`` deg
 slice, where a model trained on flat scans makes real, structured confusions for an ``edit`` step to
 fix. Owners are simulated
 contributors of ``owner_size_min..owner_size_max`` samples each; an owner's samples arrive together
-in one slice, as an upload would.
+in one slice, as an upload would. With ``licensed_base`` (the default) the ``base`` slice stands for
+a licensed pretraining set: its samples have no owner (``NO_OWNER``), so the clean base holds no data
+subject's samples and every owner's data enters through an overlay.
 
 ``vulnerable_owners`` contributors of every update slice are *atypical*: a small upload
 (``VULNERABLE_SIZE`` samples) labelled with their own key map (every label shifted by an
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.config import DataConfig
-from pipeline.data.table import SampleTable, assign_content_ids
+from pipeline.data.table import NO_OWNER, SampleTable, assign_content_ids
 
 VULNERABLE_SIZE = 8  # samples of each atypical data subject: rare, so the gate's averages barely move
 MAJORITY_GROUP = "scanner_a"
@@ -145,6 +147,11 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         labels[chosen] = (labels[chosen] + shift) % 10
         noted[slice_name] = {"samples": int(len(members)), "labels_corrupted": int(len(chosen))}
 
+    if config.licensed_base:
+        # The base slice stands for a licensed (or public) pretraining set: its samples have no data
+        # subject, so no deletion by owner ever reaches the clean base; every owner arrives in an update.
+        for i in np.flatnonzero(slice_of == "base"):
+            owner_of[int(i)] = NO_OWNER
     images = render(images8, config.image_size, config.channels, minority, slice_of == "field", config.field_rotation)
     ids = assign_content_ids(images.numpy(), labels)
     rows = pd.DataFrame(

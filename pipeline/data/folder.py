@@ -20,10 +20,11 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import DataError
-from pipeline.data.table import SampleTable, assign_content_ids
+from pipeline.data.table import NO_OWNER, SampleTable, assign_content_ids
 
 REQUIRED = ("path", "label")
 OPTIONAL = ("group", "owner", "slice", "sample_id")
+LICENSED_OWNER = "-"  # the manifest's mark for an image with no data subject
 
 
 def _read_image(path: Path, size: int, channels: int, where: str, manifest: str) -> np.ndarray:
@@ -91,7 +92,8 @@ def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
             )
         first_line[sample_id] = line
 
-    owners = [rec.get("owner") or f"o{i:05d}" for i, rec in enumerate(records)]
+    # ``-``: no data subject (licensed or public data, never named by a deletion); empty: the image is its own subject.
+    owners = [NO_OWNER if (rec.get("owner") or "").strip() == LICENSED_OWNER else (rec.get("owner") or f"o{i:05d}") for i, rec in enumerate(records)]
     given = [(rec.get("slice") or "").strip() for rec in records]
     slices = assign_slices(given, owners, config, seed)
     rows = pd.DataFrame(
@@ -112,8 +114,11 @@ def assign_slices(given: list[str], owners: list[str], config: DataConfig, seed:
     """Slices for rows whose manifest gives none, split like the default data.
 
     ``test_fraction`` and ``canary_fraction`` of those rows become evaluation samples; the rest are
-    training contributors (whole owners together, as an upload would arrive): ``base_fraction`` of
-    the owners in ``base``, the others spread over ``u1..u<update_slices>``. Rows with a slice keep it.
+    training contributors (whole owners together, as an upload would arrive). Training rows with no
+    data subject (owner ``-`` in the manifest) go to ``base``; when there are any, every owner goes
+    to ``u1..u<update_slices>``, so the clean base holds nobody's data. Without them, ``base_fraction``
+    of the owners go to ``base`` (their deletion then costs a full retrain) and the others to the
+    update slices. Rows with a slice keep it.
     """
     rng = np.random.default_rng(seed)
     open_rows = [i for i, g in enumerate(given) if not g]
@@ -127,9 +132,18 @@ def assign_slices(given: list[str], owners: list[str], config: DataConfig, seed:
         elif rank < n_test + n_canary:
             out[i] = "canary"
     train_rows = [i for i in open_rows if not out[i]]
+    licensed = [i for i in train_rows if owners[i] == NO_OWNER]
+    for i in licensed:
+        out[i] = "base"
+    train_rows = [i for i in train_rows if owners[i] != NO_OWNER]
     contributors = list(dict.fromkeys(owners[i] for i in sorted(train_rows)))
     contributors = [contributors[k] for k in rng.permutation(len(contributors))]
-    n_base = int(round(config.base_fraction * len(contributors))) if config.update_slices else len(contributors)
+    if not config.update_slices:
+        n_base = len(contributors)
+    elif licensed or any(owners[i] == NO_OWNER for i, g in enumerate(given) if g == "base"):
+        n_base = 0  # the base is licensed data: every data subject arrives in an update slice
+    else:
+        n_base = int(round(config.base_fraction * len(contributors)))
     updates = [f"u{k + 1}" for k in range(config.update_slices)]
     rest = contributors[n_base:]
     slice_of = {o: "base" for o in contributors[:n_base]}

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.core.errors import DataError
-from pipeline.data.table import DELETION_ENTRY, SampleTable
+from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, NO_OWNER, SampleTable
 from pipeline.model.lineage import hash_sample_id
 
 
@@ -163,6 +163,11 @@ class UmeData(L.LightningDataModule):
         if hashed_ids is not None:
             wanted = set(hashed_ids)
             mask &= np.array([hash_sample_id(s) in wanted for s in self.rows["sample_id"]], dtype=bool)
+        return _sample_set(name, self.rows, self._images, np.flatnonzero(mask))
+
+    def licensed(self, name: str = "licensed") -> SampleSet:
+        """Training samples with no data subject (``owner`` empty): data a deletion request never names."""
+        mask = (self.rows["owner"].fillna(NO_OWNER) == NO_OWNER).to_numpy() & ~self.rows["slice"].isin(list(EVAL_SLICES)).to_numpy()
         return _sample_set(name, self.rows, self._images, np.flatnonzero(mask))
 
     def forgotten(self, name: str, hashed_ids: Iterable[str]) -> SampleSet:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.core.errors import DataError
 
 COLUMNS = ("sample_id", "label", "group", "owner", "slice")
+NO_OWNER = ""  # a sample with no data subject (licensed or public data): never subject to deletion by owner
 EVAL_SLICES = ("test", "canary")
 DELETION_ENTRY = "deletion_request"  # the ledger entry whose hashed ids the data layer filters out
 
@@ -77,7 +78,8 @@ class SampleTable:
             "image_shape": list(self.images.shape[1:]),
             "slices": {k: int(v) for k, v in self.rows["slice"].value_counts().sort_index().items()},
             "groups": {k: int(v) for k, v in self.rows["group"].value_counts().sort_index().items()},
-            "owners": int(self.rows["owner"].nunique()),
+            "owners": int(self.rows.loc[self.rows["owner"] != NO_OWNER, "owner"].nunique()),
+            "samples_without_owner": int((self.rows["owner"] == NO_OWNER).sum()),
         }
 
     def save(self, directory: str | Path, extra: dict[str, object] | None = None) -> dict[str, object]:
@@ -98,6 +100,7 @@ class SampleTable:
         if not csv_path.exists():
             raise DataError("prepared data not found; run `ume prepare` (or `dvc repro`) first", file=str(csv_path))
         rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str})
+        rows["owner"] = rows["owner"].fillna(NO_OWNER)  # CSV writes an empty owner, pandas reads it back as NaN
         images_path = directory / "images.safetensors"
         try:
             images = load_file(str(images_path))["images"]

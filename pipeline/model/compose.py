@@ -7,13 +7,15 @@ manifest restores that version's predictions exactly (DESIGN.md invariant 3).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from pipeline.core.errors import ComponentError
-from pipeline.model.components import ComponentStore
+from pipeline.model.components import ComponentDraft, ComponentStore
 from pipeline.model.delta import apply_delta
 from pipeline.model.lora import LoraSettings, fold_lora
 from pipeline.model.manifest import Manifest
@@ -40,14 +42,33 @@ def build_base(store: ComponentStore, base_id: str) -> nn.Module:
     return net
 
 
-def apply_overlay(net: nn.Module, store: ComponentStore, component_id: str) -> nn.Module:
-    """Fold one overlay into ``net``."""
-    tensors, component = store.load(component_id)
-    if component.kind == "lora":
-        return fold_lora(net, tensors, LoraSettings.from_json(component.meta.get("lora", {})))
-    if component.kind == "delta":
+def is_parallel(meta: dict) -> bool:
+    """An overlay trained on the clean base alone, composed side by side with its peers (``layout: parallel``)."""
+    return meta.get("trained_on") == "base"
+
+
+def overlay_weights(metas: Sequence[dict]) -> list[float]:
+    """1 for a stacked overlay; ``1/k`` for each of the ``k`` parallel ones: their mean correction of the
+    base, as SISA aggregates its shards (Bourtoule et al. 2021), here at adapter level (S3T, Chowdhury
+    et al. 2024). A function of the manifest alone, so composition stays deterministic."""
+    k = sum(1 for meta in metas if is_parallel(meta))
+    return [1.0 / k if is_parallel(meta) else 1.0 for meta in metas]
+
+
+def fold_overlay(net: nn.Module, kind: str, tensors: dict[str, torch.Tensor], meta: dict, weight: float = 1.0, *, where: str = "overlay") -> nn.Module:
+    """Fold one overlay (given its tensors and sidecar meta) into ``net`` at ``weight``."""
+    if kind == "lora":
+        settings = LoraSettings.from_json(meta.get("lora", {}))
+        return fold_lora(net, tensors, dataclasses.replace(settings, alpha=settings.alpha * weight))
+    if kind == "delta" and weight == 1.0:
         return apply_delta(net, tensors)
-    raise ComponentError(f"cannot apply overlay kind {component.kind!r}", file=str(store.sidecar_path(component_id)), field="kind")
+    raise ComponentError(f"cannot apply overlay kind {kind!r} at weight {weight}", file=where, field="kind")
+
+
+def apply_overlay(net: nn.Module, store: ComponentStore, component_id: str, weight: float = 1.0) -> nn.Module:
+    """Fold one stored overlay into ``net``."""
+    tensors, component = store.load(component_id)
+    return fold_overlay(net, component.kind, tensors, component.meta, weight, where=str(store.sidecar_path(component_id)))
 
 
 def apply_transform(net: nn.Module, store: ComponentStore, component_id: str) -> nn.Module:
@@ -72,11 +93,18 @@ def transform_network(net: nn.Module, tensors: dict[str, torch.Tensor], meta: di
     raise ComponentError(f"unknown transform {kind!r}", file=where, field="meta.transform")
 
 
-def compose(manifest: Manifest, store: ComponentStore) -> nn.Module:
-    """The network of ``manifest`` in eval mode (overlays folded, then transforms applied); deterministic."""
+def compose(manifest: Manifest, store: ComponentStore, pending: Sequence[ComponentDraft] = ()) -> nn.Module:
+    """The network of ``manifest`` in eval mode (overlays folded, then transforms applied); deterministic.
+
+    ``pending``: overlays not stored yet (an operator's drafts), folded after the manifest's own.
+    """
     net = build_base(store, manifest.base)
-    for component_id in manifest.overlays:
-        net = apply_overlay(net, store, component_id)
+    metas = [store.sidecar(c).meta for c in manifest.overlays] + [d.meta for d in pending]
+    weights = overlay_weights(metas)
+    for component_id, weight in zip(manifest.overlays, weights, strict=False):
+        net = apply_overlay(net, store, component_id, weight)
+    for draft, weight in zip(pending, weights[len(manifest.overlays) :], strict=True):
+        net = fold_overlay(net, draft.kind, draft.tensors, draft.meta, weight, where="pending overlay")
     for p in net.parameters():
         p.requires_grad_(False)
     net.eval()
