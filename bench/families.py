@@ -109,7 +109,7 @@ def run_family(arch: str, image_size: int, log: Callable[[str], None]) -> dict[s
                         owner = _owner(open_workspace(params), "u1", used)
                         used.add(owner)
                         try:
-                            main(["--params", str(params), "forget", "--owner", owner, "--method", step["forget"], "--reason", "bench"])
+                            main(["--params", str(params), "forget", "--owner", owner, "--method", step["forget"], "--defer-exact", "--reason", "bench"])
                         except SystemExit as code:
                             if code.code:
                                 raise UmeError(f"`ume forget` exited {code.code}") from None

@@ -45,6 +45,9 @@ def _params(root: Path, seed: int, layout: str) -> dict[str, Any]:
     raw["behaviors"]["path"] = str(REPO / "behaviors")
     raw["train"]["progress_bar"] = False
     raw["data"]["corrupt_labels"] = {}
+    # A cost benchmark: every learn step must be served for its owners' deletions to be measured, so the gate's
+    # budget and fairness bounds (noisy latency; seed 1's scanner_b gap sits near 0.10) do not decide here.
+    raw["behaviors"]["thresholds"].update({"max_latency_ratio": 100.0, "max_group_accuracy_gap": 1.0, "max_group_gap_increase": 1.0})
     raw["data"]["licensed_base"] = LAYOUTS[layout]["licensed_base"]
     learn = LAYOUTS[layout]["learn"]
     raw["stream"] = {
@@ -118,7 +121,8 @@ def bench_layout(seed: int, layout: str, owners_per_slice: int, log) -> tuple[li
         run_prepare(ws)
         run_base(ws)
         for key in ("s1", "s2", "s3"):
-            log(f"seed {seed} {layout} {key}: {run_step(ws, key).record['decision']}")
+            record = run_step(ws, key).record
+            log(f"seed {seed} {layout} {key}: {record['decision']} {', '.join(record['failing'])}")
         from pipeline.model.compose import compose
 
         champion = ws.manifest_of(ws.registry.champion())

@@ -181,7 +181,7 @@ class StreamMachine(RuleBasedStateMachine):
         else:
             args = ["--group", sorted(rows["group"].unique())[pick % rows["group"].nunique()]]
         stream_before = set(yaml.safe_load(self.params.read_text())["stream"] or {})
-        code = self._cli("forget", *args, "--reason", "state machine", "--method", method)
+        code = self._cli("forget", *args, "--reason", "state machine", "--method", method, "--defer-exact")
         if code != 0:
             self._note("forget: refused")
             return

@@ -243,6 +243,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         if args.method and args.method not in EXACT_METHODS and not args.defer_exact:
             # Two-phase deletion: the approximate step serves a forgotten model at once, the exact step
             # right after it (same `dvc repro`) replaces its overlay and pays the deletion debt.
+            # Phase 1 needs no fallback of its own: if its candidate is blocked, phase 2 is the exact path.
+            entries[key]["fallback"] = "none"
             entries[f"{key}-exact"] = {"kind": "forget", "parent": key, "request": request.id, "method": "exact"}
         new_text = stream_text_with(params_path, entries)  # validated before anything is written
     # Write-ahead: the ledger first. From here on no consumer reads the samples, and a crash before the

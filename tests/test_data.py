@@ -223,5 +223,5 @@ def test_replay_never_puts_a_deletable_or_deleted_sample_where_the_layout_says_i
     licensed = replay_pool(data, LoraLearnConfig(slice="u1", replay_from="licensed"), env)
     assert all(owner_of[s] == "" and slice_of[s] not in ("test", "canary") and s not in gone for s in licensed.sample_ids)
     assert len(licensed) == sum(1 for s in ids if owner_of[s] == "" and slice_of[s] not in ("test", "canary") and s not in gone)
-    from_lineage = replay_pool(data, LoraLearnConfig(slice="u1"), env)
+    from_lineage = replay_pool(data, LoraLearnConfig(slice="u1", replay_from="lineage"), env)
     assert set(hash_sample_ids(from_lineage.sample_ids)) <= lineage and not set(from_lineage.sample_ids) & gone

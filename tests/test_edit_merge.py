@@ -151,7 +151,7 @@ def test_merges_keep_predictions_pins_and_lineage(trained_copy: Path) -> None:
         assert run_step(ws, key).record["decision"] == "promoted"
     rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
     owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
-    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17", "--method", "finetune") == 0
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17", "--method", "finetune", "--defer-exact") == 0
     forget_key = list(yaml.safe_load(params.read_text())["stream"])[-1]
     raw = yaml.safe_load(params.read_text())
     raw["stream"][forget_key]["fallback"] = "none"  # this test needs the approximate, pinned overlay

@@ -96,6 +96,7 @@ def test_two_phase_deletion_serves_approximately_then_replaces_it_exactly(traine
     steps = stream(params)
     first, second = list(steps)[-2:]
     assert second == f"{first}-exact" and steps[second] == {"kind": "forget", "parent": first, "request": steps[first]["request"], "method": "exact"}
+    assert steps[first]["fallback"] == "none"  # phase 2 is the exact path
     rid = steps[first]["request"]
     raw = yaml.safe_load(params.read_text())
     raw["stream"][first]["fallback"] = "none"  # phase 1 is about the approximate path (its quality is the bench's job)
@@ -121,6 +122,8 @@ def test_two_phase_deletion_serves_approximately_then_replaces_it_exactly(traine
     assert not deletion_debt(manifest, ws.components, log), "phase 2 leaves no debt"
     assert not version_lineage(manifest, ws.components) & log.hashed_ids([rid])
     assert record["decision"] == "promoted", record["failing"]
+    # A class deletion reaches the clean base (it saw class 3): still handled, by a full retrain, and said so.
+    assert "the clean base was trained on a deleted sample: full retrain" in record["notes"]["reason"]
     phases = log.resolutions[rid]
     assert [e.data["exact"] for e in phases] == [False, True] and [e.data["phase"] for e in phases] == [1, 2]
     assert phases[1].data["replaces"]["method"] == "salun" and "deletion debt of" in phases[1].data["note"]

@@ -45,8 +45,8 @@ class LoraLearnConfig:
     batch_size: int = 32
     replay: float = 1.0
     augment_shift: int = 1
-    layout: str = "stacked"  # or "parallel": trained on the clean base, composed side by side
-    replay_from: str = "lineage"  # or "licensed": replay only samples no deletion can name
+    layout: str = "parallel"  # trained on the clean base, composed side by side; or "stacked": on the champion
+    replay_from: str = "licensed"  # replay only samples no deletion can name; or "lineage": the champion's
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

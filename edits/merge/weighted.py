@@ -23,7 +23,7 @@ from edits.registry import Change, OperatorEnv, register_method
 from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
 from pipeline.model.components import ComponentDraft
-from pipeline.model.compose import build_base
+from pipeline.model.compose import build_base, is_parallel, overlay_weights
 from pipeline.model.lora import LoraSettings, attach_lora, lora_config
 
 MERGED = "merged"
@@ -60,7 +60,16 @@ def _merge(combination: str, config: WeightedMergeConfig, env: OperatorEnv) -> C
             raise ConfigError(f"a merge needs at least two LoRA overlays, got {len(sidecars)}", file="params.yaml", field=f"{where}.overlays")
         # Merging "every LoRA overlay" when an earlier step (e.g. a full retrain) left fewer than two: nothing to do.
         return Change(notes={"merged_steps": [], "reason": f"the champion has {len(sidecars)} LoRA overlay(s): nothing to merge"})
-    weights = list(config.weights) or [1.0] * len(sidecars)
+    composed = overlay_weights([store.sidecar(c).meta for c in manifest.overlays])
+    parallel = {i for i, c in enumerate(manifest.overlays) if is_parallel(store.sidecar(c).meta)}
+    if parallel & set(positions) and not parallel <= set(positions):
+        raise ConfigError(
+            "the merge takes some of the parallel overlays but not all: their mean would change; merge all of them, or use `fold`",
+            file="params.yaml",
+            field=f"{where}.overlays",
+        )
+    # By default each adapter keeps the weight composition gives it (1, or 1/k for k parallel overlays).
+    weights = list(config.weights) or [composed[i] for i in positions]
     if len(weights) != len(sidecars):
         raise ConfigError(f"expected {len(sidecars)} weights, got {len(weights)}", file="params.yaml", field=f"{where}.weights")
     if not 0.0 < config.density <= 1.0:
