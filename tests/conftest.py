@@ -42,6 +42,7 @@ SLOW_FIRST = (
     "test_own_images.py",
     "test_forget_evidence.py",
     "test_forget_steps.py",
+    "test_two_phase.py",
 )
 
 

@@ -120,6 +120,24 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
     assert "Deletion certificate" in text and owner not in text.split("## Hashed")[0].replace(f"owner {owner}", "")
 
 
+def test_two_phase_deletion_runs_both_phases_in_one_dvc_repro(repo_copy: Path) -> None:
+    """Issue 15: an approximate `ume forget` appends its exact phase; one `dvc repro` runs both and pays the debt."""
+    import pandas as pd
+
+    rows = pd.read_csv(repo_copy / "store" / "data" / "samples.csv").fillna({"owner": ""})
+    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
+    out = run(repo_copy, "ume", "forget", "--owner", owner, "--method", "finetune", "--reason", "GDPR art. 17").stdout
+    assert "-exact (exact)" in out, out
+    out = run(repo_copy, "dvc", "repro").stdout
+    stages = ran(out)
+    assert len(stages) == 3 and stages[1] == f"{stages[0]}-exact" and stages[2] == "seal", out
+    st = status(repo_copy)
+    (request,) = st["requests"].values()
+    assert request["state"] == "exact" and request["exact_since"] and st["deletion_debt"]["samples"] == 0
+    assert project_audit(repo_copy) == []
+    assert "Running stage" not in run(repo_copy, "dvc", "repro").stdout
+
+
 def test_two_repro_at_once_wait_or_refuse_and_stay_consistent(repo_copy: Path) -> None:
     """Two `dvc repro` started together: DVC's lock lets one run; the other waits or refuses cleanly."""
     params = repo_copy / "params.yaml"
