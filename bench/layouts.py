@@ -38,23 +38,13 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 
 
 def _params(root: Path, seed: int, layout: str) -> dict[str, Any]:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["seed"] = seed
-    raw["paths"]["store"] = str(root / "store")
-    raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
-    raw["behaviors"]["path"] = str(REPO / "behaviors")
-    raw["train"]["progress_bar"] = False
-    raw["data"]["corrupt_labels"] = {}
-    # A cost benchmark: every learn step must be served for its owners' deletions to be measured, so the gate's
-    # budget and fairness bounds (noisy latency; seed 1's scanner_b gap sits near 0.10) do not decide here.
-    raw["behaviors"]["thresholds"].update({"max_latency_ratio": 100.0, "max_group_accuracy_gap": 1.0, "max_group_gap_increase": 1.0})
+    """``bench.forget_exact``'s project (base + u1, u2, u3), in ``layout``."""
+    from bench.forget_exact import _params as stream_params
+
+    raw = stream_params(root, seed)
     raw["data"]["licensed_base"] = LAYOUTS[layout]["licensed_base"]
-    learn = LAYOUTS[layout]["learn"]
-    raw["stream"] = {
-        "s1": {"kind": "learn", "parent": "base", "slice": "u1", **learn},
-        "s2": {"kind": "learn", "parent": "s1", "slice": "u2", **learn},
-        "s3": {"kind": "learn", "parent": "s2", "slice": "u3", **learn},
-    }
+    for step in raw["stream"].values():
+        step.update(LAYOUTS[layout]["learn"])
     return raw
 
 
