@@ -46,7 +46,7 @@ IGNORE = shutil.ignore_patterns(
     "dvc_plots", "bench", "docs",
 )
 LEARN_STEP = "s01-learn-u1"
-SCENARIOS = ("learn", "forget", "compress", "rollback", "prepare")
+SCENARIOS = ("learn", "forget", "compress", "rollback", "ui-rollback", "prepare")
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,15 @@ CASES: tuple[CrashCase, ...] = (
     *(CrashCase("compress", p) for p in ("component.saved", "gate.promoted")),
     # On the small project the rollback is blocked by the gate, so its last point is the decision.
     *(CrashCase("rollback", p) for p in ("registry.registered", "gate.decided")),
+    # A person moved the champion alias back to the base in the MLflow UI; `ume sync` makes it a rollback step.
+    *(CrashCase("ui-rollback", p) for p in ("sync.recorded", "sync.before_run")),
     CrashCase("prepare", "prepare.staged"),
 )
 # What `make test` runs (its time budget is 12 minutes on two cores): an interrupted alias move, a
-# deletion request killed before its request file (no request may be lost), a prepare killed in staging.
+# deletion request killed before its request file (no request may be lost), a `ume sync` killed between its
+# ledger entry and the stream append (the person's rollback may not be lost), a prepare killed in staging.
 # `python -m bench.reliability` runs every case of CASES.
-CI_CASES: tuple[str, ...] = ("learn:gate.decided", "forget:forget.ingested", "prepare:prepare.staged")
+CI_CASES: tuple[str, ...] = ("learn:gate.decided", "forget:forget.ingested", "ui-rollback:sync.recorded", "prepare:prepare.staged")
 
 
 @dataclass
@@ -176,6 +179,12 @@ def _scenario_commands(root: Path, scenario: str) -> list[tuple[str, ...]]:
         return [("ume", "forget", "--owner", _owner_of_learn_slice(root), "--reason", "GDPR art. 17 (crash harness)"), ("dvc", "repro")]
     if scenario == "rollback":
         return [("ume", "rollback", "--drop", LEARN_STEP, "--reason", "crash harness")]
+    if scenario == "ui-rollback":
+        from mlflow import MlflowClient
+
+        uri = yaml.safe_load((root / "params.yaml").read_text())["registry"]["tracking_uri"]
+        MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias("ume-digits", "champion", "1")  # the UI's alias editor
+        return [("ume", "sync")]
     if scenario == "prepare":
         return [("dvc", "repro", "--force", "--single-item", "prepare"), ("dvc", "repro")]
     raise ValueError(f"unknown scenario {scenario!r}")
@@ -183,7 +192,7 @@ def _scenario_commands(root: Path, scenario: str) -> list[tuple[str, ...]]:
 
 def _recovery_commands(scenario: str, commands: list[tuple[str, ...]], failed_at: int) -> list[tuple[str, ...]]:
     """What a user runs after the crash: the interrupted `ume` command again if it was one, then `dvc repro`."""
-    again = [commands[failed_at]] if commands[failed_at][0] == "ume" and scenario == "forget" else []
+    again = [commands[failed_at]] if commands[failed_at][0] == "ume" and scenario in ("forget", "ui-rollback") else []
     return [*again, ("dvc", "repro")]
 
 

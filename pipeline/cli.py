@@ -97,13 +97,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         requests = status["pending_requests"]
         overdue = status["overdue_requests"]
         debt = status["deletion_debt"]
-        if blocked or pending or requests or overdue or debt["over_sample_limit"]:
+        unsynced = status["ui_requests"]["unsynced"]
+        if blocked or pending or requests or overdue or debt["over_sample_limit"] or unsynced:
             parts = (
                 f"blocked: {', '.join(blocked)}" if blocked else "",
                 f"pending: {', '.join(pending)}" if pending else "",
                 f"deletion requests not yet honoured: {', '.join(requests)}" if requests else "",
                 f"deletion deadline passed (received + {debt['max_days']:g} days): {', '.join(overdue)}" if overdue else "",
                 f"deletion debt {debt['samples']} samples > deletion.max_debt_samples {debt['max_samples']}" if debt["over_sample_limit"] else "",
+                f"not synced from the MLflow UI: {'; '.join(unsynced)}" if unsynced else "",
             )
             what = "; ".join(p for p in parts if p)
             print(f"ume status --check: {what}", file=sys.stderr)
@@ -191,6 +193,37 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
         print(f"removed stream step {key} again: it was refused before anything was written", file=sys.stderr)
         return EXIT_USER_ERROR
     return code
+
+
+def _reseal() -> None:
+    """Record the shared state in ``dvc.lock`` again (the ``seal`` stage) after a sync wrote the ledger and MLflow only."""
+    dvc = shutil.which("dvc")
+    if dvc and Path("dvc.yaml").exists() and "seal" in ((yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}):
+        subprocess.call([dvc, "repro", "--single-item", "seal"], stdout=subprocess.DEVNULL)
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from pipeline.records.story import publish_story
+    from pipeline.records.ui_requests import QUEUED, ui_history
+    from pipeline.steps import announce_sync, open_workspace, take_ui_requests
+
+    params_path = Path(args.params)
+    ws = open_workspace(params_path)
+    result = take_ui_requests(ws, seen_by="ume sync")
+    announce_sync(result, run_hint=False)
+    queued = [e.data["step"] for e in ui_history(ws) if e.data["outcome"] == QUEUED and ws.step_record(e.data["step"]) is None]
+    for key in queued:
+        crash_point("sync.before_run")
+        code = _run_appended_step(params_path, key)
+        if code != 0:
+            return code
+    if not queued:
+        publish_story(ws)
+        if result.changed:
+            _reseal()
+    if not result.changed and not queued:
+        print(f"in sync: the champion alias is where the ledger put it (v{ws.registry.champion()}), and no version carries a ume.drop tag")
+    return EXIT_CHECK_FAILED if result.refused else 0
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
@@ -306,11 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="exit 1 when any stream step is blocked or pending, a deletion request is not yet honoured, "
-        "a deletion deadline has passed, or the deletion debt exceeds deletion.max_debt_samples",
+        "a deletion deadline has passed, the deletion debt exceeds deletion.max_debt_samples, "
+        "or a change made in the MLflow UI is not synced yet",
     )
     p.add_argument("--as-of", help="judge deletion deadlines at this UTC time (ISO 8601) instead of now")
     p.set_defaults(fn=_cmd_status)
     sub.add_parser("audit", help="verify the ledger's hash chain and that the registry agrees").set_defaults(fn=_cmd_audit)
+    p = sub.add_parser(
+        "sync",
+        help="read a champion alias moved (or a ume.drop tag set) in the MLflow UI as a rollback: run it through the gate "
+        "and the ledger, or refuse it (alias moved back, reason tagged on the version); exit 1 when refused",
+    )
+    p.set_defaults(fn=_cmd_sync)
     p = sub.add_parser("rollback", help="append a rollback step to the stream and run it now")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", type=int, help="an earlier promoted version to make champion again")

@@ -108,9 +108,9 @@ def command_env() -> dict[str, str]:
     return env
 
 
-def sh(cwd: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command in ``cwd`` (:func:`command_env`); raise with its output when ``check`` and it fails."""
-    proc = subprocess.run(list(args), cwd=cwd, env=command_env(), capture_output=True, text=True, timeout=timeout)
+def sh(cwd: Path, *args: str, check: bool = True, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd`` (:func:`command_env` plus ``env``); raise with its output when ``check`` and it fails."""
+    proc = subprocess.run(list(args), cwd=cwd, env=command_env() | (env or {}), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode} in {cwd}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc

@@ -35,6 +35,8 @@ CRASH_POINTS: dict[str, str] = {
     "step.record_tmp": "the step record (the DVC output) is in a temporary file",
     "forget.resolved": "the ledger says the request is resolved; earlier versions are not revoked yet",
     "revoke.ledger": "the ledger revokes earlier versions; the registry tags are not set yet",
+    "sync.recorded": "`ume sync`: a request made in the MLflow UI is in the ledger; the alias is not moved back, no step appended",
+    "sync.before_run": "`ume sync`: the rollback step is in the stream, not run yet",
 }
 
 

@@ -3,7 +3,8 @@
 Works with any tracking URI: ``sqlite:///mlflow.db`` by default, or an MLflow server backed by
 PostgreSQL. Versions carry the tags ``ume.step``, ``ume.manifest_hash``, ``ume.decision`` and a
 behaviour summary; runs carry behaviour metrics and the report artifacts. Only :mod:`pipeline.records.gate`
-moves the alias (through :meth:`Registry.set_champion`).
+moves the alias (through :meth:`Registry.set_champion`); a person may move it in the MLflow UI, and
+:mod:`pipeline.records.ui_requests` reads that move as a rollback request.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class VersionInfo:
     tags: dict[str, str]
     aliases: tuple[str, ...]
     source: str
+    description: str = ""
 
     @property
     def manifest_hash(self) -> str | None:
@@ -191,6 +193,39 @@ class Registry:
         for k, v in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), k, v)
 
+    def delete_version_tag(self, version: int, key: str) -> None:
+        """Remove one tag from a model version (nothing when it is not set)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_model_version_tag(self.model_name, str(version), key)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+    def set_version_description(self, version: int, text: str) -> None:
+        """A model version's description (Markdown in the MLflow UI)."""
+        self.client.update_model_version(self.model_name, str(version), description=text)
+
+    def model_page(self) -> tuple[str, dict[str, str]]:
+        """The registered model's description and tags (empty when the model does not exist yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return "", {}
+        return model.description or "", dict(model.tags or {})
+
+    def set_model_description(self, text: str) -> None:
+        """The registered model's description (Markdown in the MLflow UI)."""
+        self.client.update_registered_model(self.model_name, description=text)
+
+    def set_model_tags(self, tags: dict[str, str]) -> None:
+        """Set tags on the registered model."""
+        for k, v in tags.items():
+            self.client.set_registered_model_tag(self.model_name, k, v)
+
     def champion(self) -> int | None:
         """The version the ``champion`` alias points at, or None."""
         from mlflow.exceptions import MlflowException
@@ -214,7 +249,7 @@ class Registry:
             mv = self.client.get_model_version(self.model_name, str(version))
         except MlflowException:
             raise RegistryError(f"model {self.model_name!r} has no version {version}", field="version") from None
-        return VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source)
+        return _info(mv)
 
     def versions(self) -> list[VersionInfo]:
         """Every version of the model, oldest first."""
@@ -224,8 +259,13 @@ class Registry:
             found = self.client.search_model_versions(f"name='{self.model_name}'", max_results=10000)
         except MlflowException as exc:  # an unknown model is an empty list, not an error: this is something else
             raise RegistryError(f"cannot list the versions of {self.model_name!r}: {exc.message}", field="registry") from None
-        out = [VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source) for mv in found]
+        out = [_info(mv) for mv in found]
         return sorted(out, key=lambda v: v.version)
+
+
+def _info(mv: Any) -> VersionInfo:
+    """An MLflow ``ModelVersion`` as a :class:`VersionInfo`."""
+    return VersionInfo(int(mv.version), mv.run_id, dict(mv.tags), tuple(mv.aliases or ()), mv.source, mv.description or "")
 
 
 FOLLOWER_VERSION = 0  # what a follower's register() answers: no real version is ever 0
@@ -266,3 +306,15 @@ class FollowerRegistry(Registry):
 
     def set_champion(self, version: int) -> None:
         """Only rank 0's gate moves the alias."""
+
+    def delete_version_tag(self, version: int, key: str) -> None:
+        """Rank 0 removes it."""
+
+    def set_version_description(self, version: int, text: str) -> None:
+        """Rank 0 writes it."""
+
+    def set_model_description(self, text: str) -> None:
+        """Rank 0 writes it."""
+
+    def set_model_tags(self, tags: dict[str, str]) -> None:
+        """Rank 0 sets them."""

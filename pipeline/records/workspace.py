@@ -39,6 +39,10 @@ class Workspace:
         """Validate ``params.yaml`` and open the workspace it describes (as this process's rank sees it)."""
         return cls(load_params(params_path))
 
+    def reload_params(self) -> None:
+        """Read ``params.yaml`` again after ume appended a step to its stream (paths and registry stay)."""
+        self.params = load_params(self.params.file)
+
     @cached_property
     def output_dir(self) -> Path:
         """Where this process writes: the store, or a follower's scratch directory."""

@@ -12,6 +12,7 @@ from pipeline.records.deletion import DeletionLog, uncovered_requests
 from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.records.ledger import Ledger
 from pipeline.records.registry import Registry
+from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
 
 
 @dataclass
@@ -91,12 +92,17 @@ def audit(
         alias = f"points at version {actual}" if actual is not None else "is not set"
         moved = f"the ledger's last alias move is to version {expected}" if expected is not None else "the ledger records no promotion"
         report.problems.append(
-            f"champion alias {alias} but {moved} (moved outside ume, or a promotion was interrupted: rerun `dvc repro`)"
+            f"champion alias {alias} but {moved}: moved outside ume and not synced (run `ume sync`: it becomes a gated rollback or"
+            " is refused and moved back), or a promotion was interrupted (rerun `dvc repro`)"
         )
     elif actual is not None and actual not in promoted_ever:
         report.problems.append(f"champion version {actual} never passed the gate")
     else:
         report.checked.append(f"champion alias: version {actual} matches the ledger")
+    ui_requests = [e for e in entries if e.type in (ALIAS_ENTRY, DROP_ENTRY)]
+    if ui_requests:
+        refused = sum(1 for e in ui_requests if e.data["outcome"] == REFUSED)
+        report.checked.append(f"MLflow UI requests: {len(ui_requests)} recorded ({len(ui_requests) - refused} rollback steps, {refused} refused)")
     unusable: set[int] = set()
     if store is not None and manifest_of is not None:
         unusable = _check_components(report, sorted(v for v in versions if v in candidates), actual, store, manifest_of)

@@ -8,13 +8,16 @@ from typing import Any
 from pipeline.core.config import BASE_STEP
 from pipeline.records.debt import request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
+from pipeline.records.ui_requests import alias_move, drop_tags, ui_history
 from pipeline.records.workspace import Workspace
 
 
 def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]:
     """Status as a JSON-ready mapping (the same data ``--json`` prints); deadlines are judged at ``now``."""
     now = now or datetime.now(UTC)
-    champion_version = ws.registry.champion()
+    alias = ws.registry.champion()
+    move = alias_move(ws, alias)  # a person's move in the MLflow UI is a request, not yet the champion
+    champion_version = move.expected if move is not None else alias
     champion: dict[str, Any] | None = None
     log = DeletionLog.read(ws.ledger)
     debt: dict[str, int] = {}
@@ -66,10 +69,27 @@ def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]
             "max_days": ws.params.deletion.max_debt_days,
             "over_sample_limit": sum(debt.values()) > ws.params.deletion.max_debt_samples,
         },
+        "ui_requests": _ui_requests(ws, move),
         "ledger_entries": len(ws.ledger.verify()),
         "tracking_uri": ws.params.registry.tracking_uri,
         "model_name": ws.params.registry.model_name,
     }
+
+
+def _ui_requests(ws: Workspace, move: Any) -> dict[str, Any]:
+    """Changes made in the MLflow UI: not yet synced (alias move, ``ume.drop`` tags) and the recorded ones."""
+    unsynced = []
+    if move is not None and move.recorded is None:
+        unsynced.append(f"{move.describe()}: run `ume sync` to apply it as a gated rollback (or have it refused)")
+    for tag in drop_tags(ws):
+        if tag.recorded is None:
+            unsynced.append(f"ume.drop={tag.drop} set on v{tag.version}: run `ume sync` to apply it as `ume rollback --drop {tag.drop}`")
+    history = []
+    for entry in ui_history(ws):
+        data = entry.data
+        what = f"alias moved to v{data['to']}" if entry.type == "alias_moved" else f"ume.drop={data['drop']} on v{data['version']}"
+        history.append({"seen_at": data["seen_at"], "request": what, "outcome": data["outcome"], "step": data.get("step"), "reason": data.get("reason")})
+    return {"unsynced": unsynced, "recorded": history}
 
 
 def _request_status(request: dict[str, Any], resolved: Any) -> dict[str, Any]:
@@ -114,6 +134,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"deleted samples: {status['deleted_samples']}   pending requests: {', '.join(status['pending_requests']) or 'none'}   "
         f"deletion debt: {debt['samples']} samples (limit {debt['max_samples']})   ledger entries: {status['ledger_entries']}"
     )
+    for line in status["ui_requests"]["unsynced"]:
+        lines.append(f"NOT SYNCED (MLflow UI): {line}")
     if status["overdue_requests"]:
         lines.append(f"OVERDUE (past received + {debt['max_days']:g} days as of {status['as_of']}): {', '.join(status['overdue_requests'])}")
     lines.append("")
@@ -135,4 +157,10 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {r['state']:<8} {r['age_days']:>5.1f}d {deadline:<11}  {_evidence(r)}"
             )
+    recorded = status["ui_requests"]["recorded"]
+    if recorded:
+        lines += ["", "requests made in the MLflow UI:"]
+        for r in recorded[-10:]:
+            outcome = f"rollback step {r['step']}" if r["outcome"] == "rollback" else f"refused: {r['reason']}"
+            lines.append(f"  {r['seen_at']}  {r['request']} -> {outcome}")
     return "\n".join(lines)

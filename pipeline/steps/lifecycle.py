@@ -22,11 +22,13 @@ from pipeline.model.net import check_arch, check_checkpoint
 from pipeline.records import gate
 from pipeline.records.debt import schedule_due_deletions
 from pipeline.records.revocation import revoke_unservable_versions
+from pipeline.records.story import publish_story
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import StepContext, StepOutcome, current_champion
 from pipeline.steps.evaluate import evaluate_and_gate, metrics_of, report_dir
 from pipeline.steps.kind import StepKind, step_kind
 from pipeline.steps.record import finish, step_record
+from pipeline.steps.sync import SyncResult, take_ui_requests
 
 
 def validate_params(params: Params) -> None:
@@ -57,15 +59,30 @@ def run_step(ws: Workspace, key: str) -> StepOutcome:
 
 
 def run_stage(ctx: StepContext) -> StepOutcome:
-    """The phases every stage goes through, then the deletion-debt schedule (an exact step when a limit is reached)."""
+    """The phases every stage goes through, then the deletion-debt schedule (an exact step when a limit is reached).
+
+    Before them, a person's change in the MLflow UI (the alias moved, a ``ume.drop`` tag) is recorded and
+    turned into a rollback step appended to the stream, or refused (:mod:`pipeline.steps.sync`); after
+    them, the registry's descriptions tell the story (:mod:`pipeline.records.story`).
+    """
+    announce_sync(take_ui_requests(ctx.ws, seen_by=f"stage {ctx.key}"), run_hint=True)
     outcome = _run_phases(ctx)
     if ctx.ws.primary:
+        publish_story(ctx.ws)
         try:
             for key in schedule_due_deletions(ctx.ws):
                 print(f"deletion debt: a limit in `deletion` is reached; appended the exact step {key} to the stream (run `dvc repro`)")
         except UmeError as exc:  # the stage itself succeeded: say what to do instead of failing it
             print(f"deletion debt is due but no exact step could be appended ({exc}); add one by hand", file=sys.stderr)
     return outcome
+
+
+def announce_sync(result: SyncResult, *, run_hint: bool) -> None:
+    """Say what a sync did (a stage: the appended rollback steps run in the next ``dvc repro``)."""
+    for line in result.refused:
+        print(f"MLflow UI request: {line}", file=sys.stderr)
+    for key in result.appended:
+        print(f"MLflow UI request: appended the rollback step {key} to the stream" + (" (run `dvc repro`)" if run_hint else ""))
 
 
 def _run_phases(ctx: StepContext) -> StepOutcome:

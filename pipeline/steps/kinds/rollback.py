@@ -43,7 +43,7 @@ def _refuse_reintroduction(ws: Workspace, target: Manifest, *, field: str, what:
     if not log.requests:
         return
     carried = uncovered_requests(target, ws.components, log)
-    version = ws.registry.champion()
+    version = gate.ledger_champion(ws.ledger)  # the alias may sit where a person put it (pipeline.steps.sync)
     already = uncovered_requests(ws.manifest_of(version), ws.components, log) if version else {}
     reintroduced = sorted(r for r in carried if r not in already)
     if reintroduced:
