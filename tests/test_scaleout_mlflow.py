@@ -5,7 +5,9 @@ repository whose ``registry.tracking_uri`` points at the server, and the real ``
 reduced stream: ``base``, a promoted learn step, a blocked learn step (``u2``, the bad data drop) and
 an owner's deletion (``ume forget --owner``, a contributor of ``u3``) with method ``exact``, whose promotion revokes the
 versions that still carry the owner's samples. The tests then read the result three ways: the
-registry over REST, ume's own ``status``/``audit``, and the MLflow UI rendered by headless Chromium.
+registry over REST, ume's own ``status``/``audit``, and the MLflow UI rendered by headless Chromium;
+and finally roll back from the UI's own controls (issue 16): a refused alias move, a ``ume.drop``
+tag, an alias moved to an earlier champion, each followed by ``ume sync``.
 
 Tools come from Debian (``postgresql``, ``chromium``) and the ``dev`` extra (``psycopg2-binary``,
 ``playwright``); where one is missing the tests skip and say which.
@@ -14,6 +16,7 @@ Tools come from Debian (``postgresql``, ``chromium``) and the ``dev`` extra (``p
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import mlflow_ui as ui
 from tests.projects import BAD_DROP, BAD_DROP_FAILS, base_template, clone_project, keep_prepared_data
 from tests.projects import sh as run
 from tests.scaleout_support import MlflowServer, chromium_page, missing_tools, mlflow_server, postgres_cluster
@@ -221,3 +225,99 @@ def test_mlflow_ui_in_chromium(stream: Stream, tmp_path: Path) -> None:
             assert tags.get("deletion_status") == "revoked" and tags.get("ume.revoked_by") == stream.request, tags
         _check_blocked_run_page(page, stream.server.url, experiment_id, blocked.run_id, shots)
     assert sorted(p.name for p in shots.iterdir()) == ["blocked-run.png", "model.png", "version-2.png", "version-3.png", "version-4.png"]
+
+
+# ----------------------------------------------------------------- rolling back from the UI (issue 16)
+# The three tests below change the stream above, in this order: a refused alias move (v2 is revoked),
+# a `ume.drop` tag on the champion (v4 -> v5 = base), an alias moved to the base (v1). Each drives the
+# MLflow UI's own controls in Chromium (tests/mlflow_ui.py), then runs `ume sync`.
+# With UME_UI_SCREENSHOTS=DIR the README's two screenshots are written there too (docs/img).
+
+
+def _ui_page(tmp_path: Path) -> Any:
+    missing = missing_tools(browser=True)
+    if missing:
+        pytest.skip(f"the browser test needs: {'; '.join(missing)}")
+    return chromium_page(tmp_path / "chromium-profile", timeout_ms=UI_TIMEOUT_MS)
+
+
+def _keep_screenshot(page: Any, name: str, tmp_path: Path, focus: str) -> None:
+    """A screenshot with the assistant panel closed and ``focus`` (a selector) in view; also into UME_UI_SCREENSHOTS."""
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count():
+        close.first.click()
+    page.locator(focus).first.scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / name))
+    target = os.environ.get("UME_UI_SCREENSHOTS")
+    if target:
+        page.screenshot(path=str(Path(target) / name))
+
+
+def _champion(stream: Stream) -> int:
+    return int(_client(stream).get_model_version_by_alias(MODEL, "champion").version)
+
+
+def _ledger(stream: Stream, type_: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (stream.repo / "store" / "ledger.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["type"] == type_]
+
+
+def test_ui_alias_on_a_revoked_version_is_refused_and_the_page_says_why(stream: Stream, tmp_path: Path) -> None:
+    with _ui_page(tmp_path) as page:
+        ui.set_alias(page, stream.server.url, MODEL, 2, "champion")
+        assert _champion(stream) == 2
+        audit = run(stream.repo, "ume", "audit", check=False)  # tampering is still caught before a sync
+        assert audit.returncode == 1 and "not synced (run `ume sync`" in audit.stderr
+        synced = run(stream.repo, "ume", "sync", check=False)
+        assert synced.returncode == 1 and stream.request in synced.stderr, synced.stderr
+        assert _champion(stream) == 4
+        tags = ui.version_tags(page, stream.server.url, MODEL, 2)
+        refusal = tags["ume.rollback_refused"]
+        assert stream.request in refusal and "moved back to v4" in refusal, refusal
+        _keep_screenshot(page, "ui-rollback-refused.png", tmp_path, 'tr[data-row-key="ume.rollback_refused"]')
+        assert "Revoked" in ui.version_description(page, stream.server.url, MODEL, 2)
+    (moved,) = _ledger(stream, "alias_moved")
+    assert moved["data"]["outcome"] == "refused" and moved["data"]["to"] == 2
+    assert "audit passed" in run(stream.repo, "ume", "audit").stdout
+
+
+def test_ui_drop_tag_on_the_champion_drops_that_step_through_the_gate(stream: Stream, tmp_path: Path) -> None:
+    with _ui_page(tmp_path) as page:
+        ui.add_version_tag(page, stream.server.url, MODEL, 4, "ume.drop", PROMOTED_LEARN)
+    run(stream.repo, "ume", "sync")
+    steps = yaml.safe_load((stream.repo / "params.yaml").read_text())["stream"]
+    key = list(steps)[-1]
+    assert steps[key]["kind"] == "rollback" and steps[key]["drop"] == PROMOTED_LEARN
+    record = json.loads((stream.repo / "store" / "steps" / f"{key}.json").read_text())
+    assert record["composition"] == "base" and record["decision"] == "promoted", record
+    assert _champion(stream) == record["version"] == 5
+    assert "ume.drop" not in _client(stream).get_model_version(MODEL, "4").tags
+    (requested,) = _ledger(stream, "drop_requested")
+    expected = {"version": 4, "drop": PROMOTED_LEARN, "outcome": "rollback", "step": key}
+    assert {k: requested["data"][k] for k in expected} == expected
+
+
+def test_ui_alias_on_an_earlier_champion_becomes_a_gated_ledgered_rollback(stream: Stream, tmp_path: Path) -> None:
+    with _ui_page(tmp_path) as page:
+        ui.set_alias(page, stream.server.url, MODEL, 1, "champion")
+        synced = run(stream.repo, "ume", "sync")
+        assert "appended the rollback step" in synced.stdout
+        assert _champion(stream) == 1, "the alias stays where the person put it"
+        steps = yaml.safe_load((stream.repo / "params.yaml").read_text())["stream"]
+        key = list(steps)[-1]
+        assert steps[key] | {"reason": None} == {"kind": "rollback", "parent": list(steps)[-2], "to": 1, "reason": None}
+        assert "MLflow UI" in steps[key]["reason"]
+        description = ui.model_description(page, stream.server.url, MODEL)
+        assert "Champion: v1" in description and key in description, description
+        _keep_screenshot(page, "ui-rollback-promoted.png", tmp_path, '[data-testid="note-editor-preview-content"]')
+    moved = _ledger(stream, "alias_moved")[-1]["data"]
+    assert moved["outcome"] == "rollback" and moved["to"] == 1 and moved["step"] == key
+    decision = [d for d in _ledger(stream, "decision") if d["step"] == key]
+    assert [d["data"]["mode"] for d in decision] == ["rollback"] and decision[0]["data"]["alias"] == {"from": 5, "to": 1}
+    st = _status(stream)
+    assert st["champion"]["version"] == 1 and st["ui_requests"]["unsynced"] == []
+    assert [s["champion_after"] for s in st["steps"] if s["id"] == key] == [1]
+    assert "audit passed" in run(stream.repo, "ume", "audit").stdout
+    again = run(stream.repo, "dvc", "repro")
+    assert "Data and pipelines are up to date" in again.stdout, again.stdout[-2000:]
