@@ -85,8 +85,15 @@ class StepContext:
 
 
 def current_champion(ws: Workspace) -> tuple[int, Manifest]:
-    """The champion's version and manifest, or an error saying why there is none and what to run."""
-    version = ws.registry.champion()
+    """The champion's version and manifest, or an error saying why there is none and what to run.
+
+    The ledger's champion (the target of its last alias move), so that an alias a person moves while a
+    stage runs, or that a DDP follower reads before rank 0 synced it, never changes what a stage builds
+    on; without one (no decision yet), the alias.
+    """
+    version = gate.ledger_champion(ws.ledger)
+    if version is None:
+        version = ws.registry.champion()
     if version is None:
         raise UmeError(no_champion_reason(ws), field="champion")
     return version, ws.manifest_of(version)
