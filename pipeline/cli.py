@@ -115,10 +115,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.records.workspace import Workspace
-    from pipeline.reports.audit import audit
+    from pipeline.reports.audit import audit_workspace
 
     ws = Workspace.open(args.params)
-    report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
+    report = audit_workspace(ws, certificates=[Path(p) for p in args.certificate], require_signatures=args.require_signatures)
     for line in report.checked:
         print(f"ok: {line}")
     for line in report.problems:
@@ -126,6 +126,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print("audit passed" if report.ok else f"audit failed: {len(report.problems)} problem(s)")
     return 0 if report.ok else EXIT_CHECK_FAILED
 
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from pipeline.core.signing import generate_keypair
+
+    private, public = generate_keypair(args.out)
+    print(f"wrote {private} (private: keep it out of the repository; point UME_SIGNING_KEY or ledger.signing_key at it)")
+    print(f"wrote {public} (public: set ledger.public_key to it; anyone with it can check signed anchors)")
+    return 0
 
 
 def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
@@ -344,7 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--as-of", help="judge deletion deadlines at this UTC time (ISO 8601) instead of now")
     p.set_defaults(fn=_cmd_status)
-    sub.add_parser("audit", help="verify the ledger's hash chain and that the registry agrees").set_defaults(fn=_cmd_audit)
+    p = sub.add_parser("audit", help="verify the ledger's hash chain, that the registry agrees, and every anchor of the ledger written outside it")
+    p.add_argument(
+        "--certificate",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a deletion certificate (.md or .html): check its ledger entries are still in the ledger, unchanged, in order (repeatable)",
+    )
+    p.add_argument("--require-signatures", action="store_true", help="fail on an anchor without a signature (with ledger.public_key set)")
+    p.set_defaults(fn=_cmd_audit)
+    p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing ledger anchors (ledger.signing_key / ledger.public_key)")
+    p.add_argument("--out", default=".", help="directory for ume-ledger.key (private, mode 0600) and ume-ledger.pub")
+    p.set_defaults(fn=_cmd_keygen)
     p = sub.add_parser(
         "sync",
         help="read a champion alias moved (or a ume.drop tag set) in the MLflow UI as a rollback: run it through the gate "

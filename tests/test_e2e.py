@@ -183,6 +183,27 @@ def test_dvc_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo_copy: Path,
             assert not path.is_symlink() and path.stat().st_nlink == 1 and os.access(path, os.W_OK), path
 
 
+def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Path) -> None:
+    """Issue 18: history rewritten with recomputed hashes, with the registry, the runs and the DVC state made to match.
+
+    Runs every case of ``bench.tamper`` (the figures in bench/results/reliability.json) on a copy of this
+    module's stream, whose dvc.lock is committed to git (the anchor an insider cannot quietly rewrite).
+    """
+    from bench.tamper import CASES, run_case
+
+    run(repo_copy, "git", "add", "-A")
+    run(repo_copy, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "--allow-empty", "-m", "tamper")
+    (certificate,) = sorted((repo_copy / "certificates").glob("*.md"))
+    outcomes = {case.name: run_case(case, repo_copy, certificate, tmp_path) for case in CASES}
+    missed = [name for name, o in outcomes.items() if not o.caught]
+    assert not missed, {name: outcomes[name].problems for name in missed}
+    rewritten = " ".join(outcomes["history-rewritten"].problems)
+    assert "history diverges at entry" in rewritten and "dvc.lock" in rewritten, rewritten
+    assert "no longer in the ledger as certified" in outcomes["certificate-vs-rewritten-ledger"].problems[0]
+    hidden = " ".join(outcomes["rewrite-registry-runs-and-dvc"].problems)
+    assert "dvc.lock at git commit" in hidden and "history diverges at entry" in hidden, hidden
+
+
 def test_zz_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
     ledger = repo_copy / "store" / "ledger.jsonl"
     original = ledger.read_text()

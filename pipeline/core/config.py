@@ -109,6 +109,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    """``ledger``: optional Ed25519 signing of the ledger heads ume writes outside the ledger (anchors).
+
+    ``signing_key`` is the path of the operator's private key (PEM; the environment variable
+    ``UME_SIGNING_KEY`` overrides it, so the key can stay out of the repository); every anchor is then
+    signed. ``public_key`` is the path of the matching public key: ``ume audit`` verifies every signed
+    anchor with it. Both relative to ``params.yaml``; both off by default.
+    """
+
+    signing_key: str | None = None
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
 class DeletionConfig:
     """``deletion``: how long a request may be served only approximately (deletion debt).
 
@@ -191,6 +205,7 @@ class Params:
     behaviors: BehaviorsConfig
     stream: dict[str, StepConfig]
     deletion: DeletionConfig = DeletionConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
     @property
     def store(self) -> Path:
@@ -203,6 +218,19 @@ class Params:
         if self.model.checkpoint is None:
             return None
         return Path(self.file).parent / self.model.checkpoint
+
+    @property
+    def signing_key_path(self) -> Path | None:
+        """The private key that signs anchors: ``UME_SIGNING_KEY``, else ``ledger.signing_key`` (relative to params.yaml)."""
+        import os
+
+        path = os.environ.get("UME_SIGNING_KEY") or self.ledger.signing_key
+        return None if not path else Path(self.file).parent / path
+
+    @property
+    def public_key_path(self) -> Path | None:
+        """``ledger.public_key``, relative to the directory of ``params.yaml``."""
+        return None if not self.ledger.public_key else Path(self.file).parent / self.ledger.public_key
 
     @property
     def requests_dir(self) -> Path:
@@ -418,6 +446,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         "train": TrainConfig,
         "behaviors": BehaviorsConfig,
         "deletion": DeletionConfig,
+        "ledger": LedgerConfig,
         "stream": None,
     }
     for key in raw:

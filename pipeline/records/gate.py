@@ -8,7 +8,7 @@ ledger for long and a promotion is never half-done from the auditor's point of v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,11 +79,14 @@ def apply_decision(
     mode: str = "gate",
     report: str | None = None,
     evidence: dict[str, Any] | None = None,
+    anchor: Callable[[Entry], dict[str, str]] | None = None,
 ) -> None:
     """Record the decision in the ledger, tag the version and, on promotion, move the alias.
 
     ``report`` is where the behaviour report lives (an MLflow artifact URI); the decision links to it.
     ``evidence`` is the forget evidence per request (each check with its control and verdict).
+    ``anchor`` gives the tags that anchor the decision's entry outside the ledger (its hash, sequence
+    number and signature: :func:`pipeline.records.anchors.decision_tags`); by default the hash only.
     """
     alias = {"from": champion_before, "to": version} if decision.promote else None
     entry = ledger.append(
@@ -102,7 +105,7 @@ def apply_decision(
         step=step,
     )
     crash_point("gate.decided")
-    tags = {"ume.ledger_entry": entry.hash}
+    tags = anchor(entry) if anchor is not None else {"ume.ledger_entry": entry.hash}
     if report:
         tags["ume.report"] = report
     if mode == "gate":

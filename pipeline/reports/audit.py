@@ -1,18 +1,21 @@
-"""``ume audit``: the ledger's chain verifies and the MLflow registry agrees with it."""
+"""``ume audit``: the ledger's chain verifies, the MLflow registry agrees with it, and so does every anchor of it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pipeline.core.errors import ComponentError, LedgerError
+from pipeline.core.errors import ComponentError, ConfigError, LedgerError
 from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
+from pipeline.records.anchors import Anchor, certificate_anchors, check_anchors, reachable_anchors
 from pipeline.records.deletion import DeletionLog, uncovered_requests
 from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.records.ledger import Ledger
 from pipeline.records.registry import Registry
 from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
+from pipeline.records.workspace import Workspace
 
 
 @dataclass
@@ -169,3 +172,68 @@ def _check_components(
     if checked:
         report.checked.append(f"components: {len(checked) - len(broken)} of {len(checked)} match their sidecars")
     return unusable
+
+
+def audit_workspace(ws: Workspace, *, certificates: list[Path] = (), require_signatures: bool = False) -> AuditReport:
+    """:func:`audit`, then the ledger against every anchor ume can reach (:mod:`pipeline.records.anchors`).
+
+    ``certificates`` are files a data subject or an auditor holds; every ``certificates/*.md`` beside
+    ``params.yaml`` is checked too. ``require_signatures`` fails on an unsigned anchor (with
+    ``ledger.public_key`` set).
+    """
+    report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
+    if any(p.startswith("ledger chain broken") for p in report.problems):
+        return report
+    explicit = [Path(p) for p in certificates]
+    for path in explicit:
+        if not path.is_file():
+            raise ConfigError(f"no such certificate file: {path}", field="--certificate")
+    local_dir = Path(ws.params.file).parent / "certificates"
+    local = [p for p in sorted(local_dir.glob("*.md")) if p.resolve() not in {e.resolve() for e in explicit}]
+    anchors: list[Anchor] = reachable_anchors(ws)
+    by_certificate: dict[Path, list[Anchor]] = {}
+    for path in [*explicit, *local]:
+        try:
+            by_certificate[path] = certificate_anchors(path)
+        except (ValueError, KeyError, TypeError) as exc:
+            if path in explicit:
+                raise ConfigError(f"{exc}", file=str(path), field="--certificate") from None
+            report.checked.append(f"certificate {path.name}: no ledger anchors (written before certificates carried them); skipped")
+    for found in by_certificate.values():
+        anchors.extend(found)
+    result = check_anchors(ws, anchors)
+    for path, found in by_certificate.items():
+        wrong = [(a, why) for a, why in result.disagreed if a in found]
+        if wrong:
+            report.problems.append(
+                f"certificate {path}: {len(wrong)} of its {len(found)} ledger entries are no longer in the ledger as certified"
+                f" ({'; '.join(f'{a.source}: {why}' for a, why in wrong[:3])})"
+            )
+        else:
+            report.checked.append(f"certificate {path.name}: its {len(found) - 1} entries and its head are in the ledger, unchanged, in order")
+    others = [(a, why) for a, why in result.disagreed if not any(a in f for f in by_certificate.values())]
+    if result.disagreed:
+        shown = "; ".join(f"{a.source}: {why}" for a, why in (others or result.disagreed)[:4])
+        report.problems.append(
+            f"ledger anchors: {result.divergence()} ({len(result.disagreed)} of {len(anchors)} anchors written outside the ledger"
+            f" disagree with it: {shown}); the ledger was rewritten after they were written"
+        )
+    else:
+        kinds = {"registry": 0, "MLflow run": 0, "dvc.lock": 0, "certificate": 0}
+        for a in result.agreed:
+            for kind in kinds:
+                if a.source.startswith(kind):
+                    kinds[kind] += 1
+        counts = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        report.checked.append(f"ledger anchors: all {len(anchors)} agree ({counts})" if anchors else "ledger anchors: none written yet")
+    if result.bad_signatures:
+        report.problems.append(
+            f"ledger anchors: {len(result.bad_signatures)} signature(s) do not verify with {ws.params.public_key_path}: "
+            + "; ".join(a.source for a in result.bad_signatures[:4])
+        )
+    elif ws.params.public_key_path is not None:
+        signed = sum(1 for a in anchors if a.signature)
+        report.checked.append(f"ledger anchors: {signed} signatures verify with {ws.params.public_key_path}; {result.unsigned} anchors unsigned")
+    if require_signatures and result.unsigned:
+        report.problems.append(f"ledger anchors: {result.unsigned} anchor(s) carry no signature (--require-signatures)")
+    return report

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.markdown import markdown_to_html
+from pipeline.records.anchors import CERTIFICATE_MARK, certificate_anchor_block
 from pipeline.records.debt import debts_of
 from pipeline.records.deletion import REPEAT_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
 from pipeline.records.workspace import Workspace
@@ -145,12 +146,23 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
     else:
         lines.append("No forget step has run for this request yet.")
     lines += ["", "## Ledger entries", "", "| seq | type | step | hash |", "|---|---|---|---|"]
+    listed = []
     for e in ws.ledger.verify():
         related = e.data.get("request_id") == request_id or (e.step in steps) or e in revoked
         if related or (e.type == REPEAT_ENTRY and e.data.get("request_id") == request_id):
             lines.append(f"| {e.seq} | {e.type} | {e.step or ''} | `{e.hash}` |")
-    lines += ["", f"Ledger head: `{ws.ledger.head()}` (verify with `ume audit`).", "", "## Hashed sample ids", ""]
-    lines += ["```", *sorted(hashed), "```", ""]
+            listed.append(e)
+    entries = ws.ledger.verify()
+    lines += [
+        "",
+        f"Ledger head: entry {entries[-1].seq}, `{entries[-1].hash}`. Anyone holding this file can check that these entries are"
+        " still in the ledger, unchanged and in order: `ume audit --certificate <this file>`.",
+        "",
+        "## Hashed sample ids",
+        "",
+    ]
+    ws_anchor = certificate_anchor_block(ws, listed)
+    lines += ["```", *sorted(hashed), "```", "", ws_anchor, ""]
     return "\n".join(lines)
 
 
@@ -160,6 +172,8 @@ def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out_dir / f"{request_id}.md", out_dir / f"{request_id}.html"
     md_path.write_text(markdown)
-    html_path.write_text(markdown_to_html(markdown, f"Deletion certificate {request_id}"))
+    anchors = next(line for line in markdown.splitlines() if line.startswith(f"<!-- {CERTIFICATE_MARK}"))
+    body = markdown_to_html("\n".join(line for line in markdown.splitlines() if line != anchors), f"Deletion certificate {request_id}")
+    html_path.write_text(body.replace("</body>", f"{anchors}\n</body>", 1) if "</body>" in body else f"{body}\n{anchors}\n")
     return md_path, html_path
 

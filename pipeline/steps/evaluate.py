@@ -18,6 +18,7 @@ from pipeline.core import ranks
 from pipeline.core.faults import crash_point
 from pipeline.model.manifest import Manifest
 from pipeline.records import gate
+from pipeline.records.anchors import decision_tags
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import Candidate, StepContext, StepOutcome
 from pipeline.steps.record import finish, step_record
@@ -162,6 +163,7 @@ def evaluate_and_gate(ctx: StepContext, kind: StepKind, candidate: Candidate, *,
         mode=mode,
         report=f"runs:/{ctx.run_id}/behaviors/report.html",
         evidence=evidence,
+        anchor=decision_tags(ws),
     )
     champion_after = ws.registry.champion()
     ws.registry.set_run_tags(ctx.run_id, {"ume.decision": decision.label, "ume.version": str(version), "ume.reason": decision.reason[:5000]})

@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 from behaviors.suite import BehaviorResult
+from pipeline.core import signing
 from pipeline.core.config import BASE_STEP, Params
 from pipeline.core.errors import UmeError
 from pipeline.core.faults import crash_point
 from pipeline.core.tempfiles import sweep_stale_temporaries
 from pipeline.model.net import check_arch, check_checkpoint
 from pipeline.records import gate
+from pipeline.records.anchors import anchor_run
 from pipeline.records.debt import schedule_due_deletions
 from pipeline.records.revocation import revoke_unservable_versions
 from pipeline.records.story import publish_story
@@ -32,10 +34,14 @@ from pipeline.steps.sync import SyncResult, take_ui_requests
 
 
 def validate_params(params: Params) -> None:
-    """Everything that can be checked before any write: the arch, the checkpoint, every step's options."""
+    """Everything that can be checked before any write: the arch, the checkpoint, the signing keys, every step's options."""
     check_arch(params.model.arch, params.file)
     if params.checkpoint_path is not None:
         check_checkpoint(params.checkpoint_path, params.model.checkpoint_sha256, file=params.file)
+    if params.signing_key_path is not None:  # a bad key must stop the stage before it trains, not at the gate
+        signing.load_private_key(params.signing_key_path)
+    if params.public_key_path is not None:
+        signing.load_public_key(params.public_key_path)
     for key, step in params.stream.items():
         step_kind(step.kind, file=params.file, where=f"stream.{key}.kind").validate(params, step)
 
@@ -68,6 +74,7 @@ def run_stage(ctx: StepContext) -> StepOutcome:
     announce_sync(take_ui_requests(ctx.ws, seen_by=f"stage {ctx.key}"), run_hint=True)
     outcome = _run_phases(ctx)
     if ctx.ws.primary:
+        anchor_run(ctx.ws, ctx.run_id)  # the ledger head, outside the ledger (pipeline.records.anchors)
         publish_story(ctx.ws)
         try:
             for key in schedule_due_deletions(ctx.ws):

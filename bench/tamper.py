@@ -1,0 +1,313 @@
+"""Tamper cases against the ledger: does ``ume audit`` catch each one, and does it name where history diverges?
+
+``python -m bench.tamper [--workdir DIR]`` builds a small signed DVC project:
+1. ``dvc repro`` of a base and a learn step;
+2. ``ume forget --owner`` with method exact, then ``dvc repro``;
+3. a deletion certificate, with ``dvc.lock`` committed to git after each stage.
+
+It then tampers with a copy per case, as an insider who owns the ledger file would, and runs the
+audit in-process. Every case but the first rewrites history *and recomputes every hash*, so the
+chain itself still verifies. Each later case also edits one more place that holds an anchor of the
+ledger: the registry tags, the MLflow run parameters (straight in the database, since MLflow never
+lets a logged parameter change), then the working tree's ``dvc.lock`` and the DVC cache. Results
+are merged into ``bench/results/reliability.json`` (``tamper_cases_tried``,
+``tamper_cases_caught``, ``tamper_cases``); ``tests/test_tamper.py`` runs the same cases on the test
+suite's project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.core.canonical import canonical_json
+from pipeline.records.ledger import GENESIS, entry_hash
+
+RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
+LEDGER = Path("store") / "ledger.jsonl"
+
+
+# ------------------------------------------------------------------------------ rewriting history
+
+
+def read_entries(root: Path) -> list[dict[str, Any]]:
+    """The ledger's raw entries."""
+    return [json.loads(line) for line in (root / LEDGER).read_text().splitlines() if line.strip()]
+
+
+def write_rechained(root: Path, entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Write ``entries`` renumbered, every ``prev``/``hash`` recomputed (a chain that verifies); old hash -> new hash."""
+    prev, mapping, lines = GENESIS, {}, []
+    for seq, entry in enumerate(entries, start=1):
+        old = entry["hash"]
+        body = {**{k: v for k, v in entry.items() if k != "hash"}, "seq": seq, "prev": prev}
+        body["hash"] = entry_hash(body)
+        mapping[old] = body["hash"]
+        prev = body["hash"]
+        lines.append(canonical_json(body))
+    (root / LEDGER).write_text("\n".join(lines) + "\n")
+    return mapping
+
+
+def drop_request(root: Path) -> dict[str, str]:
+    """Rewrite history without the deletion request (its request, resolution and revocation), hashes recomputed."""
+    kept = [e for e in read_entries(root) if e["type"] not in ("deletion_request", "deletion_resolved", "revocation")]
+    return write_rechained(root, kept)
+
+
+def _registry_db(root: Path) -> sqlite3.Connection:
+    return sqlite3.connect(root / "mlflow.db")
+
+
+def retag_registry(root: Path, mapping: dict[str, str]) -> None:
+    """Edit every version's anchor tags to match the rewritten ledger (as the ledger's owner can through MLflow)."""
+    seqs = {e["hash"]: e["seq"] for e in read_entries(root)}
+    with contextlib.closing(_registry_db(root)) as db, db:
+        rows = db.execute("SELECT name, version, value FROM model_version_tags WHERE key = 'ume.ledger_entry'").fetchall()
+        for name, version, value in rows:
+            new = mapping.get(value, value)
+            db.execute("UPDATE model_version_tags SET value = ? WHERE name = ? AND version = ? AND key = 'ume.ledger_entry'", (new, name, version))
+            if new in seqs:
+                db.execute("UPDATE model_version_tags SET value = ? WHERE name = ? AND version = ? AND key = 'ume.ledger_seq'", (str(seqs[new]), name, version))
+
+
+def rewrite_run_params(root: Path) -> None:
+    """Point every run's anchor parameter at the rewritten ledger's head, straight in the database."""
+    head = read_entries(root)[-1]
+    with contextlib.closing(_registry_db(root)) as db, db:
+        db.execute("UPDATE params SET value = ? WHERE key = 'ume.ledger_anchor'", (f"{head['seq']}:{head['hash']}",))
+
+
+def rewrite_dvc_state(root: Path) -> None:
+    """Record the rewritten ledger in the working tree's ``dvc.lock`` and put it in the DVC cache (git history untouched)."""
+    data = (root / LEDGER).read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == str(LEDGER):
+                out["md5"], out["size"] = md5, len(data)
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(data)
+
+
+def sign_with_another_key(root: Path) -> None:
+    """Replace every version's anchor signature with one made by a key that is not the operator's."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pipeline.core.signing import anchor_message, sign
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    model = raw["registry"]["model_name"]
+    key = Ed25519PrivateKey.generate()
+    with contextlib.closing(_registry_db(root)) as db, db:
+        rows = db.execute("SELECT name, version, value FROM model_version_tags WHERE key = 'ume.ledger_entry'").fetchall()
+        for name, version, value in rows:
+            seq = db.execute("SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = 'ume.ledger_seq'", (name, version)).fetchone()
+            if seq is None:
+                continue
+            signature = sign(key, anchor_message(model, int(seq[0]), value))
+            db.execute("UPDATE model_version_tags SET value = ? WHERE name = ? AND version = ? AND key = 'ume.ledger_sig'", (signature, name, version))
+
+
+# ------------------------------------------------------------------------------------------ cases
+
+
+@dataclass(frozen=True)
+class TamperCase:
+    """One way to tamper, and whether the audit is given the data subject's certificate."""
+
+    name: str
+    what: str
+    tamper: Callable[[Path], Any]
+    with_certificate: bool = False
+
+
+def _edit_entry(root: Path) -> None:
+    entries = read_entries(root)
+    target = next(e for e in entries if e["type"] == "deletion_request")
+    target["data"]["reason"] = "no request was made"
+    (root / LEDGER).write_text("\n".join(canonical_json(e) for e in entries) + "\n")
+
+
+def _reorder(root: Path) -> None:
+    entries = read_entries(root)
+    i = next(i for i, e in enumerate(entries) if e["type"] == "deletion_request")
+    entries[i], entries[i + 1] = entries[i + 1], entries[i]
+    write_rechained(root, entries)
+
+
+def _truncate(root: Path) -> None:
+    entries = read_entries(root)
+    first = next(i for i, e in enumerate(entries) if e["type"] == "deletion_request")
+    (root / LEDGER).write_text("\n".join(canonical_json(e) for e in entries[:first]) + "\n")
+
+
+def _rewrite_and_retag(root: Path) -> None:
+    retag_registry(root, drop_request(root))
+
+
+def _rewrite_retag_and_params(root: Path) -> None:
+    _rewrite_and_retag(root)
+    rewrite_run_params(root)
+
+
+def _rewrite_everything_but_git(root: Path) -> None:
+    _rewrite_retag_and_params(root)
+    rewrite_dvc_state(root)
+
+
+def _rewrite_and_forge_signatures(root: Path) -> None:
+    _rewrite_everything_but_git(root)
+    sign_with_another_key(root)
+
+
+CASES: tuple[TamperCase, ...] = (
+    TamperCase("entry-edited", "one entry's data changed, hashes not recomputed", _edit_entry),
+    TamperCase("history-rewritten", "the deletion request's entries removed, every prev/hash recomputed", drop_request),
+    TamperCase("entries-reordered", "two entries swapped, every prev/hash recomputed", _reorder),
+    TamperCase("ledger-truncated", "every entry from the deletion request on removed (the chain stays valid)", _truncate),
+    TamperCase("rewrite-and-registry-tags", "history rewritten, and every version's ume.ledger_entry/ume.ledger_seq edited to match", _rewrite_and_retag),
+    TamperCase("rewrite-registry-and-run-params", "as above, and every run's ume.ledger_anchor parameter edited in the database", _rewrite_retag_and_params),
+    TamperCase(
+        "rewrite-registry-runs-and-dvc",
+        "as above, and the working tree's dvc.lock and the DVC cache made to match (git history untouched)",
+        _rewrite_everything_but_git,
+    ),
+    TamperCase("forged-signatures", "as above, and every version's anchor re-signed with another key", _rewrite_and_forge_signatures),
+    TamperCase("certificate-vs-rewritten-ledger", "history rewritten; the data subject checks their certificate", drop_request, with_certificate=True),
+)
+
+
+@dataclass
+class TamperOutcome:
+    """What the audit said."""
+
+    name: str
+    what: str
+    caught: bool
+    problems: list[str]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """For ``reliability.json``."""
+        return {"name": self.name, "what": self.what, "caught": self.caught, "problems": [p[:400] for p in self.problems], "seconds": round(self.seconds, 2)}
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _sh(root: Path, *argv: str) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(list(argv), cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def _commit(root: Path, message: str) -> None:
+    _sh(root, "git", "add", "-A")
+    _sh(root, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "-m", message)
+
+
+def finish_template(root: Path, owner: str) -> Path:
+    """On a project whose base and learn step ran (dvc.lock committed): a signing key, an exact forget, a certificate.
+
+    Signing is switched on before the forget, so the anchors written from then on are signed.
+    """
+    from pipeline.core.signing import generate_keypair
+
+    private, public = generate_keypair(root / "keys")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["ledger"] = {"signing_key": str(private.relative_to(root)), "public_key": str(public.relative_to(root))}
+    stream = raw.pop("stream")
+    raw["stream"] = stream  # `stream` stays the last section (ume forget appends to it)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _sh(root, "ume", "forget", "--owner", owner, "--method", "exact", "--reason", "GDPR art. 17 (tamper bench)")
+    _sh(root, "dvc", "repro")
+    _commit(root, "forget")
+    request = yaml.safe_load((root / "params.yaml").read_text())["stream"]
+    request_id = next(v["request"] for v in request.values() if v.get("kind") == "forget")
+    _sh(root, "ume", "certificate", request_id, "--out", str(root / "held-by-subject"))
+    return root / "held-by-subject" / f"{request_id}.md"
+
+
+def run_case(case: TamperCase, template: Path, certificate: Path, workdir: Path) -> TamperOutcome:
+    """Copy, tamper, audit in-process."""
+    started = time.time()
+    root = workdir / case.name
+    shutil.copytree(template, root, symlinks=True)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"  # MLflow keeps one engine per URI per process
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    held = root / certificate.relative_to(template)
+    before = _audit_problems(root, held if case.with_certificate else None)
+    if before:
+        raise RuntimeError(f"{case.name}: the untouched copy does not pass the audit: {before}")
+    case.tamper(root)
+    problems = _audit_problems(root, held if case.with_certificate else None)
+    return TamperOutcome(case.name, case.what, bool(problems), problems, time.time() - started)
+
+
+def _audit_problems(root: Path, certificate: Path | None) -> list[str]:
+    from pipeline.records.workspace import Workspace
+    from pipeline.reports.audit import audit_workspace
+
+    with contextlib.chdir(root):
+        ws = Workspace.open("params.yaml")
+        report = audit_workspace(ws, certificates=[certificate] if certificate else [])
+    problems = list(report.problems)
+    if certificate is not None:
+        problems = [p for p in problems if p.startswith(f"certificate {certificate}")]  # what the data subject's check says
+    return problems
+
+
+def merge_results(outcomes: list[TamperOutcome], seconds: float) -> dict[str, Any]:
+    """Write the tamper figures into ``bench/results/reliability.json`` (other figures kept)."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data["tamper_cases_tried"] = len(outcomes)
+    data["tamper_cases_caught"] = sum(o.caught for o in outcomes)
+    data["tamper_cases"] = [o.to_json() for o in outcomes]
+    data["tamper_seconds"] = round(seconds, 1)
+    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the template, run every case, merge the figures."""
+    from bench.crash import _owner_of_learn_slice, make_template
+
+    parser = argparse.ArgumentParser(prog="python -m bench.tamper", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ume-tamper-"))
+    started = time.time()
+    template = make_template(workdir / "template")
+    _commit(template, "base and learn")
+    certificate = finish_template(template, _owner_of_learn_slice(template))
+    outcomes = [run_case(case, template, certificate, workdir) for case in CASES]
+    for o in outcomes:
+        print(f"{'caught ' if o.caught else 'MISSED '} {o.name:34s} {(o.problems or ['-'])[0][:160]}")
+    data = merge_results(outcomes, time.time() - started)
+    print(f"tamper cases caught: {data['tamper_cases_caught']} / {data['tamper_cases_tried']} ({time.time() - started:.0f} s)")
+    return 0 if data["tamper_cases_caught"] == data["tamper_cases_tried"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""Ledger heads written down outside the ledger (anchors), and the check of the ledger against them.
+
+A hash chain catches a careless edit, not someone who rewrites history and recomputes every hash.
+What catches that is a head the ledger's owner cannot quietly rewrite together with the ledger:
+certificate transparency publishes signed tree heads for this reason (RFC 6962). ume writes and reads
+these anchors:
+
+- **registry**: each decision's entry hash and sequence number as tags of its model version
+  (``ume.ledger_entry``, ``ume.ledger_seq``, ``ume.ledger_sig``);
+- **MLflow runs**: the ledger head at the end of every stage as *parameters* of the stage's run
+  (``ume.ledger_anchor`` = ``seq:hash``, ``ume.ledger_anchor_sig``); MLflow never lets a logged
+  parameter change;
+- **certificates**: the entries a certificate lists and the head it was written at
+  (``ume audit --certificate FILE``, and every file under ``certificates/``);
+- **DVC**: ``dvc.lock`` records the MD5 of ``store/ledger.jsonl`` at every ``seal`` (in the working tree
+  and in every git commit of ``dvc.lock``), and the DVC cache keeps those very files: a cached copy is
+  compared line by line, which names the exact first entry that changed.
+
+An anchor agrees when the ledger's entry ``seq`` has that hash (the hash commits to every entry
+before it). The first divergence is the first line where a cached copy differs, else it lies after
+the last agreeing anchor and at or before the first disagreeing one. With ``ledger.public_key``, each
+signed anchor is verified (:mod:`pipeline.core.signing`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.core import signing
+from pipeline.records.ledger import Entry
+from pipeline.records.workspace import Workspace
+
+RUN_ANCHOR_PARAM = "ume.ledger_anchor"
+RUN_SIGNATURE_PARAM = "ume.ledger_anchor_sig"
+CERTIFICATE_MARK = "ume-ledger-anchors:"
+MAX_GIT_COMMITS = 500
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A claim made outside the ledger: entry ``seq`` had hash ``hash`` (``seq`` None: somewhere)."""
+
+    source: str
+    seq: int | None
+    hash: str
+    signature: str | None = None
+    lines: tuple[str, ...] | None = None  # a whole earlier copy of the ledger (DVC cache), when there is one
+
+
+@dataclass
+class AnchorReport:
+    """What the anchors say about the ledger."""
+
+    agreed: list[Anchor] = field(default_factory=list)
+    disagreed: list[tuple[Anchor, str]] = field(default_factory=list)
+    bad_signatures: list[Anchor] = field(default_factory=list)
+    unsigned: int = 0
+    first_divergence: int | None = None  # the first entry that differs (exact, from a cached copy)
+    divergence_range: tuple[int, int | None] | None = None  # (after entry, at or before entry) otherwise
+
+    def divergence(self) -> str:
+        """Where history diverges, in words."""
+        if self.first_divergence is not None:
+            return f"history diverges at entry {self.first_divergence}"
+        if self.divergence_range is not None:
+            after, before = self.divergence_range
+            end = f" and at or before entry {before}" if before is not None else ""
+            return f"history diverges after entry {after}{end}"
+        return "history diverges"
+
+
+def signer(ws: Workspace) -> Callable[[int, str], str | None]:
+    """A function that signs ``(seq, hash)`` with the configured key, or returns None when signing is off."""
+    path = ws.params.signing_key_path
+    if path is None:
+        return lambda seq, entry_hash: None
+    key = signing.load_private_key(path)
+    model = ws.params.registry.model_name
+    return lambda seq, entry_hash: signing.sign(key, signing.anchor_message(model, seq, entry_hash))
+
+
+def decision_tags(ws: Workspace) -> Callable[[Entry], dict[str, str]]:
+    """The anchor tags of a decision entry on its model version."""
+    sign = signer(ws)
+
+    def tags(entry: Entry) -> dict[str, str]:
+        out = {"ume.ledger_entry": entry.hash, "ume.ledger_seq": str(entry.seq)}
+        signature = sign(entry.seq, entry.hash)
+        if signature:
+            out["ume.ledger_sig"] = signature
+        return out
+
+    return tags
+
+
+def anchor_run(ws: Workspace, run_id: str | None) -> None:
+    """Write the ledger head as parameters of a stage's run (once per run: MLflow parameters never change)."""
+    if run_id is None or not ws.primary:
+        return
+    entries = ws.ledger.verify()
+    if not entries:
+        return
+    head = entries[-1]
+    params = {RUN_ANCHOR_PARAM: f"{head.seq}:{head.hash}"}
+    signature = signer(ws)(head.seq, head.hash)
+    if signature:
+        params[RUN_SIGNATURE_PARAM] = signature
+    ws.registry.log_params(run_id, params)
+
+
+def certificate_anchor_block(ws: Workspace, entries: list[Entry]) -> str:
+    """The machine-readable anchors a certificate carries (an HTML comment: invisible, and kept in both formats)."""
+    head = ws.ledger.verify()[-1]
+    payload: dict[str, Any] = {
+        "model": ws.params.registry.model_name,
+        "entries": [[e.seq, e.hash] for e in entries],
+        "head": [head.seq, head.hash],
+    }
+    signature = signer(ws)(head.seq, head.hash)
+    if signature:
+        payload["head_signature"] = signature
+    return f"<!-- {CERTIFICATE_MARK} {json.dumps(payload, separators=(',', ':'))} -->"
+
+
+def certificate_anchors(path: Path) -> list[Anchor]:
+    """The anchors of one certificate file (Markdown or HTML); a :class:`ValueError` when it has none."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    found = re.search(r"<!-- " + re.escape(CERTIFICATE_MARK) + r" (\{.*?\}) -->", text)
+    if found is None:
+        raise ValueError(f"{path} carries no ume ledger anchors (written before ume anchored certificates?)")
+    payload = json.loads(found.group(1))
+    out = [Anchor(f"certificate {path.name}: entry {seq}", int(seq), str(h)) for seq, h in payload["entries"]]
+    seq, head = payload["head"]
+    out.append(Anchor(f"certificate {path.name}: head", int(seq), str(head), payload.get("head_signature")))
+    return out
+
+
+def registry_anchors(ws: Workspace) -> list[Anchor]:
+    """Each version's ``ume.ledger_entry`` (with ``ume.ledger_seq`` where written)."""
+    out = []
+    for info in ws.registry.versions():
+        entry_hash = info.tags.get("ume.ledger_entry")
+        if not entry_hash:
+            continue
+        seq = info.tags.get("ume.ledger_seq")
+        number = int(seq) if seq and seq.isdigit() else None
+        out.append(Anchor(f"registry v{info.version} tag ume.ledger_entry", number, entry_hash, info.tags.get("ume.ledger_sig")))
+    return out
+
+
+def run_anchors(ws: Workspace) -> list[Anchor]:
+    """The ledger head each stage's MLflow run holds as a parameter."""
+    exp = ws.registry.client.get_experiment_by_name(ws.params.registry.experiment)
+    if exp is None:
+        return []
+    out = []
+    token = None
+    while True:
+        page = ws.registry.client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            value = run.data.params.get(RUN_ANCHOR_PARAM)
+            if value and ":" in value:
+                seq, _, entry_hash = value.partition(":")
+                name = run.data.tags.get("mlflow.runName", run.info.run_id)
+                where = f"MLflow run {name} ({run.info.run_id[:8]}) param {RUN_ANCHOR_PARAM}"
+                out.append(Anchor(where, int(seq), entry_hash, run.data.params.get(RUN_SIGNATURE_PARAM)))
+        token = page.token
+        if not token:
+            return out
+
+
+def _ledger_md5s(project: Path, ledger_rel: str) -> list[tuple[str, str, int | None]]:
+    """``(where, md5, size)`` of the ledger as ``dvc.lock`` recorded it: the working tree, then git history."""
+    found: list[tuple[str, str, int | None]] = []
+
+    def read(text: str, where: str) -> None:
+        try:
+            stages = (yaml.safe_load(text) or {}).get("stages") or {}
+        except yaml.YAMLError:
+            return
+        for stage in stages.values():
+            for out in stage.get("outs") or []:
+                if out.get("path") == ledger_rel and out.get("md5"):
+                    found.append((where, str(out["md5"]), out.get("size")))
+
+    lock = project / "dvc.lock"
+    if lock.exists():
+        read(lock.read_text(), "dvc.lock (working tree)")
+    try:
+        commits = subprocess.run(
+            ["git", "log", f"-{MAX_GIT_COMMITS}", "--format=%H", "--", "dvc.lock"], cwd=project, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return found
+    for commit in commits.stdout.split() if commits.returncode == 0 else []:
+        shown = subprocess.run(["git", "show", f"{commit}:dvc.lock"], cwd=project, capture_output=True, text=True, timeout=60)
+        if shown.returncode == 0:
+            read(shown.stdout, f"dvc.lock at git commit {commit[:10]}")
+    return found
+
+
+def dvc_anchors(ws: Workspace) -> list[Anchor]:
+    """The ledgers ``dvc.lock`` recorded, as whole copies from the DVC cache where it still has them."""
+    project = Path(ws.params.file).resolve().parent
+    try:
+        ledger_rel = str(ws.ledger.path.resolve().relative_to(project))
+    except ValueError:
+        return []
+    cache = project / ".dvc" / "cache" / "files" / "md5"
+    out, seen = [], set()
+    for where, md5, _size in _ledger_md5s(project, ledger_rel):
+        if md5 in seen:
+            continue
+        seen.add(md5)
+        copy = cache / md5[:2] / md5[2:]
+        if copy.exists():
+            lines = tuple(line for line in copy.read_text(encoding="utf-8").split("\n") if line.strip())
+            last = json.loads(lines[-1]) if lines else {"seq": 0, "hash": ""}
+            out.append(Anchor(f"{where}: the ledger DVC cached ({md5[:10]})", int(last["seq"]), str(last["hash"]), lines=lines))
+        else:
+            out.append(Anchor(f"{where}: MD5 {md5[:10]} of the ledger (not in the DVC cache)", None, f"md5:{md5}"))
+    return out
+
+
+def _raw_lines(ws: Workspace) -> list[str]:
+    if not ws.ledger.path.exists():
+        return []
+    return [line for line in ws.ledger.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def check_anchors(ws: Workspace, anchors: list[Anchor]) -> AnchorReport:
+    """Compare the ledger with every anchor (and verify signatures when ``ledger.public_key`` is set)."""
+    lines = _raw_lines(ws)
+    hashes: list[str] = []
+    for line in lines:
+        try:
+            hashes.append(str(json.loads(line).get("hash")))
+        except (json.JSONDecodeError, AttributeError):
+            hashes.append("")
+    position = {h: i + 1 for i, h in enumerate(hashes)}
+    prefix_md5: dict[str, int] = {}
+    if any(a.hash.startswith("md5:") for a in anchors):
+        digest = hashlib.md5()
+        for i, line in enumerate(lines, start=1):
+            digest.update((line + "\n").encode())
+            prefix_md5[digest.hexdigest()] = i
+    report = AnchorReport()
+    disagree_at: list[int] = []
+    for anchor in anchors:
+        if anchor.lines is not None:
+            first = next((i + 1 for i, old in enumerate(anchor.lines) if i >= len(lines) or lines[i] != old), None)
+            if first is None:
+                report.agreed.append(anchor)
+            else:
+                why = "the ledger ends before it" if first > len(lines) else "an entry differs"
+                report.disagreed.append((anchor, f"{why}: entry {first} is not what was recorded"))
+                report.first_divergence = first if report.first_divergence is None else min(report.first_divergence, first)
+        elif anchor.hash.startswith("md5:"):
+            if anchor.hash[4:] in prefix_md5:
+                report.agreed.append(anchor)
+            else:
+                report.disagreed.append((anchor, "no prefix of the ledger has this MD5"))
+        elif anchor.seq is not None:
+            if anchor.seq <= len(hashes) and hashes[anchor.seq - 1] == anchor.hash:
+                report.agreed.append(anchor)
+            else:
+                missing = "the ledger has no such entry" if anchor.seq > len(hashes) else f"entry {anchor.seq} has another hash"
+                report.disagreed.append((anchor, f"{missing} (recorded {anchor.hash[:12]})"))
+                disagree_at.append(anchor.seq)
+        elif anchor.hash in position:
+            report.agreed.append(anchor)
+        else:
+            report.disagreed.append((anchor, f"no entry has hash {anchor.hash[:12]}"))
+    if report.first_divergence is None and report.disagreed:
+        before = min(disagree_at) if disagree_at else None
+        agreed_seqs = [a.seq for a in report.agreed if a.seq is not None and (before is None or a.seq < before)]
+        report.divergence_range = (max(agreed_seqs, default=0), before)
+    _check_signatures(ws, anchors, report)
+    return report
+
+
+def _check_signatures(ws: Workspace, anchors: list[Anchor], report: AnchorReport) -> None:
+    path = ws.params.public_key_path
+    if path is None:
+        return
+    key = signing.load_public_key(path)
+    model = ws.params.registry.model_name
+    for anchor in anchors:
+        if anchor.lines is not None or anchor.hash.startswith("md5:"):
+            continue
+        if anchor.signature is None:
+            report.unsigned += 1
+        elif anchor.seq is None or not signing.verify(key, signing.anchor_message(model, anchor.seq, anchor.hash), anchor.signature):
+            report.bad_signatures.append(anchor)
+
+
+def reachable_anchors(ws: Workspace, certificates: list[Path] | None = None) -> list[Anchor]:
+    """Every anchor ume can reach: registry, runs, DVC (working tree, git history, cache), certificates."""
+    anchors = [*registry_anchors(ws), *run_anchors(ws), *dvc_anchors(ws)]
+    for path in certificates or []:
+        anchors.extend(certificate_anchors(path))
+    return anchors
