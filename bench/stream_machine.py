@@ -1,4 +1,4 @@
-"""A hypothesis state machine over whole streams: random learn, forget, edit, compress, rollback and merge.
+"""A hypothesis state machine over whole streams: random learn, forget, edit, compress, rollback, merge and UI alias moves.
 
 Each example starts from a copy of a small trained project (prepared data and a gated base) and
 runs a random sequence of the operations a user can do, through the same code paths as the CLI
@@ -226,6 +226,35 @@ class StreamMachine(RuleBasedStateMachine):
         code = self._cli("rollback", "--drop", steps[pick % len(steps)], "--reason", "state machine")
         self._note("rollback --drop: " + ("done" if code == 0 else "refused"))
 
+    @rule(pick=st.integers(0, 100))
+    def ui_move_alias(self, pick: int) -> None:
+        """A person moves the champion alias in the MLflow UI; ``ume sync`` makes it a gated rollback or refuses it."""
+        from pipeline.cli import main
+        from pipeline.records.gate import ledger_champion
+
+        ws = self._ws()
+        versions = [v.version for v in ws.registry.versions()]
+        target = versions[pick % len(versions)]
+        before = ws.registry.champion()
+        ws.registry.set_champion(target)  # what the UI's alias editor does
+        code = 0
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                main(["--params", str(self.params), "sync"])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        ws = self._ws()
+        champion = ws.registry.champion()
+        assert champion == ledger_champion(ws.ledger), f"after ume sync the alias (v{champion}) is not the ledger's champion"
+        if target == before:
+            self._note("ui alias: unchanged")
+        elif code == 0:
+            assert champion == target, f"an allowed UI rollback to v{target} left the champion at v{champion}"
+            self._note("ui alias: rollback")
+        else:
+            assert champion == before, f"a refused UI rollback to v{target} moved the champion from v{before} to v{champion}"
+            self._note("ui alias: refused")
+
     def _champion_steps(self) -> list[str]:
         ws = self._ws()
         champion = ws.registry.champion()
@@ -241,10 +270,10 @@ class StreamMachine(RuleBasedStateMachine):
         from pipeline.model.lineage import hash_sample_ids
         from pipeline.model.net import predict_logits
         from pipeline.records.deletion import DeletionLog, uncovered_requests
-        from pipeline.reports.audit import audit
+        from pipeline.reports.audit import audit_workspace
 
         ws = self._ws()
-        report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
+        report = audit_workspace(ws)  # the ledger, the registry and every anchor of the ledger
         assert report.ok, f"audit: {report.problems}"
         log = DeletionLog.read(ws.ledger)
         for info in ws.registry.versions():
