@@ -68,6 +68,7 @@ CASES: tuple[CrashCase, ...] = (
         for p in (
             "step.started", "registry.run_started", "train.batch", "component.tmp_written", "component.saved", "ledger.tmp_written@2",
             "registry.registered", "ledger.candidate", "gate.decided", "gate.tagged", "gate.promoted", "step.record_tmp",
+            "dvc.between_stages",
         )
     ),
     *(
@@ -81,11 +82,12 @@ CASES: tuple[CrashCase, ...] = (
     *(CrashCase("ui-rollback", p) for p in ("sync.recorded", "sync.before_run")),
     CrashCase("prepare", "prepare.staged"),
 )
-# What `make test` runs (its time budget is 12 minutes on two cores): an interrupted alias move, a
+# What `make test` runs (its time budget is 12 minutes on two cores): an interrupted alias move, the `dvc`
+# process killed between two stages (the stage finished, dvc.lock does not know it), a
 # deletion request killed before its request file (no request may be lost), a prepare killed in staging.
 # (A `ume sync` killed between its ledger entry and the stream append: tests/test_ui_sync.py, in-process.)
 # `python -m bench.reliability` runs every case of CASES.
-CI_CASES: tuple[str, ...] = ("learn:gate.decided", "forget:forget.ingested", "prepare:prepare.staged")
+CI_CASES: tuple[str, ...] = ("learn:gate.decided", "learn:dvc.between_stages", "forget:forget.ingested", "prepare:prepare.staged")
 
 
 @dataclass

@@ -53,6 +53,7 @@ def _cmd_step(args: argparse.Namespace) -> int:
     ws.params.step(args.step_id)
     outcome = run_step(ws, args.step_id)
     _finish(ws, outcome.record)
+    crash_point("dvc.between_stages")
     return 0
 
 

@@ -37,11 +37,19 @@ CRASH_POINTS: dict[str, str] = {
     "revoke.ledger": "the ledger revokes earlier versions; the registry tags are not set yet",
     "sync.recorded": "`ume sync`: a request made in the MLflow UI is in the ledger; the alias is not moved back, no step appended",
     "sync.before_run": "`ume sync`: the rollback step is in the stream, not run yet",
+    "dvc.between_stages": "the `dvc repro` process itself is killed right after a stage finished (its record written), before DVC"
+    " records that stage in dvc.lock and starts the next",
 }
+# Points that kill the `dvc` process running this stage (the nearest ancestor whose command is dvc), not this process.
+KILL_DVC_POINTS = frozenset({"dvc.between_stages"})
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process here if ``UME_CRASH_AT`` names this point (no-op otherwise)."""
+    """SIGKILL this process here if ``UME_CRASH_AT`` names this point (no-op otherwise).
+
+    A point in :data:`KILL_DVC_POINTS` kills the ``dvc`` process that runs this stage instead, and
+    this process goes on (it is about to exit anyway).
+    """
     target = os.environ.get(CRASH_AT_ENV)
     if not target:
         return
@@ -62,4 +70,26 @@ def crash_point(name: str) -> None:
             fh.write(f"{name} pid={os.getpid()}\n")
             fh.flush()
             os.fsync(fh.fileno())
+    if name in KILL_DVC_POINTS:
+        dvc = _dvc_ancestor()
+        if dvc is not None:
+            os.kill(dvc, signal.SIGKILL)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _dvc_ancestor() -> int | None:
+    """The pid of the nearest ancestor process whose command line runs ``dvc`` (Linux ``/proc``), or None."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if any(os.path.basename(a) == "dvc" for a in argv[:2]):
+            return pid
+        pid = parent
+    return None

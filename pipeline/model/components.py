@@ -10,6 +10,7 @@ read with safetensors (never pickle).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -53,12 +54,26 @@ class ComponentDraft:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename; a full disk removes the temporary and says so."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise ComponentError(
+                f"no space left to store {len(data):,} bytes ({os.strerror(exc.errno)}); nothing of this component was stored:"
+                f" free space under {path.parent} and rerun the stage",
+                file=str(path),
+            ) from None
+        raise
     crash_point("component.tmp_written")
     os.replace(tmp, path)
 
@@ -115,8 +130,15 @@ class ComponentStore:
             meta=draft.meta,
         )
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / f"{component.id}.safetensors", blob)  # the sidecar last: it marks the component present
-        _atomic_write(self.root / f"{component.id}.json", json.dumps(component.to_json(), indent=1, sort_keys=True).encode())
+        weights = self.root / f"{component.id}.safetensors"
+        existed = weights.exists()
+        _atomic_write(weights, blob)  # the sidecar last: it marks the component present
+        try:
+            _atomic_write(self.root / f"{component.id}.json", json.dumps(component.to_json(), indent=1, sort_keys=True).encode())
+        except ComponentError:
+            if not existed:  # no weights without their sidecar (another save of the same component keeps its file)
+                weights.unlink(missing_ok=True)
+            raise
         return component
 
     def sidecar(self, component_id: str) -> Component:

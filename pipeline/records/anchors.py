@@ -104,7 +104,7 @@ def decision_tags(ws: Workspace) -> Callable[[Entry], dict[str, str]]:
 
 def anchor_run(ws: Workspace, run_id: str | None) -> None:
     """Write the ledger head as parameters of a stage's run (once per run: MLflow parameters never change)."""
-    if run_id is None or not ws.primary:
+    if not run_id or not ws.primary:  # a resumed stage has no run of its own
         return
     entries = ws.ledger.verify()
     if not entries:

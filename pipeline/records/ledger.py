@@ -11,6 +11,7 @@ old or the new file and two writers never interleave.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -134,10 +135,19 @@ class Ledger:
             lines = self._read_raw()
             lines.append(canonical_json(raw))
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    fh.write("\n".join(lines) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a full disk: the ledger stays as it was, and no temporary is left
+                tmp.unlink(missing_ok=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise LedgerError(
+                        f"no space left to append a {type!r} entry ({os.strerror(exc.errno)}); the ledger is unchanged: free space and rerun",
+                        file=str(self.path),
+                    ) from None
+                raise
             crash_point("ledger.tmp_written")
             os.replace(tmp, self.path)
             return Entry(**raw)

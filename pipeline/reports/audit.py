@@ -212,6 +212,7 @@ def audit_workspace(ws: Workspace, *, certificates: list[Path] = (), require_sig
         else:
             report.checked.append(f"certificate {path.name}: its {len(found) - 1} entries and its head are in the ledger, unchanged, in order")
     others = [(a, why) for a, why in result.disagreed if not any(a in f for f in by_certificate.values())]
+    others.sort(key=lambda pair: pair[0].lines is None)  # cached copies first: they name the exact entry
     if result.disagreed:
         shown = "; ".join(f"{a.source}: {why}" for a, why in (others or result.disagreed)[:4])
         report.problems.append(
