@@ -1056,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "state_machine": (
             "bench.stream_machine (CI: tests/test_stateful.py): random learn/forget(owner, samples, label, group)/edit/compress/merge/"
-            "rollback --to/--drop; invariants 1-4 and 6 after every operation"
+            "rollback --to/--drop/a champion alias moved in the MLflow UI then `ume sync`; invariants 1-4 and 6 after every operation"
         ),
     }
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}

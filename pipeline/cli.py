@@ -416,7 +416,23 @@ def main(argv: list[str] | None = None) -> int:
     except UmeError as exc:
         print(f"ume: error: {exc}", file=sys.stderr)
         code = EXIT_USER_ERROR
+    except Exception as exc:  # MLflow unreachable from code that does not go through the registry (Lightning's logger)
+        from pipeline.records.registry import unreachable_error
+
+        error = unreachable_error(exc, _tracking_uri(args.params))
+        if error is None:
+            raise
+        print(f"ume: error: {error}", file=sys.stderr)
+        code = EXIT_USER_ERROR
     sys.exit(code)
+
+
+def _tracking_uri(params: str) -> str:
+    """``registry.tracking_uri`` of ``params``, for an error message (the path itself when it cannot be read)."""
+    try:
+        return str(yaml.safe_load(Path(params).read_text())["registry"]["tracking_uri"])
+    except Exception:  # noqa: BLE001 - only for the message
+        return f"the tracking server of {params}"
 
 
 if __name__ == "__main__":

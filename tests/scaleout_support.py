@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -164,12 +165,24 @@ def postgres_cluster() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class MlflowServer:
-    """A running ``mlflow server``."""
+    """A running ``mlflow server``; :meth:`restart` kills it (SIGKILL) and starts it again on the same port."""
 
     url: str
     log: Path
+    _start: Any = None
+    _proc: Any = None
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group, as a crash or an OOM kill would."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=30)
+
+    def start(self) -> None:
+        """Start it again on the same port and backend; returns once ``/health`` answers."""
+        self._proc = self._start()
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -230,13 +243,20 @@ def mlflow_server(backend_uri: str, workdir: Path, *, workers: int = 2, timeout:
         "--workers",
         str(workers),
     ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+
+    def start() -> subprocess.Popen:
+        with log.open("a") as out:
+            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_healthy(url, proc, log, timeout)
-        yield MlflowServer(url=url, log=log)
+        return proc
+
+    server = MlflowServer(url=url, log=log, _start=start)
+    try:
+        server.start()
+        yield server
     finally:
-        _stop(proc)
+        if server._proc is not None:
+            _stop(server._proc)
 
 
 @contextmanager

@@ -66,6 +66,22 @@ def _unreachable(exc: BaseException) -> bool:
     return message.startswith("API request to ") and " failed with " in message
 
 
+def unreachable_error(exc: BaseException, tracking_uri: str) -> RegistryError | None:
+    """The one-line error for an MLflow call that got no answer from the tracking server; None for any other error."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException) or not _unreachable(exc):
+        return None
+    text = str(getattr(exc, "message", exc))
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    reason = errno.group(0).strip() if errno else ("timed out" if "timeout" in text.lower() else " ".join(text.split())[:200])
+    return RegistryError(
+        f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}); stopped before any"
+        " further change, nothing more is promoted: rerun once the server is back",
+        field="registry.tracking_uri",
+    )
+
+
 class _FailClosedClient:
     """An :class:`mlflow.MlflowClient` whose transport failures become one-line :class:`RegistryError` s.
 
@@ -88,16 +104,10 @@ class _FailClosedClient:
             try:
                 return attr(*args, **kwargs)
             except MlflowException as exc:
-                if not _unreachable(exc):
+                error = unreachable_error(exc, self._tracking_uri)
+                if error is None:
                     raise
-                text = str(getattr(exc, "message", exc))
-                errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-                reason = errno.group(0).strip() if errno else ("timed out" if "timeout" in text.lower() else " ".join(text.split())[:200])
-                raise RegistryError(
-                    f"cannot reach the MLflow tracking server at {self._tracking_uri} ({reason}); stopped before any"
-                    " further change, nothing more is promoted: rerun once the server is back",
-                    field="registry.tracking_uri",
-                ) from None
+                raise error from None
 
         return call
 
