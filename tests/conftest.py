@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.projects import base_template, clone_project, tiny_params_dict, write_params
+
+# No wall-clock deadline for any property test: two workers share two cores, and a case that writes
+# files (fsync) took 408 ms once against hypothesis' default 200 ms. Time is measured in bench/, never here.
+settings.register_profile("ume", deadline=None)
+settings.load_profile("ume")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -186,15 +186,17 @@ def test_dvc_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo_copy: Path,
 def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Path) -> None:
     """Issue 18: history rewritten with recomputed hashes, with the registry, the runs and the DVC state made to match.
 
-    Runs every case of ``bench.tamper`` (the figures in bench/results/reliability.json) on a copy of this
-    module's stream, whose dvc.lock is committed to git (the anchor an insider cannot quietly rewrite).
+    Runs four cases of ``bench.tamper`` (all nine make the figures in bench/results/reliability.json) on a copy
+    of this module's stream, whose dvc.lock is committed to git (the anchor an insider cannot quietly rewrite).
     """
     from bench.tamper import CASES, run_case
 
     run(repo_copy, "git", "add", "-A")
     run(repo_copy, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "--allow-empty", "-m", "tamper")
     (certificate,) = sorted((repo_copy / "certificates").glob("*.md"))
-    outcomes = {case.name: run_case(case, repo_copy, certificate, tmp_path) for case in CASES}
+    # The cases that each add one more rewritten anchor; `python -m bench.tamper` runs all nine (reliability.json).
+    ci_cases = ("history-rewritten", "rewrite-and-registry-tags", "rewrite-registry-runs-and-dvc", "certificate-vs-rewritten-ledger")
+    outcomes = {case.name: run_case(case, repo_copy, certificate, tmp_path) for case in CASES if case.name in ci_cases}
     missed = [name for name, o in outcomes.items() if not o.caught]
     assert not missed, {name: outcomes[name].problems for name in missed}
     rewritten = " ".join(outcomes["history-rewritten"].problems)
