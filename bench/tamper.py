@@ -21,11 +21,8 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bench.crash import sh
 from pipeline.core.canonical import canonical_json
 from pipeline.records.ledger import GENESIS, entry_hash
 
@@ -214,16 +212,10 @@ class TamperOutcome:
 # ------------------------------------------------------------------------------------------ running
 
 
-def _sh(root: Path, *argv: str) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(list(argv), cwd=root, env=env, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv} failed in {root}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-
-
 def _commit(root: Path, message: str) -> None:
-    _sh(root, "git", "add", "-A")
-    _sh(root, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "-m", message)
+    """Commit everything (dvc.lock above all: its git history is an anchor of the ledger)."""
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "-m", message)
 
 
 def finish_template(root: Path, owner: str) -> Path:
@@ -239,12 +231,12 @@ def finish_template(root: Path, owner: str) -> Path:
     stream = raw.pop("stream")
     raw["stream"] = stream  # `stream` stays the last section (ume forget appends to it)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    _sh(root, "ume", "forget", "--owner", owner, "--method", "exact", "--reason", "GDPR art. 17 (tamper bench)")
-    _sh(root, "dvc", "repro")
+    sh(root, "ume", "forget", "--owner", owner, "--method", "exact", "--reason", "GDPR art. 17 (tamper bench)")
+    sh(root, "dvc", "repro")
     _commit(root, "forget")
     request = yaml.safe_load((root / "params.yaml").read_text())["stream"]
     request_id = next(v["request"] for v in request.values() if v.get("kind") == "forget")
-    _sh(root, "ume", "certificate", request_id, "--out", str(root / "held-by-subject"))
+    sh(root, "ume", "certificate", request_id, "--out", str(root / "held-by-subject"))
     return root / "held-by-subject" / f"{request_id}.md"
 
 

@@ -145,15 +145,21 @@ def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
     write_stream_text(params_path, stream_text_with(params_path, {key: entry}))
 
 
+def _dvc_stages() -> tuple[str | None, dict | None]:
+    """The ``dvc`` command on PATH and the stages of ``./dvc.yaml`` (None when either is missing)."""
+    if not Path("dvc.yaml").exists():
+        return shutil.which("dvc"), None
+    return shutil.which("dvc"), (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
+
+
 def _run_appended_step(params_path: Path, key: str) -> int:
     """Run a freshly appended step through DVC (so dvc.lock records it), or in-process without DVC.
 
     Through DVC the ``seal`` stage (when ``dvc.yaml`` has one) runs right after the step, in the same
     ``dvc repro`` and in that order, so that ``dvc.lock`` records the shared state too.
     """
-    dvc = shutil.which("dvc")
-    if dvc and Path("dvc.yaml").exists() and params_path.resolve() == Path("params.yaml").resolve():
-        stages = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
+    dvc, stages = _dvc_stages()
+    if dvc and stages is not None and params_path.resolve() == Path("params.yaml").resolve():
         return subprocess.call([dvc, "repro", "--single-item", f"step@{key}", *(["seal"] if "seal" in stages else [])])
     from pipeline.steps import open_workspace, run_step
 
@@ -207,8 +213,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _reseal() -> None:
     """Record the shared state in ``dvc.lock`` again (the ``seal`` stage) after a sync wrote the ledger and MLflow only."""
-    dvc = shutil.which("dvc")
-    if dvc and Path("dvc.yaml").exists() and "seal" in ((yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}):
+    dvc, stages = _dvc_stages()
+    if dvc and stages and "seal" in stages:
         subprocess.call([dvc, "repro", "--single-item", "seal"], stdout=subprocess.DEVNULL)
 
 

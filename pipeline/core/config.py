@@ -224,7 +224,9 @@ class Params:
         """The private key that signs anchors: ``UME_SIGNING_KEY``, else ``ledger.signing_key`` (relative to params.yaml)."""
         import os
 
-        path = os.environ.get("UME_SIGNING_KEY") or self.ledger.signing_key
+        from pipeline.core.signing import SIGNING_KEY_ENV
+
+        path = os.environ.get(SIGNING_KEY_ENV) or self.ledger.signing_key
         return None if not path else Path(self.file).parent / path
 
     @property

@@ -231,15 +231,9 @@ def dvc_anchors(ws: Workspace) -> list[Anchor]:
     return out
 
 
-def _raw_lines(ws: Workspace) -> list[str]:
-    if not ws.ledger.path.exists():
-        return []
-    return [line for line in ws.ledger.path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
 def check_anchors(ws: Workspace, anchors: list[Anchor]) -> AnchorReport:
     """Compare the ledger with every anchor (and verify signatures when ``ledger.public_key`` is set)."""
-    lines = _raw_lines(ws)
+    lines = ws.ledger.raw_lines()
     hashes: list[str] = []
     for line in lines:
         try:

@@ -66,9 +66,14 @@ class Ledger:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _read_raw(self) -> list[str]:
+        """The file's non-empty lines, unverified (also what an anchor check compares against)."""
         if not self.path.exists():
             return []
         return [line for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+    def raw_lines(self) -> list[str]:
+        """Every line as stored, without verifying the chain (the anchors are compared with these)."""
+        return self._read_raw()
 
     def entries(self) -> list[Entry]:
         """Every entry, after verifying the whole chain (raises :class:`LedgerError` if broken)."""

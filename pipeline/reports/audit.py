@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,7 +174,7 @@ def _check_components(
     return unusable
 
 
-def audit_workspace(ws: Workspace, *, certificates: list[Path] = (), require_signatures: bool = False) -> AuditReport:
+def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require_signatures: bool = False) -> AuditReport:
     """:func:`audit`, then the ledger against every anchor ume can reach (:mod:`pipeline.records.anchors`).
 
     ``certificates`` are files a data subject or an auditor holds; every ``certificates/*.md`` beside

@@ -147,12 +147,12 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
         lines.append("No forget step has run for this request yet.")
     lines += ["", "## Ledger entries", "", "| seq | type | step | hash |", "|---|---|---|---|"]
     listed = []
-    for e in ws.ledger.verify():
+    entries = ws.ledger.verify()
+    for e in entries:
         related = e.data.get("request_id") == request_id or (e.step in steps) or e in revoked
         if related or (e.type == REPEAT_ENTRY and e.data.get("request_id") == request_id):
             lines.append(f"| {e.seq} | {e.type} | {e.step or ''} | `{e.hash}` |")
             listed.append(e)
-    entries = ws.ledger.verify()
     lines += [
         "",
         f"Ledger head: entry {entries[-1].seq}, `{entries[-1].hash}`. Anyone holding this file can check that these entries are"

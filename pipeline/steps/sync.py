@@ -109,8 +109,7 @@ def _take_alias_move(ws: Workspace, move: AliasMove, seen_by: str, result: SyncR
             _refusal_tags(ws, move.to, ROLLBACK_REFUSED_TAG, f"{data['reason']} (alias moved back to v{expected}; ledger entry {entry.hash[:12]})")
         result.refused.append(f"champion alias on v{move.to}: refused, moved back to v{expected}: {data['reason']}")
         return
-    reason = f"champion alias moved to v{move.to} outside ume (MLflow UI), seen {data['seen_at']} by {data['seen_by']}"
-    _append_rollback(ws, data["step"], {"to": move.to, "reason": reason})
+    _append_rollback(ws, data["step"], _rollback_options(entry))
     ws.registry.set_version_tags(move.to, {ROLLBACK_QUEUED_TAG: data["step"]})
     result.appended.append(data["step"])
 
@@ -138,19 +137,23 @@ def _take_drop_tag(ws: Workspace, tag: DropTag, seen_by: str, result: SyncResult
         _refusal_tags(ws, tag.version, DROP_REFUSED_TAG, f"{DROP_TAG}={tag.drop}: {data['reason']} (ledger entry {entry.hash[:12]})")
         result.refused.append(f"{DROP_TAG}={tag.drop} on v{tag.version}: refused: {data['reason']}")
         return
-    _append_rollback(ws, data["step"], {"drop": tag.drop, "reason": f"{DROP_TAG}={tag.drop} set on v{tag.version} in the MLflow UI, seen {data['seen_at']}"})
+    _append_rollback(ws, data["step"], _rollback_options(entry))
     result.appended.append(data["step"])
+
+
+def _rollback_options(entry: Entry) -> dict[str, Any]:
+    """The stream options of the rollback step a recorded UI request asks for (its ``reason`` says where it came from)."""
+    data = entry.data
+    seen = f"seen {data['seen_at']} by {data['seen_by']}"
+    if entry.type == ALIAS_ENTRY:
+        return {"to": data["to"], "reason": f"champion alias moved to v{data['to']} outside ume (MLflow UI), {seen}"}
+    return {"drop": data["drop"], "reason": f"{DROP_TAG}={data['drop']} set on v{data['version']} in the MLflow UI, {seen}"}
 
 
 def _finish_queued(ws: Workspace, entry: Entry, result: SyncResult) -> None:
     """An interrupted sync recorded a rollback but did not append its step: append it now."""
-    data = entry.data
-    if entry.type == ALIAS_ENTRY:
-        reason = f"champion alias moved to v{data['to']} outside ume (MLflow UI), seen {data['seen_at']}"
-        _append_rollback(ws, data["step"], {"to": data["to"], "reason": reason})
-    else:
-        _append_rollback(ws, data["step"], {"drop": data["drop"], "reason": f"{DROP_TAG}={data['drop']} set in the MLflow UI, seen {data['seen_at']}"})
-    result.appended.append(data["step"])
+    _append_rollback(ws, entry.data["step"], _rollback_options(entry))
+    result.appended.append(entry.data["step"])
 
 
 def take_ui_requests(ws: Workspace, *, seen_by: str) -> SyncResult:
