@@ -1007,6 +1007,7 @@ def _machine_part(workdir: Path, examples: int, steps: int) -> dict[str, Any]:
     return {
         "state_machine_examples": result["examples"],
         "state_machine_operations": result["operations"],
+        "state_machine_operations_per_example": result["operations_per_example"],
         "state_machine_outcomes": result["outcomes"],
         "invariant_violations": len(result["violations"]),
         "state_machine_violations": result["violations"],

@@ -66,6 +66,7 @@ class MachineStats:
     examples: int = 0
     operations: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    operations_per_example: list[int] = field(default_factory=list)
 
 
 class StreamMachine(RuleBasedStateMachine):
@@ -82,11 +83,13 @@ class StreamMachine(RuleBasedStateMachine):
         self.params = self.root / "params.yaml"
         self.outputs: dict[int, tuple[Any, str]] = {}  # version -> hash of its outputs when first seen as champion
         self.counter = 0
+        self.operations = 0
         self._old_cwd = os.getcwd()
         os.chdir(self.root)  # no dvc.yaml here: `ume rollback` runs its step in-process
 
     def teardown(self) -> None:
         """Leave the example's directory."""
+        type(self).stats.operations_per_example.append(self.operations)
         os.chdir(self._old_cwd)
 
     # ------------------------------------------------------------------------------ helpers
@@ -103,6 +106,7 @@ class StreamMachine(RuleBasedStateMachine):
     def _note(self, what: str) -> None:
         stats = type(self).stats
         stats.operations += 1
+        self.operations += 1
         stats.outcomes[what] = stats.outcomes.get(what, 0) + 1
 
     def _append_and_run(self, entry: dict[str, Any]) -> str:
@@ -317,4 +321,12 @@ def run_machine(template: Path, workdir: Path, *, examples: int, steps: int, see
     except Exception as exc:  # an invariant (AssertionError) or an operation that crashed: both are violations
         violations.append(f"{type(exc).__name__}: {exc}"[:2000])
     stats = StreamMachine.stats
-    return {"examples": stats.examples, "operations": stats.operations, "outcomes": dict(sorted(stats.outcomes.items())), "violations": violations}
+    per_example = sorted(stats.operations_per_example)
+    spread = {"min": per_example[0], "median": per_example[len(per_example) // 2], "max": per_example[-1]} if per_example else {}
+    return {
+        "examples": stats.examples,
+        "operations": stats.operations,
+        "operations_per_example": spread,
+        "outcomes": dict(sorted(stats.outcomes.items())),
+        "violations": violations,
+    }

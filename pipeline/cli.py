@@ -245,7 +245,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_forget(args: argparse.Namespace) -> int:
     from pipeline.data.table import SampleTable
     from pipeline.model.lineage import version_lineage
-    from pipeline.records.deletion import REPEAT_ENTRY, ingest, make_request, request_path, resolve, write_request
+    from pipeline.records.deletion import REPEAT_ENTRY, check_leaves_data, ingest, make_request, request_path, resolve, write_request
     from pipeline.steps import open_workspace
 
     params_path = Path(args.params)
@@ -266,12 +266,15 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         from edits import get_method
 
         get_method("forget", args.method, file="command line", where="--method")
-    sample_ids = resolve(request, SampleTable.load(ws.data_dir), file=args.samples or "command line")
+    table = SampleTable.load(ws.data_dir)
+    sample_ids = resolve(request, table, file=args.samples or "command line")
     from pipeline.records.deletion import DeletionLog
 
     existing = request_path(request.id, ws.params.requests_dir)
     received = request.id in DeletionLog.read(ws.ledger).requests
     steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request.id]
+    if not received:
+        check_leaves_data(table, DeletionLog.read(ws.ledger).hashed_ids(), sample_ids, file=args.samples or "command line")
     if received and steps:
         ws.ledger.append(REPEAT_ENTRY, {"request_id": request.id, "reason": request.reason}, step=None)
         print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps)})")

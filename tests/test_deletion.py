@@ -17,6 +17,7 @@ from pipeline.model.lineage import hash_sample_ids, version_lineage
 from pipeline.model.manifest import Manifest
 from pipeline.records.deletion import (
     DeletionLog,
+    check_leaves_data,
     covered,
     deletion_debt,
     ingest,
@@ -57,6 +58,25 @@ def test_selectors_resolve(table) -> None:
     assert len(resolve(make_request({"label": "7"}, "r"), table)) == int((table.rows.label == 7).sum())
     ids = list(table.rows["sample_id"].iloc[:3])
     assert resolve(make_request({"samples": ids}, "r"), table) == sorted(ids)
+
+
+def test_a_request_that_empties_the_evaluation_data_is_refused_before_anything_is_written(table) -> None:
+    """Every group deleted in turn (what the state machine found): the last one would leave nothing to gate on."""
+    groups = sorted(table.rows["group"].unique())
+    deleted: set[str] = set()
+    for group in groups[:-1]:
+        ids = resolve(make_request({"group": group}, "r"), table)
+        check_leaves_data(table, deleted, ids)  # data remains: allowed
+        deleted |= set(hash_sample_ids(ids))
+    last = resolve(make_request({"group": groups[-1]}, "r"), table)
+    with pytest.raises(DataError) as info:
+        check_leaves_data(table, deleted, last, file="command line")
+    message = str(info.value)
+    assert "every remaining sample of test, canary, every training slice" in message and "Nothing was recorded" in message
+    assert "field 'selector'" in message and "command line" in message
+    test_ids = list(table.rows.loc[table.rows["slice"] == "test", "sample_id"])
+    with pytest.raises(DataError, match="every remaining sample of test "):
+        check_leaves_data(table, set(), test_ids)
 
 
 def test_request_file_roundtrip_and_tampering(tmp_path: Path) -> None:

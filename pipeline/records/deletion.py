@@ -25,9 +25,9 @@ import yaml
 from pipeline.core.canonical import canonical_json
 from pipeline.core.config import load_yaml, yaml_problem
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.data.table import DELETION_ENTRY, SampleTable
+from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, SampleTable
 from pipeline.model.components import ComponentStore
-from pipeline.model.lineage import hash_sample_ids, version_lineage
+from pipeline.model.lineage import hash_sample_id, hash_sample_ids, version_lineage
 from pipeline.model.manifest import Manifest
 from pipeline.records.ledger import Entry, Ledger
 
@@ -167,6 +167,32 @@ def resolve(request: DeletionRequest, table: SampleTable, *, file: str = "reques
             raise DataError(f"{len(missing)} unknown sample id(s), e.g. {missing[0]!r}", file=file, field="samples")
         mask = rows["sample_id"].isin(value)
     return sorted(rows.loc[mask, "sample_id"])
+
+
+def check_leaves_data(table: SampleTable, deleted_hashed: set[str], sample_ids: list[str], *, file: str = "request") -> None:
+    """Refuse, before anything is written, a request that would leave no data to evaluate or train on.
+
+    The gate evaluates every model on the evaluation slices (``test``, ``canary``) and a forget step
+    retrains on what remains: a request that deletes every remaining sample of an evaluation slice,
+    or every training sample, would leave a deletion that no model could ever be gated for. The
+    operator must first add data no data subject owns (owner empty), then file the request again.
+    """
+    rows = table.rows
+    gone = deleted_hashed | set(hash_sample_ids(sample_ids))
+    remaining = rows[[hash_sample_id(s) not in gone for s in rows["sample_id"]]]
+    before = rows[[hash_sample_id(s) not in deleted_hashed for s in rows["sample_id"]]]
+    left = set(remaining["slice"])
+    emptied = [s for s in EVAL_SLICES if s in set(before["slice"]) and s not in left]
+    if not (set(remaining["slice"]) - set(EVAL_SLICES)):
+        emptied.append("every training slice")
+    if emptied:
+        raise DataError(
+            f"this request deletes every remaining sample of {', '.join(emptied)} ({len(sample_ids)} samples selected, "
+            f"{len(remaining)} would remain): no model could be evaluated or retrained after it. Nothing was recorded; "
+            "add samples no data subject owns (owner empty) to those slices, then file the request again",
+            file=file,
+            field="selector",
+        )
 
 
 @dataclass
