@@ -53,7 +53,9 @@ class ModelUnderTest:
         """Cached logits on a named sample set."""
         key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
         if key not in self._cache:
-            self._cache[key] = predict_logits(self.net, samples.x)
+            # a batch at a time: an evaluation set is never held as one tensor of images
+            outs = [predict_logits(self.net, batch) for batch in samples.batches(512)]
+            self._cache[key] = torch.cat(outs) if outs else predict_logits(self.net, samples.x)
         return self._cache[key]
 
     def predictions(self, samples: SampleSet) -> torch.Tensor:

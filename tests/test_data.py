@@ -74,7 +74,7 @@ def _write_folder(root: Path, n: int = 24) -> Path:
 def test_image_folder_with_manifest(tmp_path: Path) -> None:
     root = _write_folder(tmp_path)
     config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=12)
-    table, _ = build_folder_table(config, seed=0)
+    table, _ = build_folder_table(config, seed=0, images_path=tmp_path / "images.safetensors")
     assert len(table) == 24
     assert table.classes == ["cat", "dog"]
     assert table.images.shape[1:] == (1, 12, 12)
@@ -88,7 +88,7 @@ def test_a_manifest_without_slices_is_split_like_the_default(tmp_path: Path) -> 
     """Evaluation samples by fraction; training contributors (whole owners) into base and update slices."""
     root = _write_folder(tmp_path, n=120)
     config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=10)
-    rows = build_folder_table(config, seed=0)[0].rows
+    rows = build_folder_table(config, seed=0, images_path=tmp_path / "images.safetensors")[0].rows
     counts = rows["slice"].value_counts()
     assert counts["test"] == 24 and counts["canary"] == 12
     assert {"base", "u1", "u2", "u3"} <= set(counts.index)
@@ -97,7 +97,7 @@ def test_a_manifest_without_slices_is_split_like_the_default(tmp_path: Path) -> 
     manifest = root / "manifest.csv"
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join([lines[0] + ",slice", *(f"{line},{'base' if i < 10 else ''}" for i, line in enumerate(lines[1:]))]) + "\n")
-    kept = build_folder_table(config, seed=0)[0].rows
+    kept = build_folder_table(config, seed=0, images_path=tmp_path / "images.safetensors")[0].rows
     assert (kept["slice"].iloc[:10] == "base").all() and set(kept["slice"].iloc[10:]) > {"test"}
 
 
@@ -115,7 +115,7 @@ def test_bad_manifest_names_file_and_field(tmp_path: Path, edit, field: str) -> 
     manifest.write_text(edit(manifest.read_text()))
     config = DataConfig(source="folder", folder=str(root), manifest=str(manifest))
     with pytest.raises(DataError) as info:
-        build_folder_table(config, seed=0)
+        build_folder_table(config, seed=0, images_path=tmp_path / "images.safetensors")
     assert str(manifest) in str(info.value) and f"field '{field}'" in str(info.value)
 
 
@@ -186,7 +186,7 @@ def test_a_manifest_marks_licensed_images_with_a_dash_and_they_make_the_base(tmp
 
     manifest.write_text("\n".join([lines[0], *(licensed(line, i) for i, line in enumerate(lines[1:]))]) + "\n")
     config = DataConfig(source="folder", folder=str(root), manifest=str(root / "manifest.csv"), image_size=10)
-    table = build_folder_table(config, seed=0)[0]
+    table = build_folder_table(config, seed=0, images_path=tmp_path / "images.safetensors")[0]
     table.save(tmp_path / "prepared")
     rows = SampleTable.load(tmp_path / "prepared").rows  # the empty owner survives the CSV round trip
     licensed_rows = rows[rows["owner"] == ""]

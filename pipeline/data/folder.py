@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import DataError
-from pipeline.data.table import NO_OWNER, SampleTable, assign_content_ids
+from pipeline.data.images import ImageWriter
+from pipeline.data.table import NO_OWNER, ContentIds, SampleTable
 
 REQUIRED = ("path", "label")
 OPTIONAL = ("group", "owner", "slice", "sample_id")
@@ -50,8 +50,9 @@ def _read_image(path: Path, size: int, channels: int, where: str, manifest: str)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict[str, object]]:
-    """Read the manifest and every image; assign missing slices, owners and ids deterministically."""
+def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -> tuple[SampleTable, dict[str, object]]:
+    """Read the manifest, then decode the images one by one into ``images_path`` (never all in memory);
+    assign missing slices, owners and ids deterministically."""
     folder = Path(config.folder or "")
     manifest = Path(config.manifest or "")
     if not folder.is_dir():
@@ -70,17 +71,25 @@ def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         records = list(reader)
     if not records:
         raise DataError("manifest has no rows", file=str(manifest))
-    images, labels = [], []
     for line, rec in enumerate(records, start=2):
         if not rec["path"] or not rec["label"]:
             raise DataError(f"line {line}: empty path or label", file=str(manifest), field="path" if not rec["path"] else "label")
-        images.append(_read_image(folder / rec["path"], config.image_size, config.channels, f"line {line}", str(manifest)))
-        labels.append(rec["label"].strip())
+    labels = [rec["label"].strip() for rec in records]
     classes = sorted(set(labels))
     label_ids = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    stacked = np.stack(images)
+    writer = ImageWriter(images_path, len(records), (config.channels, config.image_size, config.image_size))
+    content = ContentIds()
+    content_ids = []
+    try:
+        for line, (rec, label) in enumerate(zip(records, label_ids, strict=True), start=2):
+            image = _read_image(folder / rec["path"], config.image_size, config.channels, f"line {line}", str(manifest))
+            writer.append(image)
+            content_ids.append(content.add(image, int(label)))
+    except BaseException:
+        writer.abort()  # a bad image: no partial file is left behind
+        raise
+    images = writer.close()
     ids = [rec.get("sample_id") or None for rec in records]
-    content_ids = assign_content_ids(stacked, label_ids)
     ids = [given or auto for given, auto in zip(ids, content_ids, strict=True)]
     first_line: dict[str, int] = {}
     for line, sample_id in enumerate(ids, start=2):
@@ -105,7 +114,7 @@ def build_folder_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
             "slice": slices,
         }
     )
-    table = SampleTable(rows=rows, images=torch.from_numpy(stacked), classes=classes)
+    table = SampleTable(rows=rows, images=images, classes=classes)
     counts = pd.Series(slices).value_counts().to_dict()
     return table, {"source": str(manifest), "slices_assigned": sum(1 for g in given if not g), "slice_counts": counts}
 

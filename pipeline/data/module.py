@@ -8,7 +8,7 @@ reference sets cannot read a deleted sample.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,9 +17,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core.errors import DataError
+from pipeline.data.images import ImageStore
 from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, NO_OWNER, SampleTable
 from pipeline.model.lineage import hash_sample_id
 
@@ -44,11 +45,52 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class StoreRows:
+    """Images of a selection, not yet read: rows of the table's image store."""
+
+    store: ImageStore
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def take(self, keep: list[int]) -> StoreRows:
+        """The rows at positions ``keep`` of this selection."""
+        return StoreRows(self.store, self.positions[np.asarray(keep, dtype=np.int64)] if keep else self.positions[:0])
+
+    def read(self, index: Sequence[int] | np.ndarray | slice) -> torch.Tensor:
+        """Float inputs of the selection's rows at ``index``."""
+        return to_float(self.store.read(self.positions[index]))
+
+
+class SampleDataset(Dataset):
+    """``(x, y)`` of a sample set, read from the image store in the process that asks (a DataLoader worker)."""
+
+    def __init__(self, samples: SampleSet) -> None:
+        self.inputs, self.y = samples.inputs, samples.y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A whole batch in one read per run of consecutive rows (the DataLoader's batched fetch)."""
+        x = self.inputs.read(np.asarray(indices, dtype=np.int64)) if isinstance(self.inputs, StoreRows) else self.inputs[torch.as_tensor(indices)]
+        return list(zip(x, self.y[torch.as_tensor(indices)], strict=True))
+
+
+@dataclass(frozen=True)
 class SampleSet:
-    """A selection of (non-deleted) samples: inputs, labels and their metadata, aligned."""
+    """A selection of (non-deleted) samples: inputs, labels and their metadata, aligned.
+
+    ``inputs`` is either a float tensor or :class:`StoreRows` (rows of the table's image store, read
+    only when needed): :attr:`x` reads them all, :meth:`batches` and :meth:`dataset` a batch at a time.
+    """
 
     name: str
-    x: torch.Tensor
+    inputs: torch.Tensor | StoreRows
     y: torch.Tensor
     sample_ids: tuple[str, ...]
     groups: tuple[str, ...]
@@ -65,16 +107,31 @@ class SampleSet:
         """Compact in hypothesis' falsifying examples (which use the IPython pretty protocol)."""
         printer.text(repr(self))  # type: ignore[attr-defined]
 
-    def dataset(self) -> TensorDataset:
-        """A torch dataset of ``(x, y)``."""
-        return TensorDataset(self.x, self.y)
+    @property
+    def x(self) -> torch.Tensor:
+        """Every input of the set as one float tensor (read from the store each time: prefer :meth:`batches` for large sets)."""
+        return self.inputs.read(slice(None)) if isinstance(self.inputs, StoreRows) else self.inputs
+
+    def batches(self, batch_size: int = 512) -> Iterator[torch.Tensor]:
+        """The inputs in order, ``batch_size`` at a time."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.inputs.read(slice(start, stop)) if isinstance(self.inputs, StoreRows) else self.inputs[start:stop]
+
+    def dataset(self) -> SampleDataset:
+        """A torch dataset of ``(x, y)`` that reads images when a batch is fetched."""
+        return SampleDataset(self)
 
     def take(self, keep: list[int], name: str | None = None) -> SampleSet:
         """The samples at positions ``keep``."""
         idx = torch.tensor(keep, dtype=torch.long)
+        if isinstance(self.inputs, StoreRows):
+            inputs: torch.Tensor | StoreRows = self.inputs.take(keep)
+        else:
+            inputs = self.inputs[idx] if keep else self.inputs[:0]
         return SampleSet(
             name=name or self.name,
-            x=self.x[idx] if keep else self.x[:0],
+            inputs=inputs,
             y=self.y[idx] if keep else self.y[:0],
             sample_ids=tuple(self.sample_ids[i] for i in keep),
             groups=tuple(self.groups[i] for i in keep),
@@ -90,10 +147,15 @@ class SampleSet:
         return self.take([i for i, y in enumerate(self.y.tolist()) if y not in drop])
 
     def concat(self, other: SampleSet, name: str | None = None) -> SampleSet:
-        """This set followed by ``other``."""
+        """This set followed by ``other`` (still unread when both are rows of the same store)."""
+        a, b = self.inputs, other.inputs
+        if isinstance(a, StoreRows) and isinstance(b, StoreRows) and a.store is b.store:
+            inputs: torch.Tensor | StoreRows = StoreRows(a.store, np.concatenate([a.positions, b.positions]))
+        else:
+            inputs = torch.cat([self.x, other.x])
         return SampleSet(
             name=name or f"{self.name}+{other.name}",
-            x=torch.cat([self.x, other.x]),
+            inputs=inputs,
             y=torch.cat([self.y, other.y]),
             sample_ids=self.sample_ids + other.sample_ids,
             groups=self.groups + other.groups,
@@ -102,12 +164,12 @@ class SampleSet:
         )
 
 
-def _sample_set(name: str, rows: pd.DataFrame, images: torch.Tensor, idx: np.ndarray) -> SampleSet:
-    """The rows at ``idx`` with their images, as a :class:`SampleSet`."""
+def _sample_set(name: str, rows: pd.DataFrame, store: ImageStore, positions: np.ndarray, idx: np.ndarray) -> SampleSet:
+    """The rows at ``idx`` (their images at ``positions[idx]`` of ``store``, unread) as a :class:`SampleSet`."""
     picked = rows.iloc[idx]
     return SampleSet(
         name=name,
-        x=to_float(images[torch.from_numpy(idx.astype(np.int64))]),
+        inputs=StoreRows(store, positions[idx].astype(np.int64)),
         y=torch.from_numpy(picked["label"].to_numpy(dtype=np.int64).copy()),
         sample_ids=tuple(picked["sample_id"]),
         groups=tuple(picked["group"]),
@@ -132,9 +194,10 @@ class UmeData(L.LightningDataModule):
         keep = np.array([hash_sample_id(s) not in deleted for s in table.rows["sample_id"]], dtype=bool)
         self.deleted_count = int((~keep).sum())
         self.rows = table.rows.loc[keep].reset_index(drop=True)
-        self._images = table.images[torch.from_numpy(keep)]
+        self._store = table.images  # read by row, never whole: memory is the table plus a batch
+        self._positions = np.flatnonzero(keep)  # store row of each row of ``self.rows``
         self._forgotten_rows = table.rows.loc[~keep].reset_index(drop=True)
-        self._forgotten_images = table.images[torch.from_numpy(~keep)]
+        self._forgotten_positions = np.flatnonzero(~keep)
         self.classes = table.classes
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -163,12 +226,12 @@ class UmeData(L.LightningDataModule):
         if hashed_ids is not None:
             wanted = set(hashed_ids)
             mask &= np.array([hash_sample_id(s) in wanted for s in self.rows["sample_id"]], dtype=bool)
-        return _sample_set(name, self.rows, self._images, np.flatnonzero(mask))
+        return _sample_set(name, self.rows, self._store, self._positions, np.flatnonzero(mask))
 
     def licensed(self, name: str = "licensed") -> SampleSet:
         """Training samples with no data subject (``owner`` empty): data a deletion request never names."""
         mask = (self.rows["owner"].fillna(NO_OWNER) == NO_OWNER).to_numpy() & ~self.rows["slice"].isin(list(EVAL_SLICES)).to_numpy()
-        return _sample_set(name, self.rows, self._images, np.flatnonzero(mask))
+        return _sample_set(name, self.rows, self._store, self._positions, np.flatnonzero(mask))
 
     def forgotten(self, name: str, hashed_ids: Iterable[str]) -> SampleSet:
         """Deleted samples of the given requests, for exactly two readers: the unlearning operator
@@ -177,7 +240,7 @@ class UmeData(L.LightningDataModule):
         """
         wanted = set(hashed_ids)
         idx = np.flatnonzero([hash_sample_id(s) in wanted for s in self._forgotten_rows["sample_id"]])
-        return _sample_set(name, self._forgotten_rows, self._forgotten_images, idx)
+        return _sample_set(name, self._forgotten_rows, self._store, self._forgotten_positions, idx)
 
     def split(self, name: str) -> SampleSet:
         """A whole slice (``test``, ``canary``, ``base``, ``u1``...)."""

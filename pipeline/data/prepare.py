@@ -15,7 +15,7 @@ def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
     if params.data.source == "digits":
         table, notes = build_digits_table(params.data, params.seed)
     else:
-        table, notes = build_folder_table(params.data, params.seed)
+        table, notes = build_folder_table(params.data, params.seed, Path(out_dir) / "images.safetensors")
     if len(table.classes) != params.model.num_classes:
         raise DataError(
             f"the data has {len(table.classes)} classes but model.num_classes is {params.model.num_classes}",

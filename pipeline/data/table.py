@@ -1,7 +1,9 @@
-"""The sample table: one row per sample (id, label, group, owner, slice) plus a uint8 image tensor.
+"""The sample table: one row per sample (id, label, group, owner, slice) plus its images.
 
 Stored in a prepared directory as ``samples.csv``, ``images.safetensors`` (N x C x H x W, uint8)
-and ``dataset.json`` (counts and the content hash of the whole table).
+and ``dataset.json`` (counts and the content hash of the whole table). The rows are small and held
+in memory; the images are an :class:`~pipeline.data.images.ImageStore` read by row
+(:class:`~pipeline.data.images.ImageFile` when loaded), never loaded whole.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from pipeline.core.errors import DataError
+from pipeline.data.images import ImageFile, ImageStore, MemoryImages, iter_chunks, write_store
 
 COLUMNS = ("sample_id", "label", "group", "owner", "slice")
 NO_OWNER = ""  # a sample with no data subject (licensed or public data): never subject to deletion by owner
@@ -33,27 +34,37 @@ def content_sample_id(image: np.ndarray, label: int, occurrence: int = 0) -> str
     return digest.hexdigest()[:16]
 
 
+class ContentIds:
+    """Content-hash ids assigned one sample at a time, unique even for exact duplicate images."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def add(self, image: np.ndarray, label: int) -> str:
+        """The id of the next sample (the n-th exact duplicate of an image and label gets occurrence n)."""
+        base = content_sample_id(image, int(label))
+        occurrence = self.seen.get(base, 0)
+        self.seen[base] = occurrence + 1
+        return base if occurrence == 0 else content_sample_id(image, int(label), occurrence)
+
+
 def assign_content_ids(images: np.ndarray, labels: np.ndarray) -> list[str]:
     """Content-hash ids for every sample, unique even for exact duplicate images."""
-    seen: dict[str, int] = {}
-    ids = []
-    for image, label in zip(images, labels, strict=True):
-        base = content_sample_id(image, int(label))
-        occurrence = seen.get(base, 0)
-        seen[base] = occurrence + 1
-        ids.append(base if occurrence == 0 else content_sample_id(image, int(label), occurrence))
-    return ids
+    ids = ContentIds()
+    return [ids.add(image, int(label)) for image, label in zip(images, labels, strict=True)]
 
 
 @dataclass
 class SampleTable:
-    """Rows (a DataFrame with :data:`COLUMNS`) aligned with ``images`` (uint8, N x C x H x W)."""
+    """Rows (a DataFrame with :data:`COLUMNS`) aligned with ``images`` (uint8, N x C x H x W; a tensor is wrapped)."""
 
     rows: pd.DataFrame
-    images: torch.Tensor
+    images: ImageStore
     classes: list[str]
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, torch.Tensor):
+            self.images = MemoryImages(self.images)
         if len(self.rows) != len(self.images):
             raise DataError(f"{len(self.rows)} rows but {len(self.images)} images")
         if self.rows["sample_id"].duplicated().any():
@@ -67,7 +78,8 @@ class SampleTable:
         """SHA-256 over rows and image bytes: the dataset's identity in the ledger."""
         digest = hashlib.sha256()
         digest.update(self.rows[list(COLUMNS)].to_csv(index=False).encode())
-        digest.update(self.images.numpy().tobytes())
+        for chunk in iter_chunks(self.images):
+            digest.update(chunk.numpy().tobytes())
         return digest.hexdigest()
 
     def summary(self) -> dict[str, object]:
@@ -87,7 +99,9 @@ class SampleTable:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.rows[list(COLUMNS)].to_csv(directory / "samples.csv", index=False)
-        save_file({"images": self.images.contiguous()}, str(directory / "images.safetensors"))
+        target = directory / "images.safetensors"
+        if not (isinstance(self.images, ImageFile) and self.images.path.resolve() == target.resolve()):
+            write_store(self.images, target)  # a folder source already wrote its images there, one by one
         info = {**self.summary(), "content_hash": self.content_hash(), **(extra or {})}
         (directory / "dataset.json").write_text(json.dumps(info, indent=1, sort_keys=True))
         return info
@@ -102,17 +116,9 @@ class SampleTable:
         rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str})
         rows["owner"] = rows["owner"].fillna(NO_OWNER)  # CSV writes an empty owner, pandas reads it back as NaN
         images_path = directory / "images.safetensors"
-        try:
-            images = load_file(str(images_path))["images"]
-        except (SafetensorError, FileNotFoundError, KeyError) as exc:
-            raise DataError(f"cannot read the prepared images ({exc}); rerun `ume prepare`", file=str(images_path)) from None
+        images = ImageFile(images_path)  # the header only: dtype and shape are checked, no image is read
         info = json.loads((directory / "dataset.json").read_text())
         shape = "x".join(str(n) for n in images.shape[1:])
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DataError(
-                f"expected uint8 images N x C x H x W, got {str(images.dtype).removeprefix('torch.')} {tuple(images.shape)}",
-                file=str(images_path),
-            )
         expected = "x".join(str(n) for n in info.get("image_shape", images.shape[1:]))
         if shape != expected or len(images) != len(rows):
             raise DataError(

@@ -16,7 +16,11 @@ def run_prepare(ws: Workspace) -> dict[str, Any]:
     staging = ws.data_dir.with_name(".data.staging")
     if staging.exists():
         shutil.rmtree(staging)
-    info = prepare_data(ws.params, staging)
+    try:
+        info = prepare_data(ws.params, staging)  # a folder's images are written there one by one
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a bad image or manifest row: nothing half-written is left
+        raise
     crash_point("prepare.staged")
     if ws.data_dir.exists():
         shutil.rmtree(ws.data_dir)
