@@ -136,7 +136,7 @@ class ResolvedEdit:
 
 def top_confusion(net: torch.nn.Module, pool: SampleSet, num_classes: int) -> tuple[int, int]:
     """The most frequent ``(true, predicted)`` mistake of ``net`` on ``pool`` (ties: lowest labels)."""
-    predicted = predict_logits(net, pool.x).argmax(1)
+    predicted = torch.cat([predict_logits(net, batch).argmax(1) for batch in pool.batches()]) if len(pool) else torch.zeros(0, dtype=torch.long)
     counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
     counts.index_put_((pool.y, predicted), torch.ones(len(pool), dtype=torch.long), accumulate=True)
     counts.fill_diagonal_(0)
