@@ -334,6 +334,7 @@ BENCH_MODULES = {
     "overlays": "bench.overlays",
     "compress": "bench.compress",
     "families": "bench.families",
+    "scale": "bench.scale",
 }
 
 
@@ -405,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
-        "overlays (serving latency), compress (quantize and prune the champion) or families (every step kind per timm family)",
+        "overlays (serving latency), compress (quantize and prune the champion), families (every step kind per timm family) "
+        "or scale (step time and memory against data size and history length, the gate against the forward floor)",
     )
     p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")

@@ -80,3 +80,73 @@ def test_forget_evidence_power_and_false_positive_rate_per_check_and_kind() -> N
     assert summary[("mia_loss", "owner_typical")]["power"] == 0.0
     met = {g["goal"].split(" ")[3] if "power" in g["goal"] else g["goal"].split(" ")[1]: g["met"] for g in goals(rows)}
     assert met["owner_vulnerable"] and met["worst_case"] and not met["false-positive"] and met["check"]
+
+
+def _scale_result(step_seconds: list[float], peak: list[float], history: list[float], repro: dict) -> dict:
+    """A synthetic ``bench.scale`` result: sizes 1x/4x/16x, a history, a gate row per size."""
+    from bench.scale import goals, summarize
+
+    sizes = {}
+    for (name, images), seconds, mib in zip((("1x", 60), ("4x", 240), ("16x", 960)), step_seconds, peak, strict=True):
+        gate = {
+            "evaluated_samples": images, "gate_seconds_cold": 3.0, "gate_seconds_warm": 2.0, "fixed_startup_seconds": 1.0,
+            "forward_floor_seconds": 1.5, "forward_floor_repeats": 3, "gate_over_forward_floor": round(2.0 / 1.5, 3), "training_samples": images // 2,
+        }
+        step = {"wall_seconds": seconds, "peak_mib": mib, "stage_seconds": seconds - 5, "operator_seconds": 1.0}
+        step |= {"suite_seconds_in_step": 2.0, "decision": "promoted"}
+        sizes[name] = {"images": images, "training_samples": images // 2, "prepare": {"wall_seconds": 9.0, "peak_mib": 900.0},
+                       "base": {"wall_seconds": 30.0, "peak_mib": 1000.0}, "step": step, "gate": gate}
+    rows = [{"index": i, "step": f"s{i:02d}", "wall_seconds": t, "peak_mib": 1000.0, "stage_seconds": t - 5, "operator_seconds": 1.0,
+             "suite_seconds_in_step": 2.0, "decision": "promoted"} for i, t in enumerate(history, start=1)]
+    meta = {"machine": "m", "date": "d", "arch": "test_resnet", "base_size": 60, "epochs": 1, "repeats": 1, "quick": True,
+            "load_before": [0.0], "load_after": [0.0], "wall_seconds": 1.0}
+    result = {"meta": meta, "sizes": sizes, "history": rows, **summarize(sizes, rows), "nochange_repro_seconds": repro.get("seconds"),
+              "nochange_repro": repro, "stage_startup_seconds": {"ume --help": 4.0}, "families": {}, "families_meta": {}}
+    result["goals"] = goals(result)
+    return result
+
+
+def test_scale_summary_and_goals_are_computed_from_the_measured_rows(tmp_path: Path) -> None:
+    from bench.scale import markdown, plot
+
+    met = _scale_result([10.0, 20.0, 40.0], [1000.0, 1050.0, 1100.0], [10.0, 11.0, 12.0, 12.5, 12.0, 12.0], {"seconds": 3.0, "nothing_changed": True})
+    assert met["memory_ratio_16x_over_1x"] == 1.1 and met["step_time_ratio_16x_over_1x"] == 4.0 and met["training_samples_ratio_16x_over_1x"] == 16.0
+    assert met["step_time_by_size"] == {"1x": 10.0, "4x": 20.0, "16x": 40.0}
+    assert met["step6_over_step1"] == 1.2 and met["median_last3_over_first3"] == 1.091
+    assert met["gate_over_forward_floor"] == pytest.approx(1.333)
+    assert [g["met"] for g in met["goals"]] == [True, True, True, True, True]
+
+    unmet = _scale_result([10.0, 80.0, 400.0], [1000.0, 2000.0, 4000.0], [10.0, 30.0], {"seconds": 12.0, "nothing_changed": True})
+    assert unmet["memory_ratio_16x_over_1x"] == 4.0 and unmet["step2_over_step1"] == 3.0
+    assert [g["met"] for g in unmet["goals"]] == [False, False, False, True, False]
+    missing = _scale_result([10.0, 20.0, 40.0], [1.0, 1.0, 1.0], [10.0], {"seconds": None, "message": "dvc commit -f failed"})
+    assert missing["goals"][-1]["met"] is None
+
+    text = markdown(unmet)
+    assert "| peak memory of a step <= 1.2x from 1x to 16x data | 4.00x | not met |" in text
+    assert "| 16x | 960 | 480 | 400.00 |" in text and "run `ume bench families` first" in text
+    plot(unmet, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_scale_manifest_families_and_the_measured_child_process(tmp_path: Path) -> None:
+    import sys
+
+    from bench.scale import families_matrix, manifest_rows, measured
+
+    rows = manifest_rows([str(i % 10) for i in range(400)], 400, update_slices=4)
+    counts = {s: sum(r["slice"] == s for r in rows) for s in {r["slice"] for r in rows}}
+    assert (counts["base"], counts["test"], counts["canary"]) == (160, 60, 20) and sum(counts[f"u{i}"] for i in range(1, 5)) == 160
+    assert all(r["owner"] == "-" for r in rows if r["slice"] in ("base", "test", "canary"))
+    owner_slices: dict[str, set[str]] = {}
+    for r in rows:
+        owner_slices.setdefault(r["owner"], set()).add(r["slice"])
+    assert all(len(slices) == 1 for owner, slices in owner_slices.items() if owner != "-")  # whole owners per slice
+
+    raw = {"families": {"a": {"base": "ok (promoted)", "learn": "refused: f: field 'x': no", "edit": "failed: KeyError: 'y'"}}, "meta": {"date": "d"}}
+    assert families_matrix(raw) == {"a": {"base": "ok", "learn": "refused: f: field 'x': no", "edit": "failed: KeyError: 'y'"}}
+
+    run = measured([sys.executable, "-c", "b = bytearray(200 * 2**20); print(len(b))"], tmp_path, tmp_path / "child.log")
+    assert run.peak_mib > 200 and run.seconds > 0 and run.output.strip() == str(200 * 2**20)
+    with pytest.raises(RuntimeError, match="exited 3"):
+        measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, tmp_path / "fail.log")
