@@ -88,9 +88,11 @@ def _scale_result(step_seconds: list[float], peak: list[float], history: list[fl
 
     sizes = {}
     for (name, images), seconds, mib in zip((("1x", 60), ("4x", 240), ("16x", 960)), step_seconds, peak, strict=True):
+        floor = images / 100  # the gate grows 1.5x as fast as the floor, above a fixed 5 s
         gate = {
-            "evaluated_samples": images, "gate_seconds_cold": 3.0, "gate_seconds_warm": 2.0, "fixed_startup_seconds": 1.0,
-            "forward_floor_seconds": 1.5, "forward_floor_repeats": 3, "gate_over_forward_floor": round(2.0 / 1.5, 3), "training_samples": images // 2,
+            "evaluated_samples": images, "gate_seconds_cold": 6.0 + 1.5 * floor, "gate_seconds_warm": 5.0 + 1.5 * floor, "fixed_startup_seconds": 1.0,
+            "forward_floor_seconds": floor, "forward_floor_repeats": 3, "gate_over_forward_floor": round((5.0 + 1.5 * floor) / floor, 3),
+            "training_samples": images // 2,
         }
         step = {"wall_seconds": seconds, "peak_mib": mib, "stage_seconds": seconds - 5, "operator_seconds": 1.0}
         step |= {"suite_seconds_in_step": 2.0, "decision": "promoted"}
@@ -113,7 +115,7 @@ def test_scale_summary_and_goals_are_computed_from_the_measured_rows(tmp_path: P
     assert met["memory_ratio_16x_over_1x"] == 1.1 and met["step_time_ratio_16x_over_1x"] == 4.0 and met["training_samples_ratio_16x_over_1x"] == 16.0
     assert met["step_time_by_size"] == {"1x": 10.0, "4x": 20.0, "16x": 40.0}
     assert met["step6_over_step1"] == 1.2 and met["median_last3_over_first3"] == 1.091
-    assert met["gate_over_forward_floor"] == pytest.approx(1.333)
+    assert met["gate_over_forward_floor"] == pytest.approx(2.021) and met["gate_growth_over_floor_growth"] == pytest.approx(1.5)
     assert [g["met"] for g in met["goals"]] == [True, True, True, True, True]
 
     unmet = _scale_result([10.0, 80.0, 400.0], [1000.0, 2000.0, 4000.0], [10.0, 30.0], {"seconds": 12.0, "nothing_changed": True})
