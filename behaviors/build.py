@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
+from behaviors.limits import limit_thresholds
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.errors import UmeError
 from pipeline.data import UmeData, open_data
@@ -62,7 +63,7 @@ def build_context(
         candidate=candidate,
         champion=champion,
         splits=splits,
-        thresholds=merged_thresholds(ws.params.behaviors.thresholds),
+        thresholds=merged_thresholds({**ws.params.behaviors.thresholds, **limit_thresholds(ws.params.behaviors)}),
         data=data,
         step=step,
         num_classes=ws.params.model.num_classes,
@@ -98,14 +99,14 @@ def _shadow_recipe(ws: Workspace, manifest: Manifest) -> ReferenceConfig:
 
 def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
     """The reference bank of ``manifest``'s clean base (opened, purged, topped up), or None and why."""
-    from behaviors.references import open_bank, reference_pool
+    from behaviors.references import capped_pool, open_bank, reference_pool
 
     float_manifest = manifest.float_shadow()
     base_lineage = set(ws.components.sidecar(manifest.base).lineage)
     overlay_lineage: set[str] = set()
     for component_id in float_manifest.overlays:
         overlay_lineage |= set(ws.components.sidecar(component_id).lineage)
-    pool = reference_pool(data, overlay_lineage, base_lineage)
+    pool = capped_pool(reference_pool(data, overlay_lineage, base_lineage), ws.params.behaviors.max_reference_pool, ws.params.seed)
     config = _shadow_recipe(ws, float_manifest)
     recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
     bank = open_bank(

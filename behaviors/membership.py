@@ -39,7 +39,7 @@ from scipy import stats
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """``phi = log(p_y / (1 - p_y))`` per sample, computed stably from the logits."""
-    logits = logits.double()
+    logits, labels = logits.detach().cpu().double(), labels.cpu()
     true = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], float("-inf"))
     return (true - torch.logsumexp(others, 1)).numpy()

@@ -13,6 +13,12 @@ every later step and request. It is a consumer of data like any other, so delete
 stay in it: a shadow whose lineage holds a deleted sample is removed when the bank is opened, and
 the bank is topped up (from the data layer, which no longer serves deleted samples) when fewer
 than ``min_shadows`` remain. Every forgotten sample is therefore OUT for every shadow that scores it.
+
+Cost. Shadows train on at most ``behaviors.max_reference_pool`` samples of whole data subjects
+(:func:`capped_pool`, a seeded choice): the bank's one-off training does not grow with the data.
+Queries stream the samples a batch at a time, and a model's statistic on a set is computed once
+per gate (the calibration set serves every request); the specs cap the sets they query
+(``behaviors.max_check_samples``, :mod:`behaviors.limits`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from behaviors.limits import capped_subjects
 from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
 from pipeline.core.config import ReferenceConfig
 from pipeline.data import SampleSet, UmeData
@@ -40,6 +47,12 @@ from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold
 from pipeline.model.net import Classifier, predict_logits
 
 log = logging.getLogger("ume.references")
+
+QUERY_BATCH = 512  # samples per query batch (predict_logits' own batch: the same logits as one call)
+
+
+def _set_key(samples: SampleSet) -> str:
+    return f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
 
 
 @dataclass
@@ -73,18 +86,36 @@ class ReferenceBank:
         self.purged = purged  # shadows removed because they had trained on a deleted sample
         self.seconds = seconds  # time spent opening (training included)
         self._phi: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._queries: dict[tuple[int, str, str], tuple[object, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.shadows)
 
     def query(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet) -> np.ndarray:
-        """A model's statistic on ``samples``, averaged over the query views (LiRA's augmented queries)."""
-        views = query_views(samples.x, self.config.query_shift)
-        return np.mean([logit_confidence(forward(view), samples.y) for view in views], axis=0)
+        """A model's statistic on ``samples``, averaged over the query views (LiRA's augmented queries),
+        read and queried ``QUERY_BATCH`` samples at a time."""
+        out = []
+        for start, x in zip(range(0, len(samples), QUERY_BATCH), samples.batches(QUERY_BATCH), strict=True):
+            y = samples.y[start : start + len(x)]
+            out.append(np.mean([logit_confidence(forward(view), y) for view in query_views(x, self.config.query_shift)], axis=0))
+        return np.concatenate(out) if out else np.empty(0)
+
+    def _query_once(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet) -> np.ndarray:
+        """:meth:`query`, cached per model and set for a bound method (``candidate.forward``): every
+        request's test reuses the candidate's and control's statistic on the calibration set."""
+        owner = getattr(forward, "__self__", None)
+        if owner is None:
+            return self.query(forward, samples)
+        key = (id(owner), getattr(forward, "__name__", ""), _set_key(samples))
+        hit = self._queries.get(key)
+        if hit is None or hit[0] is not owner:
+            hit = (owner, self.query(forward, samples))
+            self._queries[key] = hit
+        return hit[1]
 
     def statistics(self, samples: SampleSet) -> tuple[np.ndarray, np.ndarray]:
         """``(phi, out)``: every shadow's statistic on ``samples`` (K x n) and which shadows are OUT."""
-        key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
+        key = _set_key(samples)
         if key not in self._phi:
             hashed = hash_sample_ids(samples.sample_ids)
             phi = np.stack([self.query(lambda x, net=s.net: predict_logits(net, x), samples) for s in self.shadows])
@@ -101,17 +132,17 @@ class ReferenceBank:
         """Per-sample member scores of one model (NaN where too few shadows are OUT)."""
         phi, out = self.statistics(samples)
         _, calib_phi = self._calibration(non_members)
-        return member_scores(self.query(forward, samples), phi, out, global_sigma(calib_phi), self.config.min_references)
+        return member_scores(self._query_once(forward, samples), phi, out, global_sigma(calib_phi), self.config.min_references)
 
     def test(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> MembershipResult:
         """Offline LiRA of one model (``forward``: inputs -> logits) on ``samples``, calibrated on ``non_members``."""
         phi, out = self.statistics(samples)
         calibration, calib_phi = self._calibration(non_members)
         return membership_test(
-            self.query(forward, samples),
+            self._query_once(forward, samples),
             phi,
             out,
-            self.query(forward, calibration),
+            self._query_once(forward, calibration),
             calib_phi,
             calibration.sample_ids,
             false_positive_rate=self.config.false_positive_rate,
@@ -136,6 +167,12 @@ def query_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
 def reference_pool(data: UmeData, overlay_lineage: set[str], base_lineage: set[str]) -> SampleSet:
     """The data subjects' samples of the version's overlays (not in the base), deleted ones excluded."""
     return data.select("reference-pool", hashed_ids=overlay_lineage - base_lineage)
+
+
+def capped_pool(pool: SampleSet, max_samples: int, seed: int) -> SampleSet:
+    """At most ``max_samples`` samples of ``pool``, whole data subjects at a time (a seeded choice;
+    the pool itself when it fits). Subjects left out are OUT for every shadow, so they are still scored."""
+    return capped_subjects(pool, _subjects(pool), max_samples, seed=seed)
 
 
 def _subjects(samples: SampleSet) -> list[str]:

@@ -5,9 +5,14 @@ Per-group accuracy and per-group macro recall (torchmetrics) on the evaluation s
 canary together, for enough minority samples), by the ``group`` column of the sample table, e.g.
 the ``scanner_b`` minority of the default data. The largest gap between groups must stay under a
 bound and must not grow by more than a tolerance against the champion.
+
+Cost: the models' cached predictions on the test and canary sets (no forward pass of its own), and
+one vectorised pass over the group labels.
 """
 
+import numpy as np
 import pytest
+import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassRecall
 
 from behaviors.context import ModelUnderTest, Splits
@@ -20,17 +25,30 @@ def fairness_set(splits: Splits):
     return splits.test.concat(splits.canary, name="fairness")
 
 
-def group_metrics(model: ModelUnderTest, samples, num_classes: int) -> dict[str, dict[str, float]]:
-    """``{group: {"accuracy": ..., "recall": ...}}`` for every group present in ``samples``."""
-    predicted = model.predictions(samples)
+def metrics_by_group(predicted: torch.Tensor, labels: torch.Tensor, groups, num_classes: int) -> dict[str, dict[str, float]]:
+    """``{group: {"accuracy": ..., "recall": ...}}`` for every group in ``groups`` (aligned with the predictions)."""
+    groups = np.asarray(groups, dtype=object)
     out: dict[str, dict[str, float]] = {}
-    for group in sorted(set(samples.groups)):
-        idx = [i for i, g in enumerate(samples.groups) if g == group]
-        p, y = predicted[idx], samples.y[idx]
+    for group in sorted(set(groups.tolist())):
+        idx = torch.from_numpy(np.flatnonzero(groups == group))
+        p, y = predicted[idx], labels[idx]
         accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(p, y).item()
         recall = MulticlassRecall(num_classes=num_classes, average="macro")(p, y).item()
         out[group] = {"accuracy": accuracy, "recall": recall}
     return out
+
+
+def group_metrics(model: ModelUnderTest, samples, num_classes: int) -> dict[str, dict[str, float]]:
+    """``{group: {"accuracy": ..., "recall": ...}}`` for every group present in ``samples``."""
+    return metrics_by_group(model.predictions(samples), samples.y, samples.groups, num_classes)
+
+
+def fairness_metrics(model: ModelUnderTest, splits: Splits, num_classes: int) -> dict[str, dict[str, float]]:
+    """:func:`group_metrics` on test and canary together, from the model's cached predictions on each
+    (the same numbers as on :func:`fairness_set`, without a forward pass over the concatenation)."""
+    predicted = torch.cat([model.predictions(splits.test), model.predictions(splits.canary)])
+    labels = torch.cat([splits.test.y, splits.canary.y])
+    return metrics_by_group(predicted, labels, splits.test.groups + splits.canary.groups, num_classes)
 
 
 def gap(metrics: dict[str, dict[str, float]], key: str) -> float:
@@ -41,7 +59,7 @@ def gap(metrics: dict[str, dict[str, float]], key: str) -> float:
 
 def test_group_accuracy_gap(candidate: ModelUnderTest, splits: Splits, thresholds, num_classes: int, behavior) -> None:
     """The largest accuracy gap between groups stays under ``max_group_accuracy_gap``."""
-    metrics = group_metrics(candidate, fairness_set(splits), num_classes)
+    metrics = fairness_metrics(candidate, splits, num_classes)
     for group, m in metrics.items():
         behavior.record(f"group_accuracy[{group}]", m["accuracy"])
         behavior.record(f"group_recall[{group}]", m["recall"])
@@ -51,8 +69,7 @@ def test_group_accuracy_gap(candidate: ModelUnderTest, splits: Splits, threshold
 @pytest.mark.parametrize("metric", ["accuracy", "recall"])
 def test_group_gap_does_not_grow(candidate, needs_champion, splits: Splits, thresholds, num_classes: int, behavior, metric: str) -> None:
     """The gap between groups grows by at most ``max_group_gap_increase`` against the champion."""
-    samples = fairness_set(splits)
-    cand, champ = group_metrics(candidate, samples, num_classes), group_metrics(needs_champion, samples, num_classes)
+    cand, champ = fairness_metrics(candidate, splits, num_classes), fairness_metrics(needs_champion, splits, num_classes)
     for group in cand:
         behavior.record(f"group_{metric}_change[{group}]", cand[group][metric] - champ.get(group, cand[group])[metric])
     behavior.record(f"group_{metric}_gap_before", gap(champ, metric))

@@ -9,6 +9,11 @@ is ``passed`` then, ``inconclusive`` when the control passes too (or there is no
 ``failed`` when the candidate fails it (which blocks). Population attacks and accuracy gaps are
 often inconclusive on a model that generalises (Hayes et al. 2024); the per-sample test against
 reference models is the one built to be conclusive on memorised data.
+
+Cost: the accuracy checks read the models' cached predictions. The attacks fit on, and the
+per-sample test queries, at most ``max_check_samples`` samples of each set (the forgotten samples,
+the unseen or calibration samples): a seeded subsample (:mod:`behaviors.limits`), all of them on
+the default data.
 """
 
 import math
@@ -17,6 +22,7 @@ import pytest
 from torchmetrics.classification import MulticlassRecall
 
 from behaviors.context import BehaviorContext, ForgetCase, ModelUnderTest
+from behaviors.limits import capped, check_samples
 from behaviors.mia import mia_scores
 
 
@@ -84,10 +90,13 @@ def test_membership_inference_near_chance(ume_context: BehaviorContext, candidat
     block exact deletions. Shown for comparison; the per-sample test is the blocking one.
     """
 
+    limit = check_samples(thresholds)
+
     def score(model: ModelUnderTest | None, case: ForgetCase) -> float | None:
         if model is None:
             return None
-        return mia_scores(model.logits(case.forgotten), case.forgotten.y, model.logits(case.unseen), case.unseen.y)[attack]
+        logits = model.logits(case.forgotten), model.logits(case.unseen)
+        return mia_scores(logits[0], case.forgotten.y, logits[1], case.unseen.y, max_samples=limit)[attack]
 
     for case in _cases(ume_context):
         behavior.expect(
@@ -101,8 +110,9 @@ def test_membership_inference_near_chance(ume_context: BehaviorContext, candidat
 def test_forgotten_samples_are_not_members(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
     """Sample/owner deletion: per-sample offline LiRA (Carlini et al. 2022; U-LiRA, Hayes et al. 2024)
     flags at most a bounded share of the forgotten samples as members, at a fixed false-positive rate."""
-    bank, non_members = ume_context.references, ume_context.splits.test
-    limit = thresholds["max_forget_member_share"]
+    bank, limit = ume_context.references, thresholds["max_forget_member_share"]
+    cap, seed = check_samples(thresholds), getattr(ume_context.data, "seed", 0)
+    non_members = capped(ume_context.splits.test, cap, seed=seed)
     for case in _cases(ume_context, "samples"):
         rid = case.request_id
         name = f"forget_member_share_bound[{rid}]"
@@ -110,8 +120,11 @@ def test_forgotten_samples_are_not_members(ume_context: BehaviorContext, candida
             behavior.expect(name, math.nan, at_most=limit, control=None)
             behavior.note(f"{rid}: {ume_context.references_note}")
             continue
-        result = bank.test(candidate.forward, case.forgotten, non_members)
-        control = bank.test(case.control.forward, case.forgotten, non_members) if case.control is not None else None
+        forgotten = capped(case.forgotten, cap, seed=seed)
+        if len(forgotten) < len(case.forgotten):
+            behavior.note(f"{rid}: {len(forgotten)} of its {len(case.forgotten)} forgotten samples tested (behaviors.max_check_samples)")
+        result = bank.test(candidate.forward, forgotten, non_members)
+        control = bank.test(case.control.forward, forgotten, non_members) if case.control is not None else None
         for field in ("member_share", "p_value", "heldout_false_positive_rate", "samples", "references"):
             behavior.record(f"forget_{field}[{rid}]", getattr(result, field), control=getattr(control, field) if control else None)
         behavior.expect(name, result.lower_bound, at_most=limit, control=control.lower_bound if control else None)

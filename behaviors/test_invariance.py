@@ -2,12 +2,18 @@
 
 A failing property reports the shrunk perturbation and saves the first affected image, original
 and perturbed, as ``counterexample-*.png`` in the step's report.
+
+Every drawn example is a forward pass over the canary inputs, so in this module ``splits.canary``
+is a seeded subsample of at most ``max_check_samples`` of them (:mod:`behaviors.limits`; the whole
+canary set of the default data), its images read once.
 """
 
+import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 
-from behaviors.context import ModelUnderTest, Splits
+from behaviors.context import BehaviorContext, ModelUnderTest, Splits
+from behaviors.limits import capped_splits
 from behaviors.perturbations import Perturbation, occlusion, perturbations
 
 # `behavior` only records and saves images, so sharing it across generated inputs is safe.
@@ -20,6 +26,12 @@ PROPERTY = settings(
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+
+@pytest.fixture(scope="module")
+def splits(ume_context: BehaviorContext, thresholds) -> Splits:
+    """The context's splits with the canary set capped and read into memory (the properties' input)."""
+    return capped_splits(ume_context, thresholds)
 
 
 @PROPERTY

@@ -1,6 +1,9 @@
 """Property-based behaviours with hypothesis (CheckList's invariance tests).
 
 Derandomized, so a gate decision is reproducible; a failure reports the shrunk counterexample.
+Every drawn brightness shift is a forward pass over the canary inputs, so in this module
+``splits.canary`` is a seeded subsample of at most ``max_check_samples`` of them
+(:mod:`behaviors.limits`; the whole canary set of the default data), its images read once.
 """
 
 import pytest
@@ -8,9 +11,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from behaviors.context import ModelUnderTest, Splits
+from behaviors.context import BehaviorContext, ModelUnderTest, Splits
+from behaviors.limits import capped_splits
 
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+
+
+@pytest.fixture(scope="module")
+def splits(ume_context: BehaviorContext, thresholds) -> Splits:
+    """The context's splits with the canary set capped and read into memory (the properties' input)."""
+    return capped_splits(ume_context, thresholds)
 
 
 @pytest.mark.blocking

@@ -335,6 +335,7 @@ BENCH_MODULES = {
     "compress": "bench.compress",
     "families": "bench.families",
     "scale": "bench.scale",
+    "gpu-demo": "bench.gpu_demo",
 }
 
 
@@ -407,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
         "overlays (serving latency), compress (quantize and prune the champion), families (every step kind per timm family) "
-        "or scale (step time and memory against data size and history length, the gate against the forward floor)",
+        "scale (step time and memory against data size and history length, the gate against the forward floor) "
+        "or gpu-demo (the demo stream with resnet18 on a GPU in bf16-mixed, timed per stage)",
     )
     p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")

@@ -62,7 +62,7 @@ def forget_salun(net: nn.Module, data: UmeData, config: SalUnConfig, env: Operat
     def loss(model: nn.Module, retain_batch, forget_batch, _i: int) -> torch.Tensor:
         xr, yr = retain_batch
         xf, yf = forget_batch
-        shift = torch.randint(1, classes, yf.shape, generator=generator)
+        shift = torch.randint(1, classes, yf.shape, generator=generator).to(yf.device)  # drawn on the CPU generator, on any device
         random_labels = (yf + shift) % classes
         return F.cross_entropy(model(xf), random_labels) + F.cross_entropy(model(xr), yr)
 

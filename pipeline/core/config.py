@@ -165,11 +165,21 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class BehaviorsConfig:
-    """The behaviour suite: where the specs live, the thresholds they read, the reference bank."""
+    """The behaviour suite: where the specs live, the thresholds they read, the reference bank.
+
+    Two caps keep the gate near one forward pass over its evaluation sets (docs/behaviour-specs.md,
+    "Cost"): a check that does more than one forward pass per sample (hypothesis properties, the
+    membership tests' query views) or fits a classifier on samples (the population attacks) looks
+    at a seeded subsample of at most ``max_check_samples`` samples of a set; the reference bank's
+    shadows train on whole data subjects of at most ``max_reference_pool`` samples. Both are above
+    the default data's sizes, where they change nothing.
+    """
 
     path: str = "behaviors"
     thresholds: dict[str, float] = field(default_factory=dict)
     references: ReferenceConfig = field(default_factory=ReferenceConfig)
+    max_check_samples: int = 512
+    max_reference_pool: int = 4096
 
 
 @dataclass(frozen=True)
@@ -398,6 +408,31 @@ def _validate_train(train: TrainConfig, file: str) -> None:
         raise ConfigError(f"expected a positive integer, got {train.num_nodes!r}", file=file, field="train.num_nodes")
     if train.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
         raise ConfigError(f"unknown accelerator {train.accelerator!r}", file=file, field="train.accelerator")
+    if train.precision in OTHER_WEIGHT_PRECISIONS:
+        raise ConfigError(
+            f"{train.precision!r} leaves the weights themselves in {OTHER_WEIGHT_PRECISIONS[train.precision]} after training, and every"
+            " component is float32 (composition is exact): use a mixed precision (bf16-mixed, or 16-mixed on GPUs) or 32-true",
+            file=file,
+            field="train.precision",
+        )
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {train.precision!r} (expected one of: {', '.join(PRECISIONS)})", file=file, field="train.precision")
+
+
+# Lightning's precision settings that ume trains with (aliases included), and the ones it refuses.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
+OTHER_WEIGHT_PRECISIONS = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64", "64": "float64"}
+MIN_CHECK_SAMPLES = 100
+
+
+def _validate_behaviors(behaviors: BehaviorsConfig, file: str) -> None:
+    for name in ("max_check_samples", "max_reference_pool"):
+        if getattr(behaviors, name) < MIN_CHECK_SAMPLES:
+            raise ConfigError(
+                f"expected an integer >= {MIN_CHECK_SAMPLES}, got {getattr(behaviors, name)} (fewer samples leave the statistical checks unable to fail)",
+                file=file,
+                field=f"behaviors.{name}",
+            )
 
 
 def _parse_stream(raw: Any, file: str) -> dict[str, StepConfig]:
@@ -463,6 +498,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     _validate_data(parsed["data"], file)
     _validate_train(parsed["train"], file)
     _validate_references(parsed["behaviors"].references, file)
+    _validate_behaviors(parsed["behaviors"], file)
     if not parsed["deletion"].max_debt_days >= 0:
         raise ConfigError(f"expected a number of days >= 0, got {parsed['deletion'].max_debt_days}", file=file, field="deletion.max_debt_days")
     if parsed["deletion"].max_debt_samples < 0:

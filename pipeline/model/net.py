@@ -123,13 +123,17 @@ def _classifier_keys(net: nn.Module) -> set[str]:
 
 
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Shift each image by up to ``pixels`` in x and y (zero-padded edges are the background -1)."""
+    """Shift each image by up to ``pixels`` in x and y (zero-padded edges are the background -1).
+
+    The offsets are drawn on the CPU from the seeded global generator (the same draws whatever the
+    device); the crops are views of ``x``'s padded copy, stacked on its device.
+    """
     if pixels <= 0:
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels), value=-1.0)
-    dx = torch.randint(0, 2 * pixels + 1, (n,))
-    dy = torch.randint(0, 2 * pixels + 1, (n,))
+    dx = torch.randint(0, 2 * pixels + 1, (n,)).tolist()
+    dy = torch.randint(0, 2 * pixels + 1, (n,)).tolist()
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
@@ -256,10 +260,50 @@ class SplitGlobalBatch(L.Callback):
             self._saved = None
 
 
+class FiniteAfterMixedPrecision(L.Callback):
+    """After training in a mixed precision, every weight must be finite, or the run stops naming ``train.precision``.
+
+    Measured with torch 2.14.1: on the CPU, the bfloat16 backward of a stride-2 3x3 convolution whose
+    input is 1x1 (an image too small for the network's last stage, e.g. 16 px digits in
+    ``test_resnet``) returns garbage for the kernel taps that see only padding, and the weights end
+    NaN. The component store would refuse them anyway; this says why, and what to change.
+    """
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Checked after every epoch, so a broken run stops early."""
+        self.check(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """And once more at the end (a run cut short by ``max_steps``)."""
+        self.check(pl_module)
+
+    def check(self, pl_module: L.LightningModule) -> None:
+        """Raise :class:`ConfigError` on the first non-finite parameter."""
+        for name, param in pl_module.named_parameters():
+            if not torch.isfinite(param).all():
+                device = param.device.type
+                raise ConfigError(
+                    f"training in {self.precision} on the {device} left non-finite values in {name!r}"
+                    + (
+                        " (PyTorch's CPU bfloat16 convolution backward is wrong for a stride-2 convolution on a 1x1 feature map:"
+                        " images too small for the network); use 32-true on the CPU, larger images, or a GPU"
+                        if device == "cpu"
+                        else "; use 32-true or bf16-mixed"
+                    ),
+                    file="params.yaml",
+                    field="train.precision",
+                )
+
+
 def _callbacks(train: TrainConfig) -> list[L.Callback]:
     callbacks: list[L.Callback] = [ShareRankZeroState()]
     if train.global_batch:
         callbacks.append(SplitGlobalBatch())
+    if train.precision not in ("32-true", "32"):
+        callbacks.append(FiniteAfterMixedPrecision(train.precision))
     if os.environ.get(CRASH_AT_ENV, "").startswith("train."):
         callbacks.append(CrashDuringTraining())
     return callbacks
@@ -270,6 +314,10 @@ def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None, max
 
     With ``strategy: ddp`` and several devices or nodes, only the primary rank gets the logger
     (followers write nothing, :mod:`pipeline.core.ranks`), and every rank ends with rank 0's state.
+    On the CPU every algorithm is deterministic; elsewhere (``gpu``, ``auto``) some CUDA kernels
+    have no deterministic implementation (the backward of adaptive average pooling, which every
+    timm ResNet has), so Lightning's ``deterministic="warn"`` uses deterministic ones where they
+    exist and warns instead of stopping. Lightning moves the module back to the CPU after ``fit``.
     """
     return L.Trainer(
         max_epochs=max_epochs,
@@ -283,16 +331,30 @@ def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None, max
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=train.progress_bar,
-        deterministic=True,
+        deterministic=True if train.accelerator == "cpu" else "warn",
         log_every_n_steps=1,
         callbacks=_callbacks(train),
     )
 
 
+def net_device(net: nn.Module) -> torch.device:
+    """Where ``net``'s parameters (else buffers) live; the CPU for a net without tensors."""
+    for tensor in net.parameters():
+        return tensor.device
+    for tensor in net.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``net`` in eval mode for a tensor of inputs (float32, on CPU)."""
+    """Logits of ``net`` in eval mode for a tensor of inputs (float32, on CPU).
+
+    Each batch goes to the device ``net`` is on (a net left on a GPU works too); the logits come
+    back to the CPU as float32, so every consumer (metrics, numpy, scikit-learn) can read them.
+    """
     net.eval()
-    outs = [net(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    device = net_device(net)
+    outs = [net(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 

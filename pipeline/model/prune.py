@@ -61,9 +61,9 @@ def apply_masks(net: nn.Module, masks: dict[str, torch.Tensor], delta: dict[str,
     for name, d in (delta or {}).items():
         if name not in state or state[name].shape != d.shape:
             raise ValueError(f"delta tensor {name!r} does not fit this network")
-        state[name].add_(d.to(state[name].dtype))
+        state[name].add_(d.to(state[name].device, state[name].dtype))
     for name, mask in masks.items():
         if name not in state or state[name].shape != mask.shape:
             raise ValueError(f"mask {name!r} does not fit this network")
-        state[name].mul_(mask.to(state[name].dtype))
+        state[name].mul_(mask.to(state[name].device, state[name].dtype))
     return net

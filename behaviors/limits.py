@@ -1,0 +1,94 @@
+"""Caps that keep the gate near the cost of one forward pass over its evaluation sets.
+
+Most specs read the candidate's cached predictions: one forward pass per evaluation set, whatever
+its size. A few do more work per sample than that, and are capped by ``behaviors.max_check_samples``
+in ``params.yaml`` (:class:`~pipeline.core.config.BehaviorsConfig`):
+
+- the hypothesis properties (``test_invariance``, ``test_properties``) run one forward pass over
+  the canary set per drawn example (85 examples in all);
+- the per-sample membership test queries every reference model and the candidate and control
+  under five shifted views of each forgotten and calibration sample;
+- the population attacks fit a classifier per fold (an RBF SVC grows quadratically).
+
+Each of them looks at a deterministic subsample of at most ``max_check_samples`` samples of a set
+(all of it when the set is smaller, as on the default data: then nothing changes). The subsample is
+the ``count`` samples with the smallest seeded hash of their sample id (a bottom-k sketch), so it is
+the same for the candidate and the champion, the same on every run, and deleting samples outside
+it does not move it.
+
+The cap travels to the specs with the thresholds (``thresholds["max_check_samples"]``);
+:func:`check_samples` falls back to the default for contexts built without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from behaviors.context import BehaviorContext, Splits
+from pipeline.core.config import BehaviorsConfig
+from pipeline.data import SampleSet
+
+MAX_CHECK_SAMPLES = "max_check_samples"
+DEFAULT_MAX_CHECK_SAMPLES: int = BehaviorsConfig.max_check_samples
+
+
+def limit_thresholds(config: BehaviorsConfig) -> dict[str, float]:
+    """The caps of ``config`` as entries of the specs' ``thresholds`` mapping."""
+    return {MAX_CHECK_SAMPLES: float(config.max_check_samples)}
+
+
+def check_samples(thresholds: Mapping[str, float]) -> int:
+    """``max_check_samples`` from the thresholds mapping (the default when it is absent)."""
+    return int(thresholds.get(MAX_CHECK_SAMPLES, DEFAULT_MAX_CHECK_SAMPLES))
+
+
+def _rank(keys: tuple[str, ...], seed: int) -> np.ndarray:
+    """A seeded, content-based order of ``keys`` (their salted hashes, smallest first)."""
+    salt = f"{seed}:".encode()
+    hashes = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(salt + k.encode(), digest_size=8).digest(), "big") for k in keys), dtype=np.uint64, count=len(keys)
+    )
+    return np.argsort(hashes, kind="stable")
+
+
+def capped(samples: SampleSet, count: int, *, seed: int = 0) -> SampleSet:
+    """At most ``count`` samples of ``samples``: all of them (the same object) when it has no more,
+    else the ``count`` with the smallest seeded hash of their sample id, in their original order."""
+    if len(samples) <= count:
+        return samples
+    keep = np.sort(_rank(samples.sample_ids, seed)[:count]).tolist()
+    return samples.take(keep, name=f"{samples.name}[{count} of {len(samples)}]")
+
+
+def capped_subjects(samples: SampleSet, subjects: list[str], max_samples: int, *, seed: int = 0) -> SampleSet:
+    """Whole data subjects of ``samples`` (``subjects[i]`` is sample i's), in seeded hash order, while
+    their samples add up to at most ``max_samples`` (at least one subject); all when they fit."""
+    if len(samples) <= max_samples:
+        return samples
+    unique = sorted(set(subjects))
+    sizes: dict[str, int] = {}
+    for s in subjects:
+        sizes[s] = sizes.get(s, 0) + 1
+    chosen: set[str] = set()
+    total = 0
+    for i in _rank(tuple(unique), seed).tolist():
+        subject = unique[i]
+        if chosen and total + sizes[subject] > max_samples:
+            continue
+        chosen.add(subject)
+        total += sizes[subject]
+    keep = [i for i, s in enumerate(subjects) if s in chosen]
+    return samples.take(keep, name=f"{samples.name}[{len(keep)} of {len(samples)}]")
+
+
+def capped_splits(context: BehaviorContext, thresholds: Mapping[str, float]) -> Splits:
+    """``context.splits`` with the canary set capped (:func:`capped`) and its images read once into a
+    tensor: the input of the hypothesis properties, which perturb and forward it once per example.
+    The set keeps its name and ids, so the models' cached predictions on it are shared."""
+    splits = context.splits
+    canary = capped(splits.canary, check_samples(thresholds), seed=getattr(context.data, "seed", 0))
+    return dataclasses.replace(splits, canary=dataclasses.replace(canary, inputs=canary.x))
