@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from edits.registry import OperatorEnv
 from pipeline.data import SampleSet
@@ -20,9 +21,9 @@ from pipeline.model.net import set_norm_eval
 
 
 def loader(samples: SampleSet, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
-    """A seeded loader over a sample set."""
+    """A seeded loader over a sample set (images read a batch at a time)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(samples.x, samples.y), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(samples.dataset(), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def cycle(loader_: DataLoader):
@@ -35,7 +36,9 @@ class StepsModule(L.LightningModule):
     """A Lightning module whose training step is a method-specific loss over paired batches.
 
     ``loss_fn(net, retain_batch, forget_batch, step_index)`` returns the loss to minimise; the
-    forget batch comes from an endless cycle over the forget set (None when not needed).
+    forget batch comes from an endless cycle over the forget set (None when not needed). Lightning
+    moves the module and the retain batch to the training device; this module moves the forget
+    batch, the gradient masks and the ``frozen`` models ``loss_fn`` also calls (a teacher) there.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class StepsModule(L.LightningModule):
         forget_loader: DataLoader | None,
         params: list[nn.Parameter] | None = None,
         grad_mask: dict[str, torch.Tensor] | None = None,
+        frozen: list[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -55,6 +59,14 @@ class StepsModule(L.LightningModule):
         self._forget_iter = cycle(forget_loader) if forget_loader is not None else None
         self._params = params
         self.grad_mask = grad_mask
+        self._frozen = list(frozen or [])  # a plain list: not submodules (no state, no train mode, no optimizer)
+
+    def on_fit_start(self) -> None:
+        """Frozen models and gradient masks go to the training device (a no-op on the CPU)."""
+        for model in self._frozen:
+            model.to(self.device)
+        if self.grad_mask:
+            self.grad_mask = {n: m.to(self.device) for n, m in self.grad_mask.items()}
 
     def train(self, mode: bool = True) -> StepsModule:
         """BatchNorm statistics stay fixed: the overlay is the weight delta only."""
@@ -65,7 +77,7 @@ class StepsModule(L.LightningModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One step of the method's loss."""
-        forget_batch = next(self._forget_iter) if self._forget_iter is not None else None
+        forget_batch = move_data_to_device(next(self._forget_iter), self.device) if self._forget_iter is not None else None
         loss = self.loss_fn(self.net, batch, forget_batch, batch_idx)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss

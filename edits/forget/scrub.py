@@ -65,6 +65,6 @@ def forget_scrub(net: nn.Module, data: UmeData, config: ScrubConfig, env: Operat
         logits = student(xr)
         return config.alpha * distill_kl(logits, target, config.temperature) + config.gamma * F.cross_entropy(logits, yr)
 
-    module = StepsModule(net, loss, lr=config.lr, forget_loader=loader(forget, config.forget_batch_size, env.seed))
+    module = StepsModule(net, loss, lr=config.lr, forget_loader=loader(forget, config.forget_batch_size, env.seed), frozen=[teacher])
     fit_steps(module, retain, steps=config.steps, batch_size=config.batch_size, env=env)
     return delta_change(before, net, set(env.forget_ids), forget_meta("scrub", config, forget, retain), used=retain)
