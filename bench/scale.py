@@ -274,11 +274,7 @@ def run_size(work: Path, images: Path, labels: Sequence[str], multiple: int, arg
     gate = json.loads(probe_file.read_text())
     warm, cold, floor = gate["gate_seconds_warm"], gate["gate_seconds_cold"], gate["forward_floor_seconds"]
     log(f"{multiple:>2}x: gate {warm:.2f} s warm ({cold:.2f} s cold), forward floor {floor:.2f} s")
-    # Again with the smallest allowed cap, which binds at every size: the capped checks are then the same work at 1x and 16x
-    capped_file = root / "logs" / "gate-capped.json"
-    capped_probe = [*probe[:-4], "--probe-out", str(capped_file), "--repeats", str(args.repeats), "--probe-cap", str(BINDING_CAP)]
-    measured(capped_probe, root, root / "logs" / "gate-capped.log")
-    gate["binding_cap"] = {"max_check_samples": BINDING_CAP, **json.loads(capped_file.read_text())}
+    gate["binding_cap"] = probe_binding_cap(root, args.repeats)
     log(f"{multiple:>2}x: gate with max_check_samples {BINDING_CAP}: {gate['binding_cap']['gate_seconds_warm']:.2f} s warm")
     return {
         "images": count,
@@ -288,6 +284,27 @@ def run_size(work: Path, images: Path, labels: Sequence[str], multiple: int, arg
         "step": row,
         "gate": gate,
     }
+
+
+def probe_binding_cap(root: Path, repeats: int) -> dict[str, Any]:
+    """The gate probe again with the smallest allowed cap, which binds at every size: the capped checks
+    (hypothesis properties, membership tests) are then the same work at 1x and 16x."""
+    out = root / "logs" / "gate-capped.json"
+    probe = [sys.executable, "-m", "bench.scale", "--probe-gate", "s01", "--probe-out", str(out), "--repeats", str(repeats), "--probe-cap", str(BINDING_CAP)]
+    measured(probe, root, root / "logs" / "gate-capped.log")
+    return {"max_check_samples": BINDING_CAP, **json.loads(out.read_text())}
+
+
+def regate(work: Path, out: Path, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """``--regate``: the binding-cap gate probe on the size projects a ``--workdir`` run kept, merged into ``out/scale.json``."""
+    result = json.loads((out / "scale.json").read_text())
+    for size, row in result["sizes"].items():
+        row["gate"]["binding_cap"] = probe_binding_cap(work / f"size-{size}", repeats)
+        log(f"{size:>3}: gate with max_check_samples {BINDING_CAP}: {row['gate']['binding_cap']['gate_seconds_warm']:.2f} s warm")
+    result.update(summarize(result["sizes"], result["history"]))
+    result["meta"]["regated"] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "load": [round(x, 2) for x in os.getloadavg()]}
+    result["goals"] = goals(result)
+    return result
 
 
 def run_history(work: Path, images: Path, labels: Sequence[str], args: argparse.Namespace, log: Callable[[str], None]) -> tuple[Path, list[dict[str, Any]]]:
@@ -572,6 +589,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['machine']}; {meta['date']}; load average {meta['load_before']} before, {meta['load_after']} after; "
         f"`{meta['arch']}` on {IMAGE_SIZE} px RGB images drawn from sklearn's digits (a generated image folder with a manifest); "
         f"base {meta['base_size']} images; learn steps of {meta['epochs']} epoch(s); {meta['wall_seconds']:.0f} s in all"
+        + (f"; the cap {BINDING_CAP} gate probes rerun on the kept projects {meta['regated']['date']} (`--regate`, load {meta['regated']['load']})"
+           if meta.get("regated") else "")
         + (" (`--quick`: a smoke run, not a measurement)" if meta.get("quick") else "")
         + ".",
         "",
@@ -749,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the generated projects here (default: a temporary directory, removed)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 images at 1x, 3 history steps, base 1 epoch, 1 start-up repeat")
+    parser.add_argument("--regate", action="store_true", help="only the binding-cap gate probe, on the projects an earlier --workdir run kept")
     parser.add_argument("--probe-gate", metavar="STEP", help=argparse.SUPPRESS)
     parser.add_argument("--probe-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--probe-cap", type=int, help=argparse.SUPPRESS)
@@ -763,7 +783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    if args.workdir is not None:
+    if args.regate:
+        if args.workdir is None:
+            parser.error("--regate needs the --workdir of an earlier run")
+        result = regate(args.workdir.resolve(), args.out, args.repeats, log)
+    elif args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = run(args, args.workdir.resolve(), log)
     else:
