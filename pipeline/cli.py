@@ -271,10 +271,11 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     from pipeline.records.deletion import DeletionLog
 
     existing = request_path(request.id, ws.params.requests_dir)
-    received = request.id in DeletionLog.read(ws.ledger).requests
+    log = DeletionLog.read(ws.ledger)
+    received = request.id in log.requests
     steps = [k for k, s in ws.params.stream.items() if s.kind == "forget" and s.options.get("request") == request.id]
     if not received:
-        check_leaves_data(table, DeletionLog.read(ws.ledger).hashed_ids(), sample_ids, file=args.samples or "command line")
+        check_leaves_data(table, log.hashed_ids(), sample_ids, file=args.samples or "command line")
     if received and steps:
         ws.ledger.append(REPEAT_ENTRY, {"request_id": request.id, "reason": request.reason}, step=None)
         print(f"request {request.id} ({request.describe()}) was already received; recorded the repeat (stream step: {', '.join(steps)})")

@@ -10,7 +10,6 @@ can still fail. The GPU itself is exercised by ``bench/gpu_demo.sh`` wherever on
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +113,7 @@ def test_capped_subjects_keeps_whole_subjects() -> None:
 def test_capped_attack_can_still_fail() -> None:
     rng = np.random.default_rng(0)
     members, non_members = rng.normal(3.0, 1.0, (5000, 1)), rng.normal(0.0, 1.0, (5000, 1))
-    t0 = time.perf_counter()
     accuracy = attack_accuracy(members, non_members, "svc", max_samples=200)
-    assert time.perf_counter() - t0 < 20
     assert accuracy > 0.85  # well separated: the capped attack still tells them apart
     same = attack_accuracy(members[:300], members[300:600], "loss", max_samples=10_000)
     assert same < 0.7
@@ -187,7 +184,6 @@ def test_bf16_mixed_auto_trains_on_the_cpu(tmp_path: Path) -> None:
     # 32 px: at 16 px test_resnet's last stage sees a 1x1 map, where the CPU's bf16 backward is wrong (below)
     x, y = torch.rand(64, 1, 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (64,), generator=g)
     net = create_net("test_resnet", 10, 1)
-    t0 = time.perf_counter()
     trainer = make_trainer(train, max_epochs=1)
     assert trainer.accelerator.__class__.__name__ == ("CUDAAccelerator" if torch.cuda.is_available() else "CPUAccelerator")
     assert trainer.precision == "bf16-mixed"
@@ -202,7 +198,6 @@ def test_bf16_mixed_auto_trains_on_the_cpu(tmp_path: Path) -> None:
     forget = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
     module = StepsModule(net, loss, lr=1e-3, forget_loader=forget, frozen=[teacher])
     make_trainer(train, max_epochs=1, max_steps=2).fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=32))
-    assert time.perf_counter() - t0 < 60
     assert {p.dtype for p in net.parameters()} == {torch.float32}
     assert {p.device.type for p in net.parameters()} == {"cpu"}
     assert all(torch.isfinite(p).all() for p in net.parameters())

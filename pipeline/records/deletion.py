@@ -175,21 +175,20 @@ def check_leaves_data(table: SampleTable, deleted_hashed: set[str], sample_ids: 
     The gate evaluates every model on the evaluation slices (``test``, ``canary``) and a forget step
     retrains on what remains: a request that deletes every remaining sample of an evaluation slice,
     or every training sample, would leave a deletion that no model could ever be gated for. The
-    operator must first add data no data subject owns (owner empty), then file the request again.
+    operator must first add data no data subject owns (owner ``-`` in a manifest), then file the request again.
     """
     rows = table.rows
-    gone = deleted_hashed | set(hash_sample_ids(sample_ids))
-    remaining = rows[[hash_sample_id(s) not in gone for s in rows["sample_id"]]]
-    before = rows[[hash_sample_id(s) not in deleted_hashed for s in rows["sample_id"]]]
+    before = rows[[hash_sample_id(s) not in deleted_hashed for s in rows["sample_id"]]]  # what the data layer serves now
+    remaining = before[~before["sample_id"].isin(sample_ids)]
     left = set(remaining["slice"])
     emptied = [s for s in EVAL_SLICES if s in set(before["slice"]) and s not in left]
-    if not (set(remaining["slice"]) - set(EVAL_SLICES)):
+    if not left - set(EVAL_SLICES):
         emptied.append("every training slice")
     if emptied:
         raise DataError(
             f"this request deletes every remaining sample of {', '.join(emptied)} ({len(sample_ids)} samples selected, "
             f"{len(remaining)} would remain): no model could be evaluated or retrained after it. Nothing was recorded; "
-            "add samples no data subject owns (owner empty) to those slices, then file the request again",
+            "add samples no data subject owns (owner `-` in a manifest) to those slices, then file the request again",
             file=file,
             field="selector",
         )
