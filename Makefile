@@ -9,12 +9,14 @@ STAMP := $(VENV)/.ume-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" ume status
+	@PATH="$(CURDIR)/$(BIN):$$PATH" ume status
+	@echo "next: mlflow ui --backend-store-uri sqlite:///mlflow.db (every step, its behaviours, the champion);" \
+	  "store/reports/<step>/report.html; ume certificate <request id> (docs/stream.md)"
 
 # Two pytest workers (pytest-xdist), one test module each at a time: most tests wait on `dvc repro`
 # and `ume` subprocesses, so two of them share two cores well. TEST_JOBS=0 runs in one process.

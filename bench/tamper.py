@@ -37,6 +37,7 @@ from pipeline.core.canonical import canonical_json
 from pipeline.records.ledger import GENESIS, entry_hash
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
+TABLE = Path(__file__).resolve().parent / "results" / "tamper.md"
 LEDGER = Path("store") / "ledger.jsonl"
 
 
@@ -104,6 +105,25 @@ def rewrite_dvc_state(root: Path) -> None:
     cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(data)
+
+
+def rewrite_identity(root: Path) -> None:
+    """Write the rewritten ledger's identity file, and record it in the working tree's ``dvc.lock`` (git history untouched)."""
+    from pipeline.records.ledger import IDENTITY_FILE, identity_text
+
+    text = identity_text(read_entries(root)[0]["hash"]).encode()
+    path = root / LEDGER.parent / IDENTITY_FILE
+    path.write_bytes(text)
+    md5 = hashlib.md5(text).hexdigest()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == str(LEDGER.parent / IDENTITY_FILE):
+                out["md5"], out["size"] = md5, len(text)
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(text)
 
 
 def sign_with_another_key(root: Path) -> None:
@@ -177,6 +197,19 @@ def _rewrite_and_forge_signatures(root: Path) -> None:
     sign_with_another_key(root)
 
 
+def _replace_from_first_entry(root: Path) -> None:
+    """A new ledger in place of the old one: the first entry differs too (a new identity), the deletion request is
+    gone, and every place ume can reach outside git is made to match it (registry tags, run parameters, dvc.lock,
+    the DVC cache, the identity file), the signatures forged with another key."""
+    kept = [e for e in read_entries(root) if e["type"] not in ("deletion_request", "deletion_resolved", "revocation")]
+    kept[0] = {**kept[0], "data": {**kept[0]["data"], "note": "history starts here"}}
+    retag_registry(root, write_rechained(root, kept))
+    rewrite_run_params(root)
+    rewrite_dvc_state(root)
+    rewrite_identity(root)
+    sign_with_another_key(root)
+
+
 CASES: tuple[TamperCase, ...] = (
     TamperCase("entry-edited", "one entry's data changed, hashes not recomputed", _edit_entry),
     TamperCase("history-rewritten", "the deletion request's entries removed, every prev/hash recomputed", drop_request),
@@ -190,6 +223,12 @@ CASES: tuple[TamperCase, ...] = (
         _rewrite_everything_but_git,
     ),
     TamperCase("forged-signatures", "as above, and every version's anchor re-signed with another key", _rewrite_and_forge_signatures),
+    TamperCase(
+        "ledger-replaced-from-first-entry",
+        "a new ledger (new first entry, so a new identity) without the deletion; registry, runs, dvc.lock, cache,"
+        " identity file made to match, signatures forged (git history untouched)",
+        _replace_from_first_entry,
+    ),
     TamperCase("certificate-vs-rewritten-ledger", "history rewritten; the data subject checks their certificate", drop_request, with_certificate=True),
 )
 
@@ -278,7 +317,23 @@ def merge_results(outcomes: list[TamperOutcome], seconds: float) -> dict[str, An
     data["tamper_cases"] = [o.to_json() for o in outcomes]
     data["tamper_seconds"] = round(seconds, 1)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    TABLE.write_text(markdown(outcomes, seconds))
     return data
+
+
+def markdown(outcomes: list[TamperOutcome], seconds: float) -> str:
+    """The tamper table for docs/reliability.md (``python -m bench.tables`` pastes it there)."""
+    lines = [
+        f"`python -m bench.tamper`, {time.strftime('%Y-%m-%d')}, {seconds:.0f} s: {sum(o.caught for o in outcomes)} / {len(outcomes)} caught.",
+        "",
+        "| case | what the insider did | the audit's first line |",
+        "|---|---|---|",
+    ]
+    for o in outcomes:
+        first = (o.problems or ["-"])[0].replace("|", "/")
+        shown = first if len(first) <= 150 else first[:150] + "…"
+        lines.append(f"| `{o.name}` | {o.what} | {'caught' if o.caught else '**missed**'}: {shown} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,11 +67,39 @@ def _finish(ws: Workspace, record: dict) -> None:
     ranks.finish()
 
 
+def _inconclusive(record: dict) -> list[str]:
+    """The forget checks of a step that could not tell (their control passed too), from the record's evidence."""
+    names: list[str] = []
+    for entry in (record.get("evidence") or {}).values():
+        if isinstance(entry, dict):
+            names += [str(c.get("behaviour") or c.get("check")) for c in entry.get("checks", []) if isinstance(c, dict) and c.get("verdict") == "inconclusive"]
+    return list(dict.fromkeys(names))
+
+
+def outcome_line(record: dict, width: int = 160) -> str:
+    """One line per decision: step, decision, version, champion, seconds, what failed or could not tell."""
+    decision = str(record["decision"])
+    head = f"[{record['id']}] {decision} v{record['version']}, champion v{record['champion_after']}, {record['seconds']} s"
+    parts = [head]
+    failing = [str(f).split(" ")[0] for f in record.get("failing") or []]
+    if failing:
+        parts.append(f"failed: {', '.join(failing)}")
+    elif decision != "promoted" and record.get("reason"):
+        parts.append(str(record["reason"]))
+    unsure = _inconclusive(record)
+    if unsure:
+        parts.append(f"inconclusive: {', '.join(unsure)}")
+    line = "; ".join(parts)
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _print_outcome(record: dict) -> None:
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(record["metrics"].items()))
-    print(f"[{record['id']}] {record['decision'].upper()} v{record['version']} ({record['composition']}): {record['reason']}")
-    print(f"[{record['id']}] {metrics}")
-    print(f"[{record['id']}] champion: v{record['champion_after']}  ({record['seconds']} s)")
+    from pipeline.core.console import verbose
+
+    print(outcome_line(record))
+    if verbose():
+        print(f"[{record['id']}] {record['composition']}: {record['reason']}")
+        print(f"[{record['id']}] " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(record["metrics"].items())))
 
 
 def _as_of(text: str | None):
@@ -349,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used for ``--help`` in the README)."""
     parser = argparse.ArgumentParser(prog="ume", description="Change a deployed image classifier safely.")
     parser.add_argument("--params", default="params.yaml", help="path of params.yaml (default: ./params.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="every metric and every library message on the terminal (or UME_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="build the sample table into store/data (DVC stage 'prepare')").set_defaults(fn=_cmd_prepare)
     sub.add_parser("base", help="train, gate and register the clean base (DVC stage 'base')").set_defaults(fn=_cmd_base)
@@ -425,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ume`` console script."""
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["UME_VERBOSE"] = "1"
     try:
         code = args.fn(args)
     except UmeError as exc:

@@ -186,7 +186,7 @@ def test_dvc_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo_copy: Path,
 def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Path) -> None:
     """Issue 18: history rewritten with recomputed hashes, with the registry, the runs and the DVC state made to match.
 
-    Runs four cases of ``bench.tamper`` (all nine make the figures in bench/results/reliability.json) on a copy
+    Runs five cases of ``bench.tamper`` (all ten make the figures in bench/results/reliability.json) on a copy
     of this module's stream, whose dvc.lock is committed to git (the anchor an insider cannot quietly rewrite).
     """
     from bench.tamper import CASES, run_case
@@ -194,8 +194,14 @@ def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Pat
     run(repo_copy, "git", "add", "-A")
     run(repo_copy, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "--allow-empty", "-m", "tamper")
     (certificate,) = sorted((repo_copy / "certificates").glob("*.md"))
-    # The cases that each add one more rewritten anchor; `python -m bench.tamper` runs all nine (reliability.json).
-    ci_cases = ("history-rewritten", "rewrite-and-registry-tags", "rewrite-registry-runs-and-dvc", "certificate-vs-rewritten-ledger")
+    # The cases that each add one more rewritten anchor; `python -m bench.tamper` runs all ten (reliability.json).
+    ci_cases = (
+        "history-rewritten",
+        "rewrite-and-registry-tags",
+        "rewrite-registry-runs-and-dvc",
+        "ledger-replaced-from-first-entry",
+        "certificate-vs-rewritten-ledger",
+    )
     outcomes = {case.name: run_case(case, repo_copy, certificate, tmp_path) for case in CASES if case.name in ci_cases}
     missed = [name for name, o in outcomes.items() if not o.caught]
     assert not missed, {name: outcomes[name].problems for name in missed}
@@ -204,6 +210,8 @@ def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Pat
     assert "no longer in the ledger as certified" in outcomes["certificate-vs-rewritten-ledger"].problems[0]
     hidden = " ".join(outcomes["rewrite-registry-runs-and-dvc"].problems)
     assert "dvc.lock at git commit" in hidden and "history diverges at entry" in hidden, hidden
+    replaced = " ".join(outcomes["ledger-replaced-from-first-entry"].problems)
+    assert "replaced from its first entry" in replaced and "dvc.lock at git commit" in replaced, replaced
 
 
 def test_zz_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:

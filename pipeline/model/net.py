@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.core.config import TrainConfig
+from pipeline.core.console import quiet_lightning
 from pipeline.core.errors import ConfigError
 from pipeline.core.faults import CRASH_AT_ENV, crash_point
 from pipeline.core.ranks import is_primary
@@ -319,6 +320,7 @@ def make_trainer(train: TrainConfig, *, max_epochs: int, logger: Any = None, max
     timm ResNet has), so Lightning's ``deterministic="warn"`` uses deterministic ones where they
     exist and warns instead of stopping. Lightning moves the module back to the CPU after ``fit``.
     """
+    quiet_lightning()
     return L.Trainer(
         max_epochs=max_epochs,
         max_steps=max_steps,

@@ -27,6 +27,9 @@ from pipeline.core.errors import ConfigError
 
 warnings.filterwarnings("ignore", message=r".*torch.ao.quantization is deprecated.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
+# torch 2.14's FX observers and quantized convolutions warn at every call about their own future API.
+warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max to specify the range", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other", category=UserWarning)
 
 BACKEND = "x86"
 OBSERVER_KEY = "activation_post_process"

@@ -24,10 +24,12 @@ signed anchor is verified (:mod:`pipeline.core.signing`).
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +38,14 @@ from typing import Any
 import yaml
 
 from pipeline.core import signing
-from pipeline.records.ledger import Entry
+from pipeline.records.ledger import Entry, identity_text
 from pipeline.records.workspace import Workspace
 
 RUN_ANCHOR_PARAM = "ume.ledger_anchor"
 RUN_SIGNATURE_PARAM = "ume.ledger_anchor_sig"
 CERTIFICATE_MARK = "ume-ledger-anchors:"
 MAX_GIT_COMMITS = 500
+GRACE_SECONDS = 5  # a lock written this close before the first entry's (whole-second) time still counts
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Anchor:
     hash: str
     signature: str | None = None
     lines: tuple[str, ...] | None = None  # a whole earlier copy of the ledger (DVC cache), when there is one
+    foreign: str | None = None  # an anchor of another ledger that should not exist beside this one: why
 
 
 @dataclass
@@ -66,6 +70,7 @@ class AnchorReport:
     unsigned: int = 0
     first_divergence: int | None = None  # the first entry that differs (exact, from a cached copy)
     divergence_range: tuple[int, int | None] | None = None  # (after entry, at or before entry) otherwise
+    set_aside: list[str] = field(default_factory=list)  # anchors of other ledgers, not evidence about this one
 
     def divergence(self) -> str:
         """Where history diverges, in words."""
@@ -178,56 +183,112 @@ def run_anchors(ws: Workspace) -> list[Anchor]:
             return out
 
 
-def _ledger_md5s(project: Path, ledger_rel: str) -> list[tuple[str, str, int | None]]:
-    """``(where, md5, size)`` of the ledger as ``dvc.lock`` recorded it: the working tree, then git history."""
-    found: list[tuple[str, str, int | None]] = []
+@dataclass(frozen=True)
+class LockRecord:
+    """What one ``dvc.lock`` recorded of the ledger: its MD5, the MD5 of its identity file, and when it was written."""
 
-    def read(text: str, where: str) -> None:
+    where: str
+    md5: str
+    identity_md5: str | None  # None: a lock written before ledgers carried an identity
+    written: float | None  # commit time, or the working tree file's modification time (seconds since the epoch)
+
+
+def _lock_records(project: Path, ledger_rel: str, identity_rel: str) -> list[LockRecord]:
+    """The ledger as ``dvc.lock`` recorded it: the working tree, then git history (newest first)."""
+    found: list[LockRecord] = []
+
+    def read(text: str, where: str, written: float | None) -> None:
         try:
             stages = (yaml.safe_load(text) or {}).get("stages") or {}
         except yaml.YAMLError:
             return
         for stage in stages.values():
-            for out in stage.get("outs") or []:
-                if out.get("path") == ledger_rel and out.get("md5"):
-                    found.append((where, str(out["md5"]), out.get("size")))
+            outs = {str(o.get("path")): o for o in stage.get("outs") or [] if isinstance(o, dict)}
+            ledger = outs.get(ledger_rel)
+            if ledger and ledger.get("md5"):
+                identity = outs.get(identity_rel, {}).get("md5")
+                found.append(LockRecord(where, str(ledger["md5"]), str(identity) if identity else None, written))
 
     lock = project / "dvc.lock"
     if lock.exists():
-        read(lock.read_text(), "dvc.lock (working tree)")
+        read(lock.read_text(), "dvc.lock (working tree)", lock.stat().st_mtime)
     try:
         commits = subprocess.run(
-            ["git", "log", f"-{MAX_GIT_COMMITS}", "--format=%H", "--", "dvc.lock"], cwd=project, capture_output=True, text=True, timeout=60
+            ["git", "log", f"-{MAX_GIT_COMMITS}", "--format=%H %ct", "--", "dvc.lock"], cwd=project, capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired):
         return found
-    for commit in commits.stdout.split() if commits.returncode == 0 else []:
+    for line in commits.stdout.splitlines() if commits.returncode == 0 else []:
+        commit, _, stamp = line.partition(" ")
         shown = subprocess.run(["git", "show", f"{commit}:dvc.lock"], cwd=project, capture_output=True, text=True, timeout=60)
         if shown.returncode == 0:
-            read(shown.stdout, f"dvc.lock at git commit {commit[:10]}")
+            read(shown.stdout, f"dvc.lock at git commit {commit[:10]}", float(stamp) if stamp.isdigit() else None)
     return found
 
 
-def dvc_anchors(ws: Workspace) -> list[Anchor]:
-    """The ledgers ``dvc.lock`` recorded, as whole copies from the DVC cache where it still has them."""
+def _ledger_began(ws: Workspace) -> float | None:
+    """When the ledger's first entry was written (seconds since the epoch), or None."""
+    lines = ws.ledger.raw_lines()
+    if not lines:
+        return None
+    try:
+        stamp = json.loads(lines[0])["time"]
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _belongs(record: LockRecord, identity_md5: str | None, began: float | None) -> tuple[bool, str | None]:
+    """Whether a ``dvc.lock`` speaks about this ledger: ``(True, None)``; ``(False, why)`` set aside; ``(True, why)``
+    another ledger's lock written after this ledger began, which is itself evidence of a replaced ledger."""
+    before = began is not None and record.written is not None and record.written < began - GRACE_SECONDS
+    if record.identity_md5 is not None and identity_md5 is not None:
+        if record.identity_md5 == identity_md5:
+            return True, None
+        if before:
+            return False, "another ledger's (its identity differs), written before this ledger began"
+        return True, "it records another ledger (its identity differs) but was written after this ledger began"
+    if before:
+        return False, "written before this ledger began (no identity recorded)"
+    return True, None
+
+
+def dvc_anchors(ws: Workspace, set_aside: list[str] | None = None) -> list[Anchor]:
+    """The ledgers ``dvc.lock`` recorded, as whole copies from the DVC cache where it still has them.
+
+    Only locks about *this* ledger count (:func:`_belongs`): a lock whose identity file differs and that was
+    written before this ledger's first entry (a clone's origin, another run) is set aside, named in ``set_aside``.
+    """
     project = Path(ws.params.file).resolve().parent
     try:
         ledger_rel = str(ws.ledger.path.resolve().relative_to(project))
+        identity_rel = str(ws.ledger.identity_path.resolve().relative_to(project))
     except ValueError:
         return []
+    identity = ws.ledger.identity()
+    identity_md5 = hashlib.md5(identity_text(identity).encode()).hexdigest() if identity else None
+    began = _ledger_began(ws)
     cache = project / ".dvc" / "cache" / "files" / "md5"
     out, seen = [], set()
-    for where, md5, _size in _ledger_md5s(project, ledger_rel):
-        if md5 in seen:
+    for record in _lock_records(project, ledger_rel, identity_rel):
+        counts, why = _belongs(record, identity_md5, began)
+        if not counts:
+            if set_aside is not None:
+                set_aside.append(f"{record.where}: {why}")
             continue
-        seen.add(md5)
-        copy = cache / md5[:2] / md5[2:]
+        if why is not None:
+            out.append(Anchor(f"{record.where}", None, f"identity:{record.identity_md5}", foreign=why))
+            continue
+        if record.md5 in seen:
+            continue
+        seen.add(record.md5)
+        copy = cache / record.md5[:2] / record.md5[2:]
         if copy.exists():
             lines = tuple(line for line in copy.read_text(encoding="utf-8").split("\n") if line.strip())
             last = json.loads(lines[-1]) if lines else {"seq": 0, "hash": ""}
-            out.append(Anchor(f"{where}: the ledger DVC cached ({md5[:10]})", int(last["seq"]), str(last["hash"]), lines=lines))
+            out.append(Anchor(f"{record.where}: the ledger DVC cached ({record.md5[:10]})", int(last["seq"]), str(last["hash"]), lines=lines))
         else:
-            out.append(Anchor(f"{where}: MD5 {md5[:10]} of the ledger (not in the DVC cache)", None, f"md5:{md5}"))
+            out.append(Anchor(f"{record.where}: MD5 {record.md5[:10]} of the ledger (not in the DVC cache)", None, f"md5:{record.md5}"))
     return out
 
 
@@ -250,7 +311,10 @@ def check_anchors(ws: Workspace, anchors: list[Anchor]) -> AnchorReport:
     report = AnchorReport()
     disagree_at: list[int] = []
     for anchor in anchors:
-        if anchor.lines is not None:
+        if anchor.foreign is not None:
+            report.disagreed.append((anchor, f"{anchor.foreign}: the ledger was replaced from its first entry"))
+            report.first_divergence = 1
+        elif anchor.lines is not None:
             first = next((i + 1 for i, old in enumerate(anchor.lines) if i >= len(lines) or lines[i] != old), None)
             if first is None:
                 report.agreed.append(anchor)
@@ -289,7 +353,7 @@ def _check_signatures(ws: Workspace, anchors: list[Anchor], report: AnchorReport
     key = signing.load_public_key(path)
     model = ws.params.registry.model_name
     for anchor in anchors:
-        if anchor.lines is not None or anchor.hash.startswith("md5:"):
+        if anchor.lines is not None or anchor.hash.startswith(("md5:", "identity:")):
             continue
         if anchor.signature is None:
             report.unsigned += 1
@@ -297,9 +361,11 @@ def _check_signatures(ws: Workspace, anchors: list[Anchor], report: AnchorReport
             report.bad_signatures.append(anchor)
 
 
-def reachable_anchors(ws: Workspace, certificates: list[Path] | None = None) -> list[Anchor]:
-    """Every anchor ume can reach: registry, runs, DVC (working tree, git history, cache), certificates."""
-    anchors = [*registry_anchors(ws), *run_anchors(ws), *dvc_anchors(ws)]
+def reachable_anchors(ws: Workspace, certificates: list[Path] | None = None, set_aside: list[str] | None = None) -> list[Anchor]:
+    """Every anchor ume can reach: registry, runs, DVC (working tree, git history, cache), certificates.
+
+    ``set_aside`` collects the ``dvc.lock`` records of other ledgers, which are not evidence about this one."""
+    anchors = [*registry_anchors(ws), *run_anchors(ws), *dvc_anchors(ws, set_aside)]
     for path in certificates or []:
         anchors.extend(certificate_anchors(path))
     return anchors

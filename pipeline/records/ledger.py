@@ -27,6 +27,12 @@ from pipeline.core.errors import LedgerError
 from pipeline.core.faults import crash_point
 
 GENESIS = "0" * 64
+IDENTITY_FILE = "ledger.id"  # beside the ledger: its identity, the hash of its first entry (a `seal` output in dvc.yaml)
+
+
+def identity_text(identity: str) -> str:
+    """The content of the identity file for a ledger whose first entry has hash ``identity``."""
+    return f"{identity}\n"
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -64,6 +70,31 @@ class Ledger:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @property
+    def identity_path(self) -> Path:
+        """Where the ledger's identity (its first entry's hash) is written down, beside the ledger."""
+        return self.path.with_name(IDENTITY_FILE)
+
+    def identity(self) -> str | None:
+        """The ledger's identity: the hash of its first entry (None while empty). Every later hash commits to it,
+        so anchors written for another ledger (another run, a clone's origin) can be told apart from a rewrite."""
+        lines = self._read_raw()
+        if not lines:
+            return None
+        try:
+            return str(json.loads(lines[0])["hash"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    def _write_identity(self, identity: str, *, new: bool) -> None:
+        """Write the identity file for a new ledger, or where it is missing (atomic; a crash before it is repaired
+        by the next append)."""
+        if not new and self.identity_path.exists():
+            return
+        tmp = self.identity_path.with_name(f".{IDENTITY_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(identity_text(identity), encoding="utf-8")
+        os.replace(tmp, self.identity_path)
 
     def _read_raw(self) -> list[str]:
         """The file's non-empty lines, unverified (also what an anchor check compares against)."""
@@ -155,6 +186,8 @@ class Ledger:
                 raise
             crash_point("ledger.tmp_written")
             os.replace(tmp, self.path)
+            first = json.loads(lines[0])["hash"]
+            self._write_identity(str(first), new=raw["seq"] == 1)
             return Entry(**raw)
 
     def of_type(self, *types: str) -> list[Entry]:

@@ -174,6 +174,22 @@ def _check_components(
     return unusable
 
 
+def _check_identity_file(ws: Workspace, report: AuditReport) -> None:
+    """The identity file beside the ledger names the ledger's own first entry."""
+    identity = ws.ledger.identity()
+    path = ws.ledger.identity_path
+    if identity is None or not path.exists():
+        return
+    written = path.read_text(encoding="utf-8").strip()
+    if written != identity:
+        report.problems.append(
+            f"ledger identity: {path} names a ledger whose first entry is {written[:12]}, this ledger's is {identity[:12]}:"
+            " the ledger was replaced from its first entry"
+        )
+    else:
+        report.checked.append(f"ledger identity: {identity[:12]} (the hash of its first entry), as {path.name} records it")
+
+
 def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require_signatures: bool = False) -> AuditReport:
     """:func:`audit`, then the ledger against every anchor ume can reach (:mod:`pipeline.records.anchors`).
 
@@ -190,7 +206,14 @@ def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require
             raise ConfigError(f"no such certificate file: {path}", field="--certificate")
     local_dir = Path(ws.params.file).parent / "certificates"
     local = [p for p in sorted(local_dir.glob("*.md")) if p.resolve() not in {e.resolve() for e in explicit}]
-    anchors: list[Anchor] = reachable_anchors(ws)
+    _check_identity_file(ws, report)
+    set_aside: list[str] = []
+    anchors: list[Anchor] = reachable_anchors(ws, set_aside=set_aside)
+    if set_aside:
+        report.checked.append(
+            f"ledger anchors: {len(set_aside)} dvc.lock record(s) of other ledgers set aside, not evidence about this one"
+            f" (e.g. {set_aside[0]}; docs/reliability.md, \"Which anchors count\")"
+        )
     by_certificate: dict[Path, list[Anchor]] = {}
     for path in [*explicit, *local]:
         try:
