@@ -34,7 +34,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if not ws.primary:  # started on every rank by an external launcher (torchrun, srun): rank 0 prepares
         return 0
     info = run_prepare(ws)
-    print(f"prepared {info['samples']} samples: slices {info['slices']}, groups {info['groups']}")
+    slices = ", ".join(f"{k} {v}" for k, v in info["slices"].items())
+    groups = ", ".join(f"{k} {v}" for k, v in info["groups"].items())
+    print(f"prepared {info['samples']} samples; slices: {slices}; groups: {groups}"[:160])
     return 0
 
 

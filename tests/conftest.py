@@ -40,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # the long ones start at once on both workers instead of trailing at the end (longest-first scheduling).
 SLOW_FIRST = (
     "test_e2e.py",
+    "test_newcomer.py",
     "test_crash.py",
     "test_scaleout_mlflow.py",
     "test_stateful.py",

@@ -211,8 +211,7 @@ def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require
     anchors: list[Anchor] = reachable_anchors(ws, set_aside=set_aside)
     if set_aside:
         report.checked.append(
-            f"ledger anchors: {len(set_aside)} dvc.lock record(s) of other ledgers set aside, not evidence about this one"
-            f" (e.g. {set_aside[0]}; docs/reliability.md, \"Which anchors count\")"
+            f"ledger anchors: {len(set_aside)} dvc.lock record(s) of other ledgers set aside, e.g. {set_aside[0].split(': ')[0]} (docs/reliability.md)"
         )
     by_certificate: dict[Path, list[Anchor]] = {}
     for path in [*explicit, *local]:
