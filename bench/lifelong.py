@@ -165,11 +165,14 @@ def train_from_scratch(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[nn.
     return net, seconds
 
 
-def _with_replay(new: Slice, pool_x: torch.Tensor, pool_y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The slice plus as many replayed samples from the pool (``replay: 1.0``)."""
+def _with_replay(
+    new: Slice, pool_x: torch.Tensor, pool_y: torch.Tensor, seed: int, pool_owners: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor, set[str]]:
+    """The slice plus as many replayed samples from the pool (``replay: 1.0``), and the owners of what was used (lineage)."""
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(pool_x), generator=g)[: len(new.x)]
-    return torch.cat([new.x, pool_x[pick]]), torch.cat([new.y, pool_y[pick]])
+    replayed = set(pool_owners[pick.numpy()]) if pool_owners is not None else {"-"}
+    return torch.cat([new.x, pool_x[pick]]), torch.cat([new.y, pool_y[pick]]), set(new.owners) | replayed
 
 
 def train_adapter(under: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[dict[str, torch.Tensor], LoraSettings, float]:
@@ -306,14 +309,16 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
     r: dict[str, list[list[float]]] = {c: [row_of(base)] for c in COMPOSITIONS if c != "joint"}
     adapters, adapter_seconds, stacked, stacked_seconds, full, full_seconds = [], [], [], [], [], []
     detectors = [SliceDetector(base_slice.x, base_slice.y)]
-    lineage_x, lineage_y = base_slice.x, base_slice.y
+    lineage_x, lineage_y, lineage_owners = base_slice.x, base_slice.y, base_slice.owners
+    used: dict[str, set[str]] = {"base": set(base_slice.owners)}  # component -> owners of its training data
     champion_stacked = base
     for i, new in enumerate(updates, start=1):
-        x, y = _with_replay(new, base_slice.x, base_slice.y, seed + i)  # licensed replay: base samples only
+        x, y, owners = _with_replay(new, base_slice.x, base_slice.y, seed + i)  # licensed replay: base samples only
+        used[f"adapter-{i}"] = used[f"expert-{i}"] = used[f"detector-{i}"] = owners
         tensors, settings, seconds = train_adapter(base, x, y, seed + i)
         adapters.append((tensors, settings))
         adapter_seconds.append(seconds)
-        sx, sy = _with_replay(new, lineage_x, lineage_y, seed + i)  # lineage replay: every earlier slice
+        sx, sy, used[f"stacked-{i}"] = _with_replay(new, lineage_x, lineage_y, seed + i, lineage_owners)  # lineage replay: every earlier slice
         s_tensors, s_settings, seconds = train_adapter(champion_stacked, sx, sy, seed + i)
         stacked.append((s_tensors, s_settings))
         stacked_seconds.append(seconds)
@@ -323,6 +328,7 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
         full_seconds.append(seconds)
         detectors.append(SliceDetector(new.x, new.y))
         lineage_x, lineage_y = torch.cat([lineage_x, new.x]), torch.cat([lineage_y, new.y])
+        lineage_owners = np.concatenate([lineage_owners, new.owners])
         experts = [base] + [fold(base, [a], 1.0) for a in adapters]
         r["parallel"].append(row_of(fold(base, adapters, 1.0 / i)))
         r["summed"].append(row_of(fold(base, adapters, 1.0)))
@@ -354,7 +360,7 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
     for i, new in enumerate(updates, start=1):
         owner = sorted(set(new.owners))[0]
         kept = new.without(owner)
-        x, y = _with_replay(kept, base_slice.x, base_slice.y, seed + 100 + i)
+        x, y, _ = _with_replay(kept, base_slice.x, base_slice.y, seed + 100 + i)
         _, _, adapter_s = train_adapter(base, x, y, seed + 100 + i)
         started = time.perf_counter()
         SliceDetector(kept.x, kept.y)
@@ -370,15 +376,15 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
         deletion["stacked"].append(stacked_s / retrain_s)
         deletion["joint"].append(1.0)
         # lineage accounting: which components' training data held the owner, and are they all rebuilt?
-        held = {
-            "parallel": {f"adapter-{i}"},
-            "summed": {f"adapter-{i}"},
-            "routed": {f"adapter-{i}", f"detector-{i}"},
-            "routed-full": {f"expert-{i}", f"detector-{i}"},
-            "stacked": {f"stacked-{j}" for j in range(i, len(updates) + 1)},
-            "joint": {"joint"},
+        served_parts = {
+            "parallel": ["base", *(f"adapter-{k}" for k in range(1, len(updates) + 1))],
+            "routed": ["base", *(f"{kind_}-{k}" for k in range(1, len(updates) + 1) for kind_ in ("adapter", "detector"))],
+            "routed-full": ["base", *(f"{kind_}-{k}" for k in range(1, len(updates) + 1) for kind_ in ("expert", "detector"))],
+            "stacked": ["base", *(f"stacked-{k}" for k in range(1, len(updates) + 1))],
         }
-        rebuilt = {
+        served_parts["summed"] = served_parts["parallel"]
+        held = {c: {p for p in parts if owner in used[p]} for c, parts in served_parts.items()} | {"joint": {"joint"}}
+        rebuilt = {  # what the deletion above retrained (stacked: the slice's adapter and every later one)
             "parallel": {f"adapter-{i}"},
             "summed": {f"adapter-{i}"},
             "routed": {f"adapter-{i}", f"detector-{i}"},

@@ -45,7 +45,7 @@ def test_digits_are_deterministic(digits: SampleTable) -> None:
     again, _ = build_digits_table(parse_params({}).data, seed=0)
     assert again.content_hash() == digits.content_hash()
     other, _ = build_digits_table(parse_params({}).data, seed=1)
-    assert set(other.rows["sample_id"]) == set(digits.rows["sample_id"]) or True  # ids are content hashes
+    assert len(other.rows) == len(digits.rows)  # another seed splits and renders the same 1,797 digits differently
     assert other.content_hash() != digits.content_hash()
 
 
