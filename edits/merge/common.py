@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.errors import ConfigError
-from pipeline.model.components import Component
+from pipeline.model.components import Component, ComponentStore
+from pipeline.model.compose import is_routed
 from pipeline.model.manifest import Manifest
 
 
@@ -41,3 +42,15 @@ def chosen_overlays(manifest: Manifest, chosen: tuple[str, ...], *, where: str, 
             )
         positions.extend(hits)
     return sorted(set(positions))
+
+
+def refuse_routed(manifest: Manifest, store: ComponentStore, positions: list[int], *, where: str, file: str = "params.yaml") -> None:
+    """A merge may not take a routed overlay: folding experts together averages away what each slice taught."""
+    routed = [manifest.overlay_steps[i] for i in positions if is_routed(store.sidecar(manifest.overlays[i]).meta)]
+    if routed:
+        raise ConfigError(
+            f"the overlays of {', '.join(map(repr, routed))} are routed experts (layout: routed): a merge would fold them into"
+            " one network and lose the routing; remove this merge step, or learn with layout: parallel",
+            file=file,
+            field=where,
+        )

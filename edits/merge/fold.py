@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from edits.merge.common import merged_bookkeeping
+from edits.merge.common import merged_bookkeeping, refuse_routed
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import UmeData
 from pipeline.model.components import ComponentDraft
@@ -34,6 +34,7 @@ def merge_fold(net: nn.Module, data: UmeData, config: FoldConfig, env: OperatorE
         raise RuntimeError("a fold needs the champion manifest and the component store")
     if not manifest.overlays:  # the stream goes on: an earlier step (e.g. a full retrain) left nothing to fold
         return Change(notes={"merged_steps": [], "reason": "the champion has no overlay: nothing to fold"})
+    refuse_routed(manifest, store, list(range(len(manifest.overlays))), where=f"stream.{env.step}.method")
     base = snapshot(build_base(store, manifest.base))
     sidecars = [store.sidecar(cid) for cid in manifest.overlays]
     lineage, meta = merged_bookkeeping(sidecars, list(manifest.overlay_steps))

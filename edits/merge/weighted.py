@@ -18,7 +18,7 @@ from peft import set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from edits.merge.common import chosen_overlays, merged_bookkeeping
+from edits.merge.common import chosen_overlays, merged_bookkeeping, refuse_routed
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.core.errors import ConfigError
 from pipeline.data import UmeData
@@ -44,6 +44,7 @@ def _merge(combination: str, config: WeightedMergeConfig, env: OperatorEnv) -> C
         raise RuntimeError("a merge needs the champion manifest and the component store")
     where = f"stream.{env.step}"
     positions = chosen_overlays(manifest, config.overlays, where=where)
+    refuse_routed(manifest, store, positions, where=f"{where}.overlays" if config.overlays else f"{where}.method")
     sidecars = [store.sidecar(manifest.overlays[i]) for i in positions]
     if not config.overlays:
         positions = [i for i, s in zip(positions, sidecars, strict=True) if s.kind == "lora"]

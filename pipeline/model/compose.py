@@ -7,9 +7,11 @@ manifest restores that version's predictions exactly (DESIGN.md invariant 3).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,6 +24,7 @@ from pipeline.model.manifest import Manifest
 from pipeline.model.net import create_net
 from pipeline.model.prune import apply_masks
 from pipeline.model.quantize import quantize
+from pipeline.model.routing import Detector, RoutedNetwork, Router, split_router_tensors
 
 
 def build_base(store: ComponentStore, base_id: str) -> nn.Module:
@@ -42,15 +45,25 @@ def build_base(store: ComponentStore, base_id: str) -> nn.Module:
     return net
 
 
-def is_parallel(meta: dict) -> bool:
-    """An overlay trained on the clean base alone, composed side by side with its peers (``layout: parallel``)."""
+def trained_on_base(meta: dict) -> bool:
+    """An overlay trained on the clean base alone (``layout: parallel`` or ``routed``): a deletion elsewhere leaves it be."""
     return meta.get("trained_on") == "base"
 
 
+def is_routed(meta: dict) -> bool:
+    """An overlay kept whole as an expert behind the router (``layout: routed``, ``pipeline/model/routing.py``)."""
+    return meta.get("layout") == "routed"
+
+
+def is_parallel(meta: dict) -> bool:
+    """An overlay trained on the clean base alone, folded side by side with its peers (``layout: parallel``)."""
+    return trained_on_base(meta) and not is_routed(meta)
+
+
 def overlay_weights(metas: Sequence[dict]) -> list[float]:
-    """1 for a stacked overlay; ``1/k`` for each of the ``k`` parallel ones: their mean correction of the
-    base, as SISA aggregates its shards (Bourtoule et al. 2021), here at adapter level (S3T, Chowdhury
-    et al. 2024). A function of the manifest alone, so composition stays deterministic."""
+    """1 for a stacked (or routed) overlay; ``1/k`` for each of the ``k`` parallel ones: their mean correction
+    of the base, as SISA aggregates its shards (Bourtoule et al. 2021), here at adapter level (S3T,
+    Chowdhury et al. 2024). A function of the manifest alone, so composition stays deterministic."""
     k = sum(1 for meta in metas if is_parallel(meta))
     return [1.0 / k if is_parallel(meta) else 1.0 for meta in metas]
 
@@ -58,6 +71,7 @@ def overlay_weights(metas: Sequence[dict]) -> list[float]:
 def fold_overlay(net: nn.Module, kind: str, tensors: dict[str, torch.Tensor], meta: dict, weight: float = 1.0, *, where: str = "overlay") -> nn.Module:
     """Fold one overlay (given its tensors and sidecar meta) into ``net`` at ``weight``."""
     if kind == "lora":
+        tensors, _ = split_router_tensors(tensors)  # a routed overlay's detectors are the router's, not the weights'
         settings = LoraSettings.from_json(meta.get("lora", {}))
         return fold_lora(net, tensors, dataclasses.replace(settings, alpha=settings.alpha * weight))
     if kind == "delta" and weight == 1.0:
@@ -93,18 +107,54 @@ def transform_network(net: nn.Module, tensors: dict[str, torch.Tensor], meta: di
     raise ComponentError(f"unknown transform {kind!r}", file=where, field="meta.transform")
 
 
+@dataclass(frozen=True)
+class _Overlay:
+    kind: str
+    tensors: Callable[[], dict[str, torch.Tensor]]
+    meta: dict
+    where: str
+
+
+def _overlays(manifest: Manifest, store: ComponentStore, pending: Sequence[ComponentDraft]) -> list[_Overlay]:
+    stored = [
+        _Overlay(sc.kind, lambda cid=cid: store.load(cid)[0], sc.meta, str(store.sidecar_path(cid)))
+        for cid, sc in ((cid, store.sidecar(cid)) for cid in manifest.overlays)
+    ]
+    return stored + [_Overlay(d.kind, lambda d=d: d.tensors, d.meta, "pending overlay") for d in pending]
+
+
+def routed_network(base: nn.Module, routed: Sequence[tuple[dict[str, torch.Tensor], dict, str]]) -> RoutedNetwork:
+    """Expert 0 is ``base``; expert ``i`` is ``base`` with the ``i``-th routed overlay folded at weight 1;
+    the router is made of the overlays' own detectors (``(tensors, meta, where)`` each)."""
+    experts: list[nn.Module] = [base]
+    slices, references, adapter_bytes = [], [], []
+    for tensors, meta, where in routed:
+        adapter, router = split_router_tensors(tensors)
+        try:
+            slices.append(Detector.from_tensors(router, "slice"))
+            references.append(Detector.from_tensors(router, "reference"))
+        except KeyError as exc:
+            raise ComponentError(f"routed overlay lacks its detector tensor {exc}", file=where, field="tensors") from None
+        experts.append(fold_overlay(copy.deepcopy(base), "lora", adapter, meta, 1.0, where=where))
+        adapter_bytes.append(sum(v.numel() * v.element_size() for v in adapter.values()))
+    return RoutedNetwork(experts, Router(slices, references), adapter_bytes=adapter_bytes)
+
+
 def compose(manifest: Manifest, store: ComponentStore, pending: Sequence[ComponentDraft] = ()) -> nn.Module:
     """The network of ``manifest`` in eval mode (overlays folded, then transforms applied); deterministic.
 
-    ``pending``: overlays not stored yet (an operator's drafts), folded after the manifest's own.
+    ``pending``: overlays not stored yet (an operator's drafts), composed after the manifest's own.
+    Routed overlays (``layout: routed``) first become experts over the clean base, behind their router;
+    the other overlays then fold in order into that routed network (or into the base when none is routed).
     """
     net = build_base(store, manifest.base)
-    metas = [store.sidecar(c).meta for c in manifest.overlays] + [d.meta for d in pending]
-    weights = overlay_weights(metas)
-    for component_id, weight in zip(manifest.overlays, weights, strict=False):
-        net = apply_overlay(net, store, component_id, weight)
-    for draft, weight in zip(pending, weights[len(manifest.overlays) :], strict=True):
-        net = fold_overlay(net, draft.kind, draft.tensors, draft.meta, weight, where="pending overlay")
+    overlays = _overlays(manifest, store, pending)
+    routed = [o for o in overlays if is_routed(o.meta)]
+    if routed:
+        net = routed_network(net, [(o.tensors(), o.meta, o.where) for o in routed])
+    others = [o for o in overlays if not is_routed(o.meta)]
+    for overlay, weight in zip(others, overlay_weights([o.meta for o in others]), strict=True):
+        net = fold_overlay(net, overlay.kind, overlay.tensors(), overlay.meta, weight, where=overlay.where)
     for p in net.parameters():
         p.requires_grad_(False)
     net.eval()

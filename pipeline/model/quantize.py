@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import ConfigError
+from pipeline.model.routing import RoutedNetwork
 
 warnings.filterwarnings("ignore", message=r".*torch.ao.quantization is deprecated.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
@@ -51,6 +52,8 @@ def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str
     """
     from torch.fx.proxy import TraceError
 
+    if isinstance(net, RoutedNetwork):  # the router stays float; every expert is the same architecture
+        net = net.experts[0]
     try:
         _prepare(net, torch.zeros(1, *input_shape))
     except (TraceError, NotImplementedError, TypeError, RuntimeError) as exc:
@@ -64,7 +67,19 @@ def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str
 
 
 def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Observer state (activation ranges) of ``net`` on calibration ``images``."""
+    """Observer state (activation ranges) of ``net`` on calibration ``images``.
+
+    A routed network calibrates each expert on the images its router sends there (all of them when
+    it is sent none), under the keys ``experts.<i>.``."""
+    if isinstance(net, RoutedNetwork):
+        with torch.no_grad():
+            choice = net.router(images)
+        state: dict[str, torch.Tensor] = {}
+        for i, expert in enumerate(net.experts):
+            mine = images[choice == i]
+            for k, v in calibrate(expert, mine if len(mine) else images, batch_size).items():
+                state[f"experts.{i}.{k}"] = v
+        return state
     prepared = _prepare(net, images[:1])
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
@@ -93,7 +108,17 @@ class Int8Network(nn.Module):
 
 
 def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
-    """The int8 network of float ``net`` with stored observer state."""
+    """The int8 network of float ``net`` with stored observer state (a routed network: each expert)."""
+    if isinstance(net, RoutedNetwork):
+        prefixes = [f"experts.{i}." for i in range(len(net.experts))]
+        stray = [k for k in observers if not k.startswith(tuple(prefixes))]
+        if stray:
+            raise ValueError(f"observer state does not fit this routed network: {stray[:3]}")
+        experts = [
+            quantize(e, {k.removeprefix(pre): v for k, v in observers.items() if k.startswith(pre)}, example)
+            for e, pre in zip(net.experts, prefixes, strict=True)
+        ]
+        return RoutedNetwork(experts, net.router, adapter_bytes=net.adapter_bytes).eval()
     from torch.ao.quantization.quantize_fx import convert_fx
 
     prepared = _prepare(net, example)

@@ -128,7 +128,7 @@ def _check_components(
 
     Returns the versions that cannot be composed (each reported once).
     """
-    from pipeline.model.compose import apply_overlay, build_base, compose
+    from pipeline.model.compose import apply_overlay, build_base, compose, is_routed
 
     broken: dict[str, str] = {}
     checked: set[str] = set()
@@ -157,8 +157,12 @@ def _check_components(
         component_id = manifest.base
         try:  # the served version must compose: tensors that verify can still not fit the network
             net = build_base(store, component_id)
-            for component_id in manifest.overlays:
-                net = apply_overlay(net, store, component_id)
+            if any(is_routed(store.sidecar(c).meta) for c in manifest.overlays):  # experts and router: only the whole version composes
+                component_id = manifest.overlays[-1]
+                compose(manifest, store)
+            else:
+                for component_id in manifest.overlays:
+                    net = apply_overlay(net, store, component_id)
             if manifest.transforms:  # export transforms apply to the folded network: compose the whole version
                 component_id = manifest.transforms[-1]
                 compose(manifest, store)

@@ -1,0 +1,158 @@
+"""Routed composition: each learned slice stays a whole expert, and a router sends each input to one.
+
+``layout: routed`` keeps what every update taught instead of averaging it away: the expert of slice
+``i`` is the clean base with slice ``i``'s LoRA adapter folded in at weight 1, and the base itself is
+expert 0. Each routed overlay carries its own detector pair, fitted only on that overlay's training
+data: a *slice* detector on the slice's own samples and a *reference* detector on the replayed
+samples it was trained against. An input goes to the expert whose slice detector scores it highest,
+provided that score beats the reference (the base's) score; otherwise to the base. Because every
+detector is part of the overlay whose lineage holds its training samples, an exact deletion that
+retrains the overlay also refits its detector: the router is covered by the same accounting.
+
+O3: Gao et al. 2024, "Out-of-distribution detection guided continual learning" (an adapter is used
+only where its own OOD detector fires); mixtures of LoRA experts: Wu et al. 2024, "Mixture of LoRA
+Experts"; the detector is a Gaussian per class over a pooled image with a Ledoit-Wolf shrunk
+covariance (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution Samples
+and Adversarial Attacks"; Ledoit & Wolf 2004, "A well-conditioned estimator for large-dimensional
+covariance matrices").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROUTER_PREFIX = "router/"
+DETECTOR_FIELDS = ("means", "precision", "logdet")
+POOL = 8  # the router sees each channel average-pooled to at most 8 x 8
+
+
+def router_features(x: torch.Tensor, pool: int = POOL) -> torch.Tensor:
+    """What a detector looks at: each channel average-pooled to ``pool`` x ``pool``, flattened, float64."""
+    side = min(pool, x.shape[-1], x.shape[-2])
+    return F.adaptive_avg_pool2d(x.detach().float(), side).flatten(1).double()
+
+
+@dataclass(frozen=True)
+class Detector:
+    """How much an input looks like one sample set: the best log-density among Gaussians, one per class
+    of the set, sharing one shrunk covariance (the tied covariance of Lee et al. 2018). Tensors only, so
+    it is stored as safetensors; a few tens of kilobytes, whatever the network."""
+
+    means: torch.Tensor  # [classes, d]
+    precision: torch.Tensor  # [d, d]
+    logdet: torch.Tensor  # [] (log-determinant of the covariance)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, y: torch.Tensor) -> Detector:
+        """Fit on images ``x`` with labels ``y``: class means, and a Ledoit-Wolf covariance of the centred features."""
+        from sklearn.covariance import LedoitWolf
+
+        feats = router_features(x).numpy()
+        labels = y.cpu().numpy()
+        classes = np.unique(labels)
+        if len(feats) < 2:
+            raise ValueError(f"a detector needs at least 2 samples, got {len(feats)}")
+        means = np.stack([feats[labels == c].mean(0) for c in classes])
+        centred = feats - means[np.searchsorted(classes, labels)]
+        cov = LedoitWolf(assume_centered=True).fit(centred).covariance_ + 1e-6 * np.eye(feats.shape[1])
+        _, logdet = np.linalg.slogdet(cov)
+        return cls(torch.from_numpy(means), torch.from_numpy(np.linalg.inv(cov)), torch.tensor(logdet, dtype=torch.float64))
+
+    def score(self, feats: torch.Tensor) -> torch.Tensor:
+        """Log-density of each row of ``feats`` (``router_features``), the best over classes."""
+        d = feats.unsqueeze(1) - self.means.unsqueeze(0)  # [n, classes, dim]
+        mahalanobis = torch.einsum("ncd,de,nce->nc", d, self.precision, d)
+        dim = self.means.shape[1]
+        return -0.5 * (mahalanobis.min(dim=1).values + self.logdet + dim * math.log(2 * math.pi))
+
+    def tensors(self, role: str) -> dict[str, torch.Tensor]:
+        """Stored under ``router/<role>/...`` in the overlay's safetensors file."""
+        return {f"{ROUTER_PREFIX}{role}/{k}": getattr(self, k).contiguous() for k in DETECTOR_FIELDS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], role: str) -> Detector:
+        """Read back what ``tensors`` stored (``KeyError`` when absent)."""
+        return cls(*(tensors[f"{ROUTER_PREFIX}{role}/{k}"].double() for k in DETECTOR_FIELDS))
+
+
+def split_router_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A routed overlay's tensors as (adapter tensors, router tensors)."""
+    adapter = {k: v for k, v in tensors.items() if not k.startswith(ROUTER_PREFIX)}
+    router = {k: v for k, v in tensors.items() if k.startswith(ROUTER_PREFIX)}
+    return adapter, router
+
+
+class Router(nn.Module):
+    """Chooses an expert per input: 0 (the base) unless some slice detector beats the base's score.
+
+    The detectors' tensors are buffers, so they move with the network and ``weights_hash`` covers them."""
+
+    def __init__(self, slices: Sequence[Detector], references: Sequence[Detector]) -> None:
+        super().__init__()
+        if not slices or len(slices) != len(references):
+            raise ValueError(f"a router needs one reference per slice detector ({len(slices)} and {len(references)})")
+        self.count = len(slices)
+        for role, detectors in (("slice", slices), ("reference", references)):
+            for i, d in enumerate(detectors):
+                for name in DETECTOR_FIELDS:
+                    self.register_buffer(f"{role}{i}_{name}", getattr(d, name).double().contiguous())
+
+    def detector(self, role: str, i: int) -> Detector:
+        """The ``i``-th detector of ``role`` (``slice`` or ``reference``)."""
+        return Detector(*(getattr(self, f"{role}{i}_{name}") for name in DETECTOR_FIELDS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The expert index of each input (0 = the base, i = the i-th routed overlay)."""
+        feats = router_features(x).to(self.slice0_means.device)
+        base = torch.stack([self.detector("reference", i).score(feats) for i in range(self.count)], dim=1).max(dim=1).values
+        scores = torch.stack([base, *(self.detector("slice", i).score(feats) for i in range(self.count))], dim=1)
+        return scores.argmax(dim=1).to(x.device)
+
+
+class RoutedNetwork(nn.Module):
+    """Experts (the base, and the base with one slice's overlay each) behind a router; each input runs
+    through its chosen expert only, so a batch costs about one forward pass plus the router."""
+
+    def __init__(self, experts: Sequence[nn.Module], router: Router, *, adapter_bytes: Sequence[int] = ()) -> None:
+        super().__init__()
+        if len(experts) != router.count + 1:
+            raise ValueError(f"{len(experts)} experts for {router.count} slice detectors")
+        self.experts = nn.ModuleList(experts)
+        self.router = router
+        self.adapter_bytes = list(adapter_bytes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Route, then run each expert on its inputs (differentiable through the experts)."""
+        if len(x) == 0:
+            return self.experts[0](x)
+        with torch.no_grad():
+            choice = self.router(x)
+        parts: list[torch.Tensor] = []
+        index: list[torch.Tensor] = []
+        for i, expert in enumerate(self.experts):
+            rows = torch.nonzero(choice == i).flatten()
+            if len(rows):
+                parts.append(expert(x[rows]))
+                index.append(rows)
+        out = torch.cat(parts)
+        order = torch.cat(index).to(out.device)
+        return out[torch.argsort(order)]
+
+    def map_experts(self, fn) -> RoutedNetwork:
+        """The same router over ``fn(expert)`` for every expert (quantization, for example)."""
+        return RoutedNetwork([fn(e) for e in self.experts], self.router, adapter_bytes=self.adapter_bytes)
+
+    def shared_bytes(self) -> int:
+        """Bytes of one expert's weights: what every expert shares (the base network)."""
+        return _state_bytes(self.experts[0])
+
+
+def _state_bytes(net: nn.Module) -> int:
+    return sum(v.numel() * v.element_size() for v in net.state_dict().values() if isinstance(v, torch.Tensor))
