@@ -251,9 +251,11 @@ def test_side_by_side_overlays_make_an_old_slice_deletion_retrain_only_its_own_o
         raw = yaml.safe_load(params.read_text())
         raw["stream"]["m1"] = {"kind": "merge", "parent": key, "method": "fold"}
         params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        entries = len(open_workspace().ledger.verify())
         with pytest.raises(ConfigError, match="routed experts") as info:
             run_step(open_workspace(), "m1")
         assert "stream.m1.method" in str(info.value)
+        assert len(open_workspace().ledger.verify()) == entries  # refused in plan: nothing written
 
 
 def hash_sample_ids_of(rows: pd.DataFrame) -> list[str]:

@@ -127,7 +127,7 @@ def routed_network(base: nn.Module, routed: Sequence[tuple[dict[str, torch.Tenso
     """Expert 0 is ``base``; expert ``i`` is ``base`` with the ``i``-th routed overlay folded at weight 1;
     the router is made of the overlays' own detectors (``(tensors, meta, where)`` each)."""
     experts: list[nn.Module] = [base]
-    slices, references, adapter_bytes = [], [], []
+    slices, references = [], []
     for tensors, meta, where in routed:
         adapter, router = split_router_tensors(tensors)
         try:
@@ -136,8 +136,7 @@ def routed_network(base: nn.Module, routed: Sequence[tuple[dict[str, torch.Tenso
         except KeyError as exc:
             raise ComponentError(f"routed overlay lacks its detector tensor {exc}", file=where, field="tensors") from None
         experts.append(fold_overlay(copy.deepcopy(base), "lora", adapter, meta, 1.0, where=where))
-        adapter_bytes.append(sum(v.numel() * v.element_size() for v in adapter.values()))
-    return RoutedNetwork(experts, Router(slices, references), adapter_bytes=adapter_bytes)
+    return RoutedNetwork(experts, Router(slices, references))
 
 
 def compose(manifest: Manifest, store: ComponentStore, pending: Sequence[ComponentDraft] = ()) -> nn.Module:

@@ -118,7 +118,7 @@ def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.
             quantize(e, {k.removeprefix(pre): v for k, v in observers.items() if k.startswith(pre)}, example)
             for e, pre in zip(net.experts, prefixes, strict=True)
         ]
-        return RoutedNetwork(experts, net.router, adapter_bytes=net.adapter_bytes).eval()
+        return RoutedNetwork(experts, net.router).eval()
     from torch.ao.quantization.quantize_fx import convert_fx
 
     prepared = _prepare(net, example)

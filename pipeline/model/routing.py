@@ -120,13 +120,12 @@ class RoutedNetwork(nn.Module):
     """Experts (the base, and the base with one slice's overlay each) behind a router; each input runs
     through its chosen expert only, so a batch costs about one forward pass plus the router."""
 
-    def __init__(self, experts: Sequence[nn.Module], router: Router, *, adapter_bytes: Sequence[int] = ()) -> None:
+    def __init__(self, experts: Sequence[nn.Module], router: Router) -> None:
         super().__init__()
         if len(experts) != router.count + 1:
             raise ValueError(f"{len(experts)} experts for {router.count} slice detectors")
         self.experts = nn.ModuleList(experts)
         self.router = router
-        self.adapter_bytes = list(adapter_bytes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Route, then run each expert on its inputs (differentiable through the experts)."""
@@ -144,15 +143,3 @@ class RoutedNetwork(nn.Module):
         out = torch.cat(parts)
         order = torch.cat(index).to(out.device)
         return out[torch.argsort(order)]
-
-    def map_experts(self, fn) -> RoutedNetwork:
-        """The same router over ``fn(expert)`` for every expert (quantization, for example)."""
-        return RoutedNetwork([fn(e) for e in self.experts], self.router, adapter_bytes=self.adapter_bytes)
-
-    def shared_bytes(self) -> int:
-        """Bytes of one expert's weights: what every expert shares (the base network)."""
-        return _state_bytes(self.experts[0])
-
-
-def _state_bytes(net: nn.Module) -> int:
-    return sum(v.numel() * v.element_size() for v in net.state_dict().values() if isinstance(v, torch.Tensor))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edits import get_method
-from edits.merge.common import chosen_overlays
+from edits.merge.common import chosen_overlays, refuse_routed
 from pipeline.core.config import Params, StepConfig
 from pipeline.core.errors import ConfigError
 from pipeline.model.compose import compose
@@ -46,10 +46,13 @@ class MergeKind(UpdateKind):
     """Fold or combine overlays; the chosen overlays must be on the champion."""
 
     def plan(self, ctx: StepContext) -> None:
-        """Refuse overlays the champion does not carry."""
+        """Refuse overlays the champion does not carry, and routed experts, before anything is written."""
         super().plan(ctx)
         assert ctx.step is not None and ctx.champion_manifest is not None
-        chosen_overlays(ctx.champion_manifest, tuple(ctx.step.options.get("overlays") or ()), where=ctx.where, file=ctx.params.file)
+        chosen = tuple(ctx.step.options.get("overlays") or ())
+        positions = chosen_overlays(ctx.champion_manifest, chosen, where=ctx.where, file=ctx.params.file)
+        field = f"{ctx.where}.overlays" if chosen else f"{ctx.where}.method"
+        refuse_routed(ctx.champion_manifest, ctx.ws.components, positions, where=field, file=ctx.params.file)
 
 
 @register_kind("compress")
