@@ -15,7 +15,7 @@ from behaviors.limits import limit_thresholds
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.errors import UmeError
 from pipeline.data import UmeData, open_data
-from pipeline.data.table import EVAL_SLICES
+from pipeline.data.table import EVAL_SLICES, NO_DOMAIN
 from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_id, version_lineage
 from pipeline.model.manifest import Manifest
@@ -54,11 +54,21 @@ def build_context(
         bank, bank_note = reference_bank(ws, data, candidate_manifest)
     excluded = tuple(sorted({c.label for c in cases if c.scope == "class" and c.label is not None}))
     retain = data.select("retain", hashed_ids=version_lineage(reference, ws.components)).without_labels(excluded)
+    heldout = {d: data.heldout(d).without_labels(excluded) for d in data.heldout_domains()}
+    candidate_lineage = version_lineage(candidate_manifest, ws.components)
+    champion_learned = learned_slices(data, version_lineage(champion_manifest, ws.components), heldout) if champion_manifest else ()
+    learned = learned_slices(data, candidate_lineage, heldout)
+    canary = data.split("canary")
+    if heldout:  # drift is judged on what the reference version already knew: a slice it never learned is expected to move
+        canary = data.select("canary", slices=["canary"], domains=[NO_DOMAIN, *(champion_learned if champion_manifest else learned)])
     splits = Splits(
         test=data.split("test").without_labels(excluded),
-        canary=data.split("canary").without_labels(excluded),
+        canary=canary.without_labels(excluded),
         retain=retain,
     )
+    if heldout:  # test and canary samples of the slices each version was taught (fairness is judged there)
+        for name, domains in (("taught", learned), ("known", champion_learned if champion_manifest else learned)):
+            splits.extra[name] = data.select(name, slices=list(EVAL_SLICES), domains=[NO_DOMAIN, *domains]).without_labels(excluded)
     return BehaviorContext(
         candidate=candidate,
         champion=champion,
@@ -72,7 +82,20 @@ def build_context(
         edits=edit_cases(ws, data, candidate_manifest, step),
         references=bank,
         references_note=bank_note,
+        heldout={d: samples for d, samples in heldout.items() if len(samples)},
+        learned=learned,
+        champion_learned=champion_learned,
+        clean_base=model_under_test(ws, "clean base", Manifest(base=candidate_manifest.base), None) if heldout else None,
     )
+
+
+def learned_slices(data: UmeData, lineage: set[str] | frozenset[str], heldout: dict[str, Any]) -> tuple[str, ...]:
+    """The slices with a held-out split that some sample of ``lineage`` belongs to (what a version was taught)."""
+    if not heldout:
+        return ()
+    trained = data.rows.loc[~data.rows["slice"].isin(list(EVAL_SLICES))]
+    hit = {sl for sid, sl in zip(trained["sample_id"], trained["slice"], strict=True) if sl in heldout and hash_sample_id(sid) in lineage}
+    return tuple(d for d in heldout if d in hit)
 
 
 def shadow_trainer(ws: Workspace) -> Callable[[int], L.Trainer]:

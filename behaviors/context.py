@@ -36,6 +36,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_edit_success": 0.90,
     "min_edit_holdout_success": 0.75,
     "min_edit_locality": 0.97,
+    "min_slice_gain": 0.10,
+    "max_slice_forgetting": 0.05,
 }
 
 
@@ -134,6 +136,10 @@ class BehaviorContext:
     report_dir: Path | None = None
     references: ReferenceBank | None = None
     references_note: str = ""
+    heldout: dict[str, SampleSet] = field(default_factory=dict)  # each slice's held-out split (pipeline/data/table.py: domain)
+    learned: tuple[str, ...] = ()  # the slices with a held-out split whose samples the candidate was trained on
+    champion_learned: tuple[str, ...] = ()  # the same for the champion
+    clean_base: ModelUnderTest | None = None  # the candidate's clean base alone: the learning guards' control
 
 
 def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:

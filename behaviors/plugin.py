@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits
+from pipeline.data import SampleSet
 
 CONTEXT_KEY = pytest.StashKey[BehaviorContext]()
 
@@ -206,6 +207,30 @@ def champion(ume_context: BehaviorContext) -> ModelUnderTest | None:
 def splits(ume_context: BehaviorContext) -> Splits:
     """``test``, ``canary`` and ``retain`` sample sets (deleted samples already removed)."""
     return ume_context.splits
+
+
+@pytest.fixture(scope="session")
+def heldout(ume_context: BehaviorContext) -> dict[str, SampleSet]:
+    """Each slice's held-out split (test and canary samples of its look), ``base`` first; empty when the data has none."""
+    return ume_context.heldout
+
+
+@pytest.fixture(scope="session")
+def learned(ume_context: BehaviorContext) -> tuple[str, ...]:
+    """The slices (with a held-out split) the candidate was trained on."""
+    return ume_context.learned
+
+
+@pytest.fixture(scope="session")
+def champion_learned(ume_context: BehaviorContext) -> tuple[str, ...]:
+    """The slices (with a held-out split) the champion was trained on."""
+    return ume_context.champion_learned
+
+
+@pytest.fixture(scope="session")
+def clean_base(ume_context: BehaviorContext) -> ModelUnderTest | None:
+    """The candidate's clean base with no overlay (a control of the learning guards)."""
+    return ume_context.clean_base
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@
 Two streams built from scikit-learn's digits (16 px, greyscale), where every update slice teaches something
 the clean base lacks:
 
-- ``looks`` (domain-incremental): the base holds the digits as scanned; ``u1`` brings them inverted (white
-  background), ``u2`` rotated by 90 degrees, ``u3`` mirrored and thickened. Every slice holds all ten classes.
-- ``classes`` (class-incremental): the base holds digits 0-3, ``u1`` 4-5, ``u2`` 6-7, ``u3`` 8-9.
-
-Each slice keeps a quarter of its samples as its own held-out split. After every step ``i`` each composition is
+- ``looks`` (domain-incremental): the embedded default of ``params.yaml`` itself (``data.looks``): the base
+  holds the digits as scanned; ``u1`` brings them inverted (white background), ``u2`` rotated by 90 degrees,
+  ``u3`` mirrored; owners, the atypical contributors and the held-out splits (test and canary samples by
+  ``domain``) as ``ume prepare`` makes them, at each seed; ``u2``'s labels clean (in the demo they are all
+  wrong, for the gate to block). Every slice holds all ten classes.
+- ``classes`` (class-incremental): the base holds digits 0-3, ``u1`` 4-5, ``u2`` 6-7, ``u3`` 8-9; each slice
+  keeps a quarter of its samples as its own held-out split. After every step ``i`` each composition is
 evaluated on every slice's held-out split: the accuracy matrix ``R[i, j]``, from which ACC, BWT and FWT follow
 (Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning"; FWT against the base's own
 accuracy on slice ``j``, ``R[0, j]``). The reference is one model of the same architecture trained on all
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -55,15 +58,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from edits.learn.lora import LoraLearnConfig
+from pipeline.core.config import load_params
 from pipeline.core.console import quiet_lightning
+from pipeline.data.digits import build_digits_table
+from pipeline.data.table import EVAL_SLICES, NO_OWNER
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
 from pipeline.model.net import Classifier, create_net, predict_logits
 from pipeline.model.routing import Detector, RoutedNetwork, Router
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 ARCH, SIZE, CLASSES = "test_resnet", 16, 10
 BASE_EPOCHS, BASE_LR = 30, 0.003  # params.yaml train.base
-LEARN_EPOCHS, LEARN_LR, RANK, ALPHA = 12, 0.003, 8, 16.0  # edits/learn/lora.py defaults
+_LEARN = LoraLearnConfig(slice="-")  # the shipped defaults of edits/learn/lora.py
+LEARN_EPOCHS, LEARN_LR, RANK, ALPHA = _LEARN.epochs, _LEARN.lr, _LEARN.rank, _LEARN.alpha
 FULL_LR = 0.001
 OWNER_SIZE = 20
 COMPOSITIONS = ("parallel", "summed", "stacked", "routed", "routed-full", "joint")
@@ -98,14 +107,6 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(raw.target).long()
 
 
-LOOKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "base": lambda x: x,
-    "u1": lambda x: 1.0 - x,  # inverted: dark strokes on a white background
-    "u2": lambda x: torch.rot90(x, 1, dims=(2, 3)),  # rotated by 90 degrees
-    "u3": lambda x: F.max_pool2d(torch.flip(x, dims=(3,)), 3, stride=1, padding=1),  # mirrored, thick strokes
-}
-
-
 def _split(name: str, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, owner_start: int) -> Slice:
     order = rng.permutation(len(x))
     n_eval = len(x) // 4
@@ -114,28 +115,39 @@ def _split(name: str, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
     return Slice(name, x[tr], y[tr], owners, x[ev], y[ev])
 
 
+def default_stream(seed: int) -> list[Slice]:
+    """The embedded default of ``params.yaml`` (its looks, owners and held-out splits, at ``seed``), with
+    clean labels: the bad data drop of ``u2`` is the gate's to block, not a composition's to learn."""
+    params = load_params(ROOT / "params.yaml")
+    data = dataclasses.replace(params.data, corrupt_labels={})
+    table, _ = build_digits_table(data, seed)
+    rows = table.rows
+    images = table.images.read(np.arange(len(table))).float() / 255
+    labels = torch.from_numpy(rows["label"].to_numpy(dtype=np.int64).copy())
+    slices = []
+    for name in ["base", *sorted(data.looks)]:
+        train = torch.from_numpy((rows["slice"] == name).to_numpy().copy())
+        held = torch.from_numpy((rows["slice"].isin(EVAL_SLICES) & (rows["domain"] == name)).to_numpy().copy())
+        owners = rows.loc[train.numpy(), "owner"].replace(NO_OWNER, "-").to_numpy()
+        slices.append(Slice(name, images[train], labels[train], owners, images[held], labels[held]))
+    return slices
+
+
 def make_stream(kind: str, seed: int) -> list[Slice]:
     """The slices of a stream, base first."""
+    if kind == "looks":
+        return default_stream(seed)
+    if kind != "classes":
+        raise ValueError(f"unknown stream {kind!r}")
     x, y = _digits()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     x, y = x[order], y[order]
+    groups = {"base": (0, 1, 2, 3), "u1": (4, 5), "u2": (6, 7), "u3": (8, 9)}
     slices = []
-    if kind == "looks":
-        shares = {"base": 0.4, "u1": 0.2, "u2": 0.2, "u3": 0.2}
-        start = 0
-        for name, share in shares.items():
-            n = int(round(share * len(x))) if name != "u3" else len(x) - start
-            part = slice(start, start + n)
-            slices.append(_split(name, LOOKS[name](x[part]), y[part], rng, 0))
-            start += n
-    elif kind == "classes":
-        groups = {"base": (0, 1, 2, 3), "u1": (4, 5), "u2": (6, 7), "u3": (8, 9)}
-        for name, labels in groups.items():
-            mask = torch.isin(y, torch.tensor(labels))
-            slices.append(_split(name, x[mask], y[mask], rng, 0))
-    else:
-        raise ValueError(f"unknown stream {kind!r}")
+    for name, labels in groups.items():
+        mask = torch.isin(y, torch.tensor(labels))
+        slices.append(_split(name, x[mask], y[mask], rng, 0))
     return slices
 
 

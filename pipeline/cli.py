@@ -368,6 +368,7 @@ BENCH_MODULES = {
     "families": "bench.families",
     "scale": "bench.scale",
     "gpu-demo": "bench.gpu_demo",
+    "lifelong": "bench.lifelong",
 }
 
 

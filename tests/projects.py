@@ -58,6 +58,8 @@ TEST_THRESHOLDS: dict[str, float] = {
     "min_edit_success": 0.3,
     "min_edit_holdout_success": 0.0,
     "min_edit_locality": 0.6,
+    "min_slice_gain": -1.0,  # the learning guards are shown on crafted models (tests/test_learning_guards.py)
+    "max_slice_forgetting": 1.0,
 }
 # A bad data drop no float difference can hide: every u2 label wrong (data.corrupt_labels), no replay.
 # Stacked on the champion, so that its harm is not averaged with the other overlays (a crafted, wide margin).

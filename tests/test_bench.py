@@ -152,3 +152,48 @@ def test_scale_manifest_families_and_the_measured_child_process(tmp_path: Path) 
     assert run.peak_mib > 200 and run.seconds > 0 and run.output.strip() == str(200 * 2**20)
     with pytest.raises(RuntimeError, match="exited 3"):
         measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, tmp_path / "fail.log")
+
+
+def test_lifelong_metrics_follow_gem_definitions_on_a_crafted_matrix() -> None:
+    """ACC, BWT, FWT (Lopez-Paz & Ranzato 2017) of a hand-computed accuracy matrix (row 0 = the base)."""
+    from bench.lifelong import cl_metrics
+
+    r = [
+        [0.9, 0.1, 0.2, 0.0],
+        [0.8, 0.7, 0.3, 0.1],
+        [0.7, 0.6, 0.9, 0.2],
+        [0.6, 0.5, 0.8, 1.0],
+    ]
+    got = cl_metrics(r)
+    assert got["acc"] == pytest.approx((0.6 + 0.5 + 0.8 + 1.0) / 4)
+    assert got["bwt"] == pytest.approx(((0.6 - 0.9) + (0.5 - 0.7) + (0.8 - 0.9)) / 3)
+    assert got["fwt"] == pytest.approx(((0.1 - 0.1) + (0.3 - 0.2) + (0.2 - 0.0)) / 3)
+
+
+def test_lifelong_choice_takes_only_exact_cheap_compositions_and_the_best_worst_stream() -> None:
+    from bench.lifelong import COMPOSITIONS, choose
+
+    def entry(acc: float, exact: float = 1.0, worst: float = 0.1) -> dict:
+        return {"acc": acc, "deletion_exact_share": exact, "deletion_cost_worst": worst}
+
+    table = {c: entry(0.5) for c in COMPOSITIONS}
+    summary = {"looks": dict(table), "classes": dict(table)}
+    summary["looks"]["stacked"] = entry(0.99, worst=0.7)  # best ACC, too costly to delete from
+    summary["looks"]["routed"], summary["classes"]["routed"] = entry(0.9), entry(0.8)
+    summary["looks"]["summed"], summary["classes"]["summed"] = entry(0.95), entry(0.6)  # better on one stream only
+    summary["looks"]["routed-full"] = entry(0.97, exact=0.5)
+    assert choose(summary) == "routed"
+
+
+def test_lifelong_streams_are_the_default_and_a_class_incremental_one_with_held_out_splits() -> None:
+    from bench.lifelong import make_stream
+
+    looks = make_stream("looks", 0)  # the embedded default of params.yaml, labels clean
+    assert [s.name for s in looks] == ["base", "u1", "u2", "u3"]
+    for s in looks:
+        assert set(s.y_eval.tolist()) == set(range(10)) and len(s.x_eval) >= 100
+    assert (set(looks[0].owners) == {"-"}) and all("-" not in set(s.owners) for s in looks[1:])  # the base is licensed
+    classes = make_stream("classes", 0)
+    assert all(len(s.x_eval) == (len(s.x) + len(s.x_eval)) // 4 for s in classes)
+    assert [sorted(set(s.y.tolist())) for s in classes] == [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]
+    assert looks[1].x.mean() > 0.5 > looks[0].x.mean()  # u1: inverted, a background the base never saw

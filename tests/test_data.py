@@ -225,3 +225,40 @@ def test_replay_never_puts_a_deletable_or_deleted_sample_where_the_layout_says_i
     assert len(licensed) == sum(1 for s in ids if owner_of[s] == "" and slice_of[s] not in ("test", "canary") and s not in gone)
     from_lineage = replay_pool(data, LoraLearnConfig(slice="u1", replay_from="lineage"), env)
     assert set(hash_sample_ids(from_lineage.sample_ids)) <= lineage and not set(from_lineage.sample_ids) & gone
+
+
+LOOKS = {"u1": "inverted", "u2": "rotated", "u3": "mirrored"}
+
+
+def test_looks_give_each_update_slice_something_new_and_a_held_out_split() -> None:
+    """Issue 30: update slices bring looks the base never saw; test and canary hold every look, named by ``domain``."""
+    plain, _ = build_digits_table(DataConfig(), 0)
+    table, _ = build_digits_table(DataConfig(looks=LOOKS), 0)
+    rows, images = table.rows, table.images.read(np.arange(len(table))).float() / 255
+    plain_images = plain.images.read(np.arange(len(plain))).float() / 255
+    assert (rows["owner"] == plain.rows["owner"]).all() and (rows["slice"] == plain.rows["slice"]).all()  # same people, same split
+    base = (rows["slice"] == "base").to_numpy()
+    assert bool((images[base] == plain_images[base]).all())  # the base's look is the scanner's
+    u1 = (rows["slice"] == "u1").to_numpy()
+    assert images[u1].mean() > 0.5 > plain_images[u1].mean()  # inverted: a white background
+    evaluation = rows["slice"].isin(["test", "canary"])
+    assert sorted(set(rows.loc[evaluation, "domain"])) == ["base", "u1", "u2", "u3"]
+    counts = rows.loc[evaluation, "domain"].value_counts()
+    assert counts.max() - counts.min() <= 2  # spread evenly
+    assert (rows.loc[~evaluation, "domain"] == rows.loc[~evaluation, "slice"]).all()
+    assert set(plain.rows.loc[plain.rows["slice"].isin(["test", "canary"]), "domain"]) == {""}  # no looks: no held-out split per slice
+    data = UmeData(table)
+    assert data.heldout_domains() == ["base", "u1", "u2", "u3"] and len(data.heldout("u2")) == counts["u2"]
+
+
+@pytest.mark.parametrize(
+    ("looks", "field"),
+    [({"u9": "inverted"}, "data.looks.u9"), ({"u1": "sepia"}, "data.looks.u1")],
+)
+def test_a_bad_look_names_its_field(looks: dict, field: str) -> None:
+    from pipeline.core.errors import ConfigError
+
+    raw = {"data": {"looks": looks}, "stream": {}}
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, file="params.yaml")
+    assert field in str(info.value)

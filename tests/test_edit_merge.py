@@ -144,7 +144,8 @@ def test_edit_fixes_its_cases_and_drops_back_exactly(trained_copy: Path) -> None
 def test_merges_keep_predictions_pins_and_lineage(trained_copy: Path) -> None:
     params = trained_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["stream"]["s02"] = {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3}  # two good slices: two LoRA overlays to merge
+    raw["stream"]["s01"]["layout"] = "parallel"  # routed experts (the default) refuse every merge
+    raw["stream"]["s02"] = {"kind": "learn", "parent": "s01", "slice": "u3", "epochs": 3, "layout": "parallel"}  # two good slices: two LoRA overlays
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     for key in ("s01", "s02"):

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 SHORT_STREAM = {
     "s03-learn-u3": {"kind": "learn", "parent": "base", "slice": "u3", "epochs": 3},
-    "forget-04": {"kind": "forget", "parent": "s03-learn-u3", "request": "del-129f0ab69403", "method": "exact"},
+    "forget-04": {"kind": "forget", "parent": "s03-learn-u3", "request": "del-e68ac8677f56", "method": "exact"},
 }
 
 

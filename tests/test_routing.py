@@ -49,6 +49,16 @@ def test_router_sends_each_look_to_its_own_expert() -> None:
         assert router(x).tolist() == [expert] * 40
 
 
+def test_the_routers_whitened_scores_are_the_detectors_log_densities() -> None:
+    router = _router()
+    x = torch.cat([_images(level, 8, 40 + i)[0] for i, level in enumerate((0.1, 0.5, 0.9))])
+    from pipeline.model.routing import router_features
+
+    feats = router_features(x)
+    expected = [router.detector("reference", i).score(feats) for i in range(2)] + [router.detector("slice", i).score(feats) for i in range(2)]
+    assert torch.allclose(router.scores(x), torch.stack(expected, dim=1), rtol=1e-9, atol=1e-6)
+
+
 def test_routed_network_runs_each_input_through_its_expert_only_and_keeps_the_order() -> None:
     experts = [Constant(k) for k in range(3)]
     net = RoutedNetwork(experts, _router())

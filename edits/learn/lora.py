@@ -40,17 +40,18 @@ REPLAY_SOURCES = ("lineage", "licensed")
 
 @dataclass(frozen=True)
 class LoraLearnConfig:
-    """Settings of a ``learn`` step with ``method: lora`` (defaults tuned on the digits default)."""
+    """Settings of a ``learn`` step with ``method: lora`` (defaults tuned on the digits default: a slice with a
+    look the base never saw reaches ~88% held-out accuracy in 20 epochs at lr 0.01; 12 at 0.003 gave ~56%)."""
 
     slice: str
     rank: int = 8
     alpha: float = 16.0
-    epochs: int = 12
-    lr: float = 0.003
+    epochs: int = 20
+    lr: float = 0.01
     batch_size: int = 32
     replay: float = 1.0
     augment_shift: int = 1
-    layout: str = "parallel"  # trained on the clean base, folded side by side; "routed": kept as an expert; "stacked": on the champion
+    layout: str = "routed"  # an expert behind the router (bench/results/lifelong.md); "parallel": folded at 1/k; "stacked": on the champion
     replay_from: str = "licensed"  # replay only samples no deletion can name; or "lineage": the champion's
 
     def __post_init__(self) -> None:

@@ -65,6 +65,10 @@ class DataConfig:
     field_rotation: float = 30.0
     vulnerable_owners: int = 0
     corrupt_labels: dict[str, float] = field(default_factory=dict)
+    looks: dict[str, str] = field(default_factory=dict)  # digits: update slice -> a look the base never sees (DATA_LOOKS)
+
+
+DATA_LOOKS = ("inverted", "rotated", "mirrored")  # pipeline/data/digits.py: LOOKS renders each
 
 
 @dataclass(frozen=True)
@@ -380,6 +384,13 @@ def _validate_data(data: DataConfig, file: str) -> None:
         )
     for slice_name, share in data.corrupt_labels.items():
         _check_fraction(share, f"data.corrupt_labels.{slice_name}", file)
+    updates = {f"u{k + 1}" for k in range(data.update_slices)}
+    for slice_name, look in data.looks.items():
+        if slice_name not in updates:
+            known = ", ".join(sorted(updates)) or "none configured"
+            raise ConfigError(f"expected an update slice ({known}), got {slice_name!r}", file=file, field=f"data.looks.{slice_name}")
+        if look not in DATA_LOOKS:
+            raise ConfigError(f"expected one of {', '.join(DATA_LOOKS)}, got {look!r}", file=file, field=f"data.looks.{slice_name}")
 
 
 def _validate_references(refs: ReferenceConfig, file: str) -> None:

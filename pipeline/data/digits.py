@@ -18,6 +18,12 @@ rare, atypical samples rather than generalising to them (Feldman 2020, "Does Lea
 Memorization? A Short Tale about a Long Tail"); they are the data subjects for whom a deletion is
 detectable, and the ones a forget check must be able to catch (Carlini et al. 2022, LiRA).
 Their names are in ``dataset.json`` (``vulnerable_owners``).
+
+``looks`` gives update slices a look the base never sees, so that learning them matters: ``inverted``
+(a scanner that writes dark ink on white), ``rotated`` (uploads turned by 90 degrees), ``mirrored``
+(scanned through the back of the page). Test and canary samples are spread evenly
+over the base's look and every update slice's look; their ``domain`` names the slice, which makes
+them that slice's held-out split (the accuracy matrix of continual learning, Lopez-Paz & Ranzato 2017).
 """
 
 from __future__ import annotations
@@ -45,10 +51,24 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros").clamp(0, 1)
 
 
+LOOKS = {
+    "inverted": lambda x: 1.0 - x,
+    "rotated": lambda x: torch.rot90(x, 1, dims=(2, 3)),
+    "mirrored": lambda x: torch.flip(x, dims=(3,)),
+}
+
+
 def render(
-    images8: np.ndarray, image_size: int, channels: int, minority: np.ndarray, tilted: np.ndarray | None = None, degrees: float = 0.0
+    images8: np.ndarray,
+    image_size: int,
+    channels: int,
+    minority: np.ndarray,
+    tilted: np.ndarray | None = None,
+    degrees: float = 0.0,
+    looks: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Digits (N x 8 x 8, values 0..16) -> uint8 N x C x S x S, the minority with the second scanner's look."""
+    """Digits (N x 8 x 8, values 0..16) -> uint8 N x C x S x S, the minority with the second scanner's look,
+    and each sample with its slice's look (``looks``: a name of :data:`LOOKS` or empty per sample)."""
     x = torch.from_numpy(images8.astype(np.float32) / 16.0).unsqueeze(1)
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
     if tilted is not None and tilted.any() and degrees:
@@ -58,6 +78,10 @@ def render(
         sel = torch.from_numpy(minority)
         thick = F.max_pool2d(x[sel], kernel_size=3, stride=1, padding=1)
         x[sel] = 0.25 + 0.45 * thick
+    for name, look in LOOKS.items():
+        sel = torch.from_numpy(looks == name) if looks is not None else torch.zeros(len(x), dtype=torch.bool)
+        if sel.any():
+            x[sel] = look(x[sel]).clamp(0, 1)
     x = (x * 255).round().to(torch.uint8)
     return x.repeat(1, channels, 1, 1) if channels == 3 else x
 
@@ -152,7 +176,13 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
         # subject, so no deletion by owner ever reaches the clean base; every owner arrives in an update.
         for i in np.flatnonzero(slice_of == "base"):
             owner_of[int(i)] = NO_OWNER
-    images = render(images8, config.image_size, config.channels, minority, slice_of == "field", config.field_rotation)
+    domain_of = np.where(np.isin(slice_of, ("test", "canary")), "", slice_of).astype(object)
+    if config.looks:  # every evaluation sample gets one look: the base's or an update slice's (its held-out split)
+        domains = np.array(["base", *sorted(config.looks)], dtype=object)
+        for split_idx in (test_idx, canary_idx):
+            domain_of[split_idx] = domains[np.arange(len(split_idx)) % len(domains)][rng.permutation(len(split_idx))]
+    look_of = np.array([config.looks.get(d, "") for d in domain_of], dtype=object)
+    images = render(images8, config.image_size, config.channels, minority, slice_of == "field", config.field_rotation, look_of)
     ids = assign_content_ids(images.numpy(), labels)
     rows = pd.DataFrame(
         {
@@ -161,6 +191,7 @@ def build_digits_table(config: DataConfig, seed: int) -> tuple[SampleTable, dict
             "group": np.where(minority, "scanner_b", "scanner_a"),
             "owner": [owner_of[i] for i in range(n)],
             "slice": slice_of.astype(str),
+            "domain": domain_of.astype(str),
         }
     )
     table = SampleTable(rows=rows, images=images, classes=[str(c) for c in range(10)])

@@ -20,10 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageWriter
-from pipeline.data.table import NO_OWNER, ContentIds, SampleTable
+from pipeline.data.table import EVAL_SLICES, NO_DOMAIN, NO_OWNER, ContentIds, SampleTable
 
 REQUIRED = ("path", "label")
-OPTIONAL = ("group", "owner", "slice", "sample_id")
+OPTIONAL = ("group", "owner", "slice", "sample_id", "domain")
 LICENSED_OWNER = "-"  # the manifest's mark for an image with no data subject
 
 
@@ -114,6 +114,9 @@ def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -
             "slice": slices,
         }
     )
+    # ``domain``: a test or canary image's slice look (its held-out split); a training image's domain is its slice.
+    given_domains = [(rec.get("domain") or "").strip() for rec in records]
+    rows["domain"] = [d if d and sl in EVAL_SLICES else (sl if sl not in EVAL_SLICES else NO_DOMAIN) for d, sl in zip(given_domains, slices, strict=True)]
     table = SampleTable(rows=rows, images=images, classes=classes)
     counts = pd.Series(slices).value_counts().to_dict()
     return table, {"source": str(manifest), "slices_assigned": sum(1 for g in given if not g), "slice_counts": counts}

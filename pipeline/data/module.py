@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageStore
-from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, NO_OWNER, SampleTable
+from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, NO_DOMAIN, NO_OWNER, SampleTable
 from pipeline.model.lineage import hash_sample_id
 
 
@@ -216,11 +216,14 @@ class UmeData(L.LightningDataModule):
         slices: Iterable[str] | None = None,
         sample_ids: Iterable[str] | None = None,
         hashed_ids: Iterable[str] | None = None,
+        domains: Iterable[str] | None = None,
     ) -> SampleSet:
         """Samples matching every given criterion (deleted samples are never among them)."""
         mask = np.ones(len(self.rows), dtype=bool)
         if slices is not None:
             mask &= self.rows["slice"].isin(list(slices)).to_numpy()
+        if domains is not None:
+            mask &= self.rows["domain"].isin(list(domains)).to_numpy()
         if sample_ids is not None:
             mask &= self.rows["sample_id"].isin(list(sample_ids)).to_numpy()
         if hashed_ids is not None:
@@ -247,6 +250,17 @@ class UmeData(L.LightningDataModule):
         if name not in set(self.rows["slice"]):
             raise DataError(f"no samples in slice {name!r} (have: {', '.join(self.slices)})", field="slice")
         return self.select(name, slices=[name])
+
+    def heldout_domains(self) -> list[str]:
+        """The slices that have a held-out split (test and canary samples of their ``domain``), ``base`` first."""
+        mask = self.rows["slice"].isin(list(EVAL_SLICES)) & (self.rows["domain"] != NO_DOMAIN)
+        found = set(self.rows.loc[mask, "domain"])
+        return sorted(found, key=lambda d: (d != "base", d))
+
+    def heldout(self, domain: str) -> SampleSet:
+        """The held-out split of slice ``domain``: the test and canary samples with its look."""
+        mask = (self.rows["slice"].isin(list(EVAL_SLICES)) & (self.rows["domain"] == domain)).to_numpy()
+        return _sample_set(f"heldout:{domain}", self.rows, self._store, self._positions, np.flatnonzero(mask))
 
     def subsample(self, samples: SampleSet, count: int, *, seed: int) -> SampleSet:
         """A deterministic random subset of ``count`` samples of ``samples`` (all when fewer)."""

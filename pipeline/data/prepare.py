@@ -8,6 +8,7 @@ from pipeline.core.config import Params
 from pipeline.core.errors import DataError
 from pipeline.data.digits import build_digits_table
 from pipeline.data.folder import build_folder_table
+from pipeline.data.table import EVAL_SLICES, NO_DOMAIN
 
 
 def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
@@ -25,4 +26,10 @@ def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
     for split in ("base", "test", "canary"):
         if not (table.rows["slice"] == split).any():
             raise DataError(f"the data has no '{split}' samples", file=params.file, field="data")
+    rows = table.rows
+    evaluation = rows["slice"].isin(EVAL_SLICES) & (rows["domain"] != NO_DOMAIN)
+    unknown = sorted(set(rows.loc[evaluation, "domain"]) - set(rows.loc[~rows["slice"].isin(EVAL_SLICES), "slice"]))
+    if unknown:
+        where = params.data.manifest or params.file
+        raise DataError(f"test or canary samples name domain {unknown[0]!r}, which no training slice has", file=where, field="domain")
     return table.save(out_dir, extra=notes)

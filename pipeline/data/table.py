@@ -1,4 +1,8 @@
-"""The sample table: one row per sample (id, label, group, owner, slice) plus its images.
+"""The sample table: one row per sample (id, label, group, owner, slice, domain) plus its images.
+
+``domain`` says which slice's kind of data a sample is: a training row's is its own slice; an
+evaluation row (``test``, ``canary``) names the slice whose look it has, which makes it part of that
+slice's held-out split (continual-learning metrics and the learning guards), or is empty when unknown.
 
 Stored in a prepared directory as ``samples.csv``, ``images.safetensors`` (N x C x H x W, uint8)
 and ``dataset.json`` (counts and the content hash of the whole table). The rows are small and held
@@ -20,10 +24,16 @@ import torch
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageFile, ImageStore, MemoryImages, iter_chunks, write_store
 
-COLUMNS = ("sample_id", "label", "group", "owner", "slice")
+COLUMNS = ("sample_id", "label", "group", "owner", "slice", "domain")
 NO_OWNER = ""  # a sample with no data subject (licensed or public data): never subject to deletion by owner
+NO_DOMAIN = ""  # an evaluation sample of no known slice: in no slice's held-out split
 EVAL_SLICES = ("test", "canary")
 DELETION_ENTRY = "deletion_request"  # the ledger entry whose hashed ids the data layer filters out
+
+
+def default_domains(rows: pd.DataFrame) -> pd.Series:
+    """A training row's domain is its slice; an evaluation row's is unknown unless the source says."""
+    return rows["slice"].where(~rows["slice"].isin(EVAL_SLICES), NO_DOMAIN)
 
 
 def content_sample_id(image: np.ndarray, label: int, occurrence: int = 0) -> str:
@@ -65,6 +75,8 @@ class SampleTable:
     def __post_init__(self) -> None:
         if isinstance(self.images, torch.Tensor):
             self.images = MemoryImages(self.images)
+        if "domain" not in self.rows:
+            self.rows = self.rows.assign(domain=default_domains(self.rows))
         if len(self.rows) != len(self.images):
             raise DataError(f"{len(self.rows)} rows but {len(self.images)} images")
         if self.rows["sample_id"].duplicated().any():
@@ -73,6 +85,10 @@ class SampleTable:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def heldout_mask(self) -> pd.Series:
+        """The evaluation rows that belong to some slice's held-out split."""
+        return self.rows["slice"].isin(EVAL_SLICES) & (self.rows["domain"] != NO_DOMAIN)
 
     def content_hash(self) -> str:
         """SHA-256 over rows and image bytes: the dataset's identity in the ledger."""
@@ -90,6 +106,7 @@ class SampleTable:
             "image_shape": list(self.images.shape[1:]),
             "slices": {k: int(v) for k, v in self.rows["slice"].value_counts().sort_index().items()},
             "groups": {k: int(v) for k, v in self.rows["group"].value_counts().sort_index().items()},
+            "heldout": {k: int(v) for k, v in self.rows.loc[self.heldout_mask(), "domain"].value_counts().sort_index().items()},
             "owners": int(self.rows.loc[self.rows["owner"] != NO_OWNER, "owner"].nunique()),
             "samples_without_owner": int((self.rows["owner"] == NO_OWNER).sum()),
         }
@@ -113,8 +130,10 @@ class SampleTable:
         csv_path = directory / "samples.csv"
         if not csv_path.exists():
             raise DataError("prepared data not found; run `ume prepare` (or `dvc repro`) first", file=str(csv_path))
-        rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str})
+        rows = pd.read_csv(csv_path, dtype={"sample_id": str, "group": str, "owner": str, "slice": str, "domain": str})
         rows["owner"] = rows["owner"].fillna(NO_OWNER)  # CSV writes an empty owner, pandas reads it back as NaN
+        if "domain" in rows:  # data prepared before domains existed gets the default in __post_init__
+            rows["domain"] = rows["domain"].fillna(NO_DOMAIN)
         images_path = directory / "images.safetensors"
         images = ImageFile(images_path)  # the header only: dtype and shape are checked, no image is read
         info = json.loads((directory / "dataset.json").read_text())

@@ -103,17 +103,45 @@ class Router(nn.Module):
             for i, d in enumerate(detectors):
                 for name in DETECTOR_FIELDS:
                     self.register_buffer(f"{role}{i}_{name}", getattr(d, name).double().contiguous())
+        self._whitened()
+
+    def _whitened(self) -> None:
+        """Derived once from the buffers: every detector's Mahalanobis distance as a Euclidean one after a
+        linear map (precision = L L^T, so d(x, mu) = |x L - mu L|^2): one matrix product for all of them."""
+        maps, means, offsets = [], [], []
+        for role in ("reference", "slice"):
+            for i in range(self.count):
+                d = self.detector(role, i)
+                factor = torch.linalg.cholesky(d.precision)
+                maps.append(factor)
+                means.append(d.means @ factor)
+                offsets.append(d.logdet + d.means.shape[1] * math.log(2 * math.pi))
+        self._maps = torch.cat(maps, dim=1)  # [dim, detectors * dim]
+        self._means = means
+        self._offsets = torch.stack(offsets)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(device) and friends: keep the derived tensors beside the buffers
+        out = super()._apply(fn, recurse)
+        self._whitened()
+        return out
 
     def detector(self, role: str, i: int) -> Detector:
         """The ``i``-th detector of ``role`` (``slice`` or ``reference``)."""
         return Detector(*(getattr(self, f"{role}{i}_{name}") for name in DETECTOR_FIELDS))
 
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of each input under every detector: columns are the references, then the slices."""
+        feats = router_features(x).to(self._maps.device)
+        z = feats @ self._maps
+        dim = feats.shape[1]
+        best = [torch.cdist(z[:, k * dim : (k + 1) * dim], m).pow(2).min(dim=1).values for k, m in enumerate(self._means)]
+        return -0.5 * (torch.stack(best, dim=1) + self._offsets)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The expert index of each input (0 = the base, i = the i-th routed overlay)."""
-        feats = router_features(x).to(self.slice0_means.device)
-        base = torch.stack([self.detector("reference", i).score(feats) for i in range(self.count)], dim=1).max(dim=1).values
-        scores = torch.stack([base, *(self.detector("slice", i).score(feats) for i in range(self.count))], dim=1)
-        return scores.argmax(dim=1).to(x.device)
+        scores = self.scores(x)
+        base = scores[:, : self.count].max(dim=1, keepdim=True).values
+        return torch.cat([base, scores[:, self.count :]], dim=1).argmax(dim=1).to(x.device)
 
 
 class RoutedNetwork(nn.Module):

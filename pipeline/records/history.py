@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import BASE_STEP
+from pipeline.records.continual import heldout_of
 from pipeline.records.workspace import Workspace
 
-HISTORY_FIELDS = ("test_accuracy", "retained_accuracy", "forget_accuracy", "group_gap", "agreement", "promoted")
+HISTORY_FIELDS = ("test_accuracy", "retained_accuracy", "forget_accuracy", "group_gap", "agreement", "promoted", "heldout_mean")
 
 
 def step_metrics(record: dict[str, Any]) -> dict[str, float | int | str]:
@@ -37,6 +38,11 @@ def step_metrics(record: dict[str, Any]) -> dict[str, float | int | str]:
         out["group_gap"] = m["group_accuracy_gap"]
     if "canary_agreement" in m:
         out["agreement"] = m["canary_agreement"]
+    heldout = heldout_of(record)
+    for name, value in heldout.items():
+        out[f"heldout_accuracy[{name}]"] = value
+    if heldout:
+        out["heldout_mean"] = round(sum(heldout.values()) / len(heldout), 6)
     return out
 
 
@@ -59,3 +65,14 @@ def write_history(ws: Workspace, key: str, record: dict[str, Any]) -> None:
     for field in HISTORY_FIELDS:  # one file per metric: a plotted series may not have gaps
         series = [{"index": r["index"], "step": r["step"], field: r[field]} for r in rows if field in r]
         _write(ws.output_dir / "history" / f"{field}.json", series)
+    _write(ws.output_dir / "history" / "heldout.json", _heldout_cells(rows))
+
+
+def _heldout_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (step, slice) of the held-out accuracies: the accuracy matrix as ``dvc plots`` draws a heat map."""
+    cells = []
+    for r in rows:
+        for key, value in r.items():
+            if key.startswith("heldout_accuracy["):
+                cells.append({"step": f"{r['index']:02d} {r['step']}", "slice": key[len("heldout_accuracy[") : -1], "accuracy": value})
+    return cells

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.core.config import BASE_STEP
+from pipeline.records.continual import ContinualSummary, summarize
+from pipeline.records.continual import render as render_continual
 from pipeline.records.debt import request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.records.ui_requests import alias_move, drop_tags, ui_history
@@ -33,9 +35,12 @@ def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]
             "carries_deleted": uncovered_requests(manifest, ws.components, log),
         }
     steps = []
+    done: list[tuple[str, str, dict[str, Any]]] = []
     for key in [BASE_STEP, *ws.params.stream]:
         record = ws.step_record(key)
         kind = "base" if key == BASE_STEP else ws.params.stream[key].kind
+        if record is not None:
+            done.append((key, kind, record))
         if record is None:
             steps.append({"id": key, "kind": kind, "decision": "pending"})
             continue
@@ -54,10 +59,12 @@ def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]
         )
     debts = {d.request_id: d for d in request_debts(log, debt, ws.params.deletion, now)}
     requests = {rid: _request_status(e.data, log.resolved.get(rid)) | _deadline(debts[rid]) for rid, e in log.requests.items()}
+    continual = summarize(done)
     return {
         "as_of": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "champion": champion,
         "steps": steps,
+        "continual": continual.to_json() if continual else None,
         "deleted_samples": len(log.hashed_ids()),
         "requests": requests,
         "pending_requests": log.pending,
@@ -150,6 +157,18 @@ def render_status(status: dict[str, Any]) -> str:
             f"{_num(m, 'test_accuracy'):>8} {_num(m, 'retained_accuracy'):>8} {_num(m, 'canary_agreement'):>7} "
             f"{s.get('seconds', '-')!s:>6}  {', '.join(s.get('failing', []))}"
         )
+    continual = status.get("continual")
+    if continual:
+        lines += ["", "held-out accuracy per slice (the accuracy matrix R; pipeline/records/continual.py):"]
+        summary = ContinualSummary(
+            slices=continual["slices"],
+            rows=[(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in continual["rows"]],
+            learned=list(continual["learned"].items()),
+            acc=continual["acc"],
+            bwt=continual["bwt"],
+            fwt=continual["fwt"],
+        )
+        lines += ["  " + line for line in render_continual(summary)]
     if status["requests"]:
         lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'state':<8} {'age':>6} {'deadline':<11}  evidence"]
         for rid, r in status["requests"].items():

@@ -56,6 +56,14 @@ def _comparison(context) -> list[tuple[str, float, float | None]]:
     return rows
 
 
+def _continual(context) -> dict[str, Any] | None:
+    """The candidate's row of the accuracy matrix: accuracy on every slice's held-out split (pipeline/records/continual.py)."""
+    if not context.heldout:
+        return None
+    row = {name: round((context.candidate.predictions(s) == s.y).float().mean().item(), 6) for name, s in context.heldout.items()}
+    return {"heldout_accuracy": row, "learned": list(context.learned), "slice": context.step.get("slice")}
+
+
 def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
@@ -75,6 +83,7 @@ def _run_behaviours(ctx: StepContext, candidate: Candidate, attempt: int) -> tup
         "candidate": manifest.describe(),
         "champion": f"v{ctx.champion_version}: {ctx.champion_manifest.describe()}" if ctx.champion_manifest else "none",
         "request": ctx.step.options.get("request") if ctx.step else None,
+        "slice": ctx.step.options.get("slice") if ctx.step else None,
         "attempt": attempt,
     }
     assert ctx.data is not None
@@ -175,6 +184,10 @@ def evaluate_and_gate(ctx: StepContext, kind: StepKind, candidate: Candidate, *,
     record["evidence"] = evidence
     record["control_metrics"] = {k: round(v, 6) for k, v in control_metrics(results).items() if v == v}
     record["attempt"] = attempt
+    continual = _continual(context)
+    if continual is not None:
+        record["continual"] = continual
+        ws.registry.log_metrics(ctx.run_id, {f"heldout_accuracy.{k}": v for k, v in continual["heldout_accuracy"].items()})
     record["world_size"] = ranks.world_size()  # processes that trained this step (DDP), 1 otherwise
     ws.registry.log_metrics(ctx.run_id, {"stage_seconds": record["seconds"]})
     ws.registry.end_run(ctx.run_id)
