@@ -75,7 +75,7 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         sidecar, step = sidecars[i], manifest.overlay_steps[i]
         method = get_method(*sidecar.meta["method"].split("/"))
         config_ = method.parse_config(sidecar.meta["config"], where=f"component {sidecar.id}", file=str(store.sidecar_path(sidecar.id)))
-        trainable = compose(kept, store, drafts)  # what it was trained on: the kept overlays and those rebuilt so far
+        trainable = compose(kept.float_shadow(), store, drafts)  # what it was trained on: the float kept overlays and those rebuilt so far
         for p in trainable.parameters():
             p.requires_grad_(True)
         sub_env = dataclasses.replace(env, step=step, champion_lineage=frozenset(lineage))
