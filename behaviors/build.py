@@ -14,7 +14,7 @@ from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderT
 from behaviors.limits import limit_thresholds
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.errors import UmeError
-from pipeline.data import UmeData, open_data
+from pipeline.data import SampleSet, UmeData, open_data
 from pipeline.data.table import EVAL_SLICES, NO_DOMAIN
 from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_id, version_lineage
@@ -212,8 +212,7 @@ def forget_cases(
             unseen = samples.take([i for i, s in enumerate(samples.slices) if s in EVAL_SLICES])
         else:
             label = None
-            classes = set(trained.y.tolist())
-            unseen = test.take([i for i, y in enumerate(test.y.tolist()) if y in classes])
+            unseen = _unseen_like(data, test, trained)
         # The request being processed is judged against the champion its step started from, unless an
         # earlier phase already resolved it (that champion is then the approximately forgotten model).
         first_time = rid == current_request and rid not in log.resolved
@@ -230,6 +229,19 @@ def forget_cases(
             note = "" if control is not None else note
         cases.append(ForgetCase(rid, entry["scope"], label, trained, unseen, current=rid == current_request, control=control, control_note=note))
     return cases
+
+
+def _unseen_like(data: UmeData, test: SampleSet, trained: SampleSet) -> SampleSet:
+    """Test samples of the forgotten samples' classes, and of their look where their slices have a held-out split.
+
+    A deleted owner of a slice with a look the base never saw (``data.looks``) is compared with unseen
+    samples of that look: against test samples of every look, an exact retrain that still generalises to
+    the look would look "remembered".
+    """
+    classes = set(trained.y.tolist())
+    looks = set(trained.slices) & set(data.heldout_domains())
+    pool = data.select("test", slices=["test"], domains=looks) if looks else test
+    return pool.take([i for i, y in enumerate(pool.y.tolist()) if y in classes])
 
 
 def standalone_context(ws: Workspace, version: int | None) -> BehaviorContext:
