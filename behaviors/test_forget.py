@@ -46,17 +46,34 @@ def _note_control(behavior, case: ForgetCase) -> None:
         behavior.note(f"{case.request_id}: no control ({case.control_note})")
 
 
+def sampling_allowance(unseen_accuracy: float, forgotten: int, unseen: int, z: float = 1.645) -> float:
+    """How far a forgotten-vs-unseen accuracy gap strays by chance: ``z`` standard errors of the difference of
+    two proportions under the null hypothesis that both sets are read alike (one-sided 95 % by default).
+
+    A deletion of 21 samples of one writer, against ~80 unseen samples read at 92 %, allows ~0.11: one
+    sample is ~5 points, and an exact retrain that reads a tidy writer's digits perfectly is not remembering.
+    """
+    if forgotten == 0 or unseen == 0 or math.isnan(unseen_accuracy):
+        return 0.0
+    p = min(max(unseen_accuracy, 0.0), 1.0)
+    return z * math.sqrt(p * (1 - p) * (1 / forgotten + 1 / unseen))
+
+
 @pytest.mark.blocking
 def test_forgotten_samples_no_better_than_unseen(ume_context: BehaviorContext, candidate, thresholds, behavior) -> None:
-    """Sample/owner deletion: accuracy on forgotten samples <= accuracy on unseen same-class samples + tolerance."""
+    """Sample/owner deletion: accuracy on forgotten samples <= accuracy on unseen same-class samples of their look
+    + tolerance + the gap's sampling allowance (:func:`sampling_allowance`)."""
     for case in _cases(ume_context, "samples"):
         rid, control = case.request_id, case.control
         forgot, unseen = _accuracy(candidate, case.forgotten), _accuracy(candidate, case.unseen)
         control_forgot, control_unseen = _accuracy(control, case.forgotten), _accuracy(control, case.unseen)
         behavior.record(f"forget_accuracy[{rid}]", forgot, control=control_forgot)
         behavior.record(f"unseen_accuracy[{rid}]", unseen, control=control_unseen)
+        allowance = sampling_allowance(unseen, len(case.forgotten), len(case.unseen))
+        behavior.record(f"forget_accuracy_allowance[{rid}]", allowance)
         control_gap = None if control is None else control_forgot - control_unseen
-        behavior.expect(f"forget_accuracy_gap[{rid}]", forgot - unseen, at_most=thresholds["forget_accuracy_tolerance"], control=control_gap)
+        bound = thresholds["forget_accuracy_tolerance"] + allowance
+        behavior.expect(f"forget_accuracy_gap[{rid}]", forgot - unseen, at_most=bound, control=control_gap)
         _note_control(behavior, case)
     behavior.verify()
 

@@ -262,3 +262,20 @@ def test_a_bad_look_names_its_field(looks: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_params(raw, file="params.yaml")
     assert field in str(info.value)
+
+
+def test_a_deleted_owner_is_compared_with_unseen_samples_of_their_own_look() -> None:
+    """The forget checks' ``unseen`` set: test samples of the owner's classes and, where slices have looks,
+    of the owner's look (an exact retrain that generalises to a look is not "remembering" the owner)."""
+    from behaviors.build import _unseen_like
+
+    for looks in (LOOKS, {}):
+        table, _ = build_digits_table(DataConfig(looks=looks), 0)
+        data = UmeData(table)
+        owner = str(table.rows.loc[table.rows["slice"] == "u3", "owner"].iloc[0])
+        trained = data.select("owner", sample_ids=table.rows.loc[table.rows["owner"] == owner, "sample_id"])
+        unseen = _unseen_like(data, data.split("test"), trained)
+        test = table.rows[table.rows["slice"] == "test"]
+        expected = test[test["label"].isin(set(trained.y.tolist())) & ((test["domain"] == "u3") if looks else True)]
+        assert set(unseen.sample_ids) == set(expected["sample_id"]) and len(unseen) > 0
+        assert set(unseen.slices) == {"test"}
