@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     records = step_records(args.root)
     fields = ("step", "kind", "decision", "seconds", "failing")
-    steps = [{k: r.get(k) for k in fields} for r in records]
+    steps = [{**{k: r.get(k) for k in fields}, "operator_seconds": (r.get("notes") or {}).get("operator_seconds")} for r in records]
     stage_seconds = round(sum(s["seconds"] or 0 for s in steps), 1)
     provenance = {
         "benchmark": "bench/demo.py",
