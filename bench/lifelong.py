@@ -449,6 +449,19 @@ def markdown(summary: dict[str, dict[str, dict[str, Any]]], chosen: str, seeds: 
                 f" | {e['latency_ratio_b1']:.2f} / {e['latency_ratio_b64']:.2f} | {routing} |"
             )
         lines.append("")
+    lines += [
+        f"Per stream, the chosen composition (`{chosen}`) against the reference and the earlier default:",
+        "",
+        f"| stream | `{chosen}` ACC | BWT | joint ACC | `parallel` ACC | `stacked` ACC | deletion cost worst | latency b1 / b64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stream, table in summary.items():
+        e = table[chosen]
+        lines.append(
+            f"| `{stream}` | {100 * e['acc']:.1f} | {_points(e.get('bwt'))} | {100 * e['joint_acc']:.1f} | {100 * table['parallel']['acc']:.1f}"
+            f" | {100 * table['stacked']['acc']:.1f} | {e['deletion_cost_worst']:.3f} | {e['latency_ratio_b1']:.2f} / {e['latency_ratio_b64']:.2f} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
