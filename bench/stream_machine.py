@@ -139,15 +139,17 @@ class StreamMachine(RuleBasedStateMachine):
 
         before = self._fingerprint()
         original = self.params.read_text()
+        said = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
                 main(["--params", str(self.params), *argv])
         except SystemExit as exc:
             code = int(exc.code or 0)
         else:
             code = 0
         if code != 0:
-            assert self.params.read_text() == original and self._fingerprint() == before, f"refused `ume {' '.join(argv)}` changed something"
+            changed = f"refused `ume {' '.join(argv)}` changed something; it said: {said.getvalue().strip()[-600:]}"
+            assert self.params.read_text() == original and self._fingerprint() == before, changed
         return code
 
     def _rows(self):

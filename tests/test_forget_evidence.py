@@ -144,7 +144,9 @@ def test_vulnerable_owner_deletion_is_judged_against_its_control(trained_copy: P
     rows are the gate's record."""
     params = trained_copy / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["stream"]["s01"]["epochs"] = 12  # the demo's recipe: the overlay memorises its atypical subject
+    # An expert that memorises its atypical subject: on the looks data with the tests' 8-epoch base, 12 and
+    # 20 epochs left the owner's own labels unlearned (1 of 8 read their way; control bound 0.11 < 0.15).
+    raw["stream"]["s01"]["epochs"] = 40  # measured: control bound 0.19 (0.15 needed); a higher lr (0.03) gave NaN scores
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     assert run_step(ws, "s01").record["decision"] == "promoted"

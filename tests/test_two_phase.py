@@ -207,7 +207,7 @@ def test_status_json_reports_age_deadline_and_state_per_request(trained_copy: Pa
 
 
 @pytest.mark.parametrize("layout", ["parallel", "routed"])
-def test_side_by_side_overlays_make_an_old_slice_deletion_retrain_only_its_own_overlay(trained_copy: Path, layout: str) -> None:
+def test_side_by_side_overlays_make_an_old_slice_deletion_retrain_only_its_own_overlay(trained_copy: Path, layout: str, capsys) -> None:
     """Issue 15, item 2 (and issue 30 for ``routed``): overlays trained side by side on the clean base,
     replaying only licensed data.
 
@@ -256,6 +256,18 @@ def test_side_by_side_overlays_make_an_old_slice_deletion_retrain_only_its_own_o
             run_step(open_workspace(), "m1")
         assert "stream.m1.method" in str(info.value)
         assert len(open_workspace().ledger.verify()) == entries  # refused in plan: nothing written
+        # A stacked overlay made on the routed network holds every expert's weights: dropping an expert under
+        # it is refused before anything is written (params.yaml and the ledger unchanged).
+        raw = yaml.safe_load(params.read_text())
+        del raw["stream"]["m1"]
+        raw["stream"]["s04"] = {"kind": "learn", "parent": key, "slice": "u3", "epochs": 1, "layout": "stacked"}
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert run_step(open_workspace(), "s04").record["decision"] == "promoted"
+        original, entries = params.read_text(), len(open_workspace().ledger.verify())
+        capsys.readouterr()
+        assert cli("rollback", "--drop", "s03", "--reason", "test") == 2
+        assert "drop that overlay first" in capsys.readouterr().err
+        assert params.read_text() == original and len(open_workspace().ledger.verify()) == entries
 
 
 def hash_sample_ids_of(rows: pd.DataFrame) -> list[str]:

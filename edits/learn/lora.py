@@ -52,7 +52,7 @@ class LoraLearnConfig:
     replay: float = 1.0
     augment_shift: int = 1
     layout: str = "routed"  # an expert behind the router (bench/results/lifelong.md); "parallel": folded at 1/k; "stacked": on the champion
-    replay_from: str = "licensed"  # replay only samples no deletion can name; or "lineage": the champion's
+    replay_from: str = "licensed"  # replay only samples no deletion can name (routed, where there are none: the clean base's own); or "lineage": the champion's
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -66,7 +66,12 @@ class LoraLearnConfig:
 def replay_pool(data: UmeData, config: LoraLearnConfig, env: OperatorEnv) -> SampleSet:
     """What replay may draw from: the champion's lineage, or (``licensed``) only samples with no data subject."""
     if config.replay_from == "licensed":
-        return data.licensed("replay")
+        licensed = data.licensed("replay")
+        if len(licensed) or config.layout != "routed" or env.champion_manifest is None or env.components is None:
+            return licensed
+        # No sample without a data subject (an own folder with no `-` owners): a routed overlay's reference
+        # replays the clean base's own training samples, which adds nobody to the served version's lineage.
+        return data.select("replay", hashed_ids=env.components.sidecar(env.champion_manifest.base).lineage)
     return data.select("replay", hashed_ids=env.champion_lineage)
 
 

@@ -69,7 +69,16 @@ def overlay_weights(metas: Sequence[dict]) -> list[float]:
 
 
 def fold_overlay(net: nn.Module, kind: str, tensors: dict[str, torch.Tensor], meta: dict, weight: float = 1.0, *, where: str = "overlay") -> nn.Module:
-    """Fold one overlay (given its tensors and sidecar meta) into ``net`` at ``weight``."""
+    """Fold one overlay (given its tensors and sidecar meta) into ``net`` at ``weight``.
+
+    An overlay made on a network without experts (its names lack ``experts.``: a NegGrad+ delta or an edit
+    on a champion before any routed overlay), folded into a :class:`RoutedNetwork`, changes every expert the
+    same way, as it changed the one network it was made on.
+    """
+    if isinstance(net, RoutedNetwork) and tensors and not any(".experts." in f".{k}" for k in tensors):
+        for i, expert in enumerate(net.experts):
+            net.experts[i] = fold_overlay(expert, kind, tensors, meta, weight, where=where)
+        return net
     if kind == "lora":
         tensors, _ = split_router_tensors(tensors)  # a routed overlay's detectors are the router's, not the weights'
         settings = LoraSettings.from_json(meta.get("lora", {}))

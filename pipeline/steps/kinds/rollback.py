@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.config import Params, StepConfig
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ComponentError, ConfigError
+from pipeline.model.compose import compose
 from pipeline.model.manifest import Manifest
 from pipeline.records import gate
 from pipeline.records.deletion import DeletionLog, uncovered_requests
@@ -85,6 +86,15 @@ def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
         what=f"dropping {step_id!r} would serve deleted samples of",
         why=" again (the overlay is pinned until a retrain pays the deletion debt)",
     )
+    try:  # an overlay made on the network with this step's expert cannot be served without it
+        compose(manifest.without_step(step_id).float_shadow(), ws.components)
+    except ComponentError as exc:
+        raise ConfigError(
+            f"without {step_id!r} the champion's other overlays do not fit ({exc}): an overlay above it was made on its expert;"
+            " drop that overlay first",
+            file=ws.params.file,
+            field=field,
+        ) from None
 
 
 @register_kind("rollback")
