@@ -171,7 +171,7 @@ def test_lifelong_metrics_follow_gem_definitions_on_a_crafted_matrix() -> None:
 
 
 def test_lifelong_choice_takes_only_exact_cheap_compositions_and_the_best_worst_stream() -> None:
-    from bench.lifelong import COMPOSITIONS, choose
+    from bench.lifelong import COMPOSITIONS, choose, eligible
 
     def entry(acc: float, exact: float = 1.0, worst: float = 0.1) -> dict:
         return {"acc": acc, "deletion_exact_share": exact, "deletion_cost_worst": worst}
@@ -183,6 +183,10 @@ def test_lifelong_choice_takes_only_exact_cheap_compositions_and_the_best_worst_
     summary["looks"]["summed"], summary["classes"]["summed"] = entry(0.95), entry(0.6)  # better on one stream only
     summary["looks"]["routed-full"] = entry(0.97, exact=0.5)
     assert choose(summary) == "routed"
+    for stream in summary.values():  # none cheap enough: the best worst-stream ACC among the exact ones, and the table says so
+        for c in COMPOSITIONS:
+            stream[c] = {**stream[c], "deletion_cost_worst": 0.6}
+    assert choose(summary) == "routed" and not eligible(summary)
 
 
 def test_lifelong_streams_are_the_default_and_a_class_incremental_one_with_held_out_splits() -> None:
