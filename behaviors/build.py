@@ -6,9 +6,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
-
-import lightning as L
+from typing import TYPE_CHECKING, Any
 
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from behaviors.limits import limit_thresholds
@@ -19,9 +17,11 @@ from pipeline.data.table import EVAL_SLICES, NO_DOMAIN
 from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_id, version_lineage
 from pipeline.model.manifest import Manifest
-from pipeline.model.net import make_trainer
 from pipeline.records.deletion import DeletionLog
 from pipeline.records.workspace import Workspace
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 def model_under_test(ws: Workspace, name: str, manifest: Manifest, version: int | None) -> ModelUnderTest:
@@ -101,7 +101,13 @@ def learned_slices(data: UmeData, lineage: set[str] | frozenset[str], heldout: d
 def shadow_trainer(ws: Workspace) -> Callable[[int], L.Trainer]:
     """Trainers for reference overlays: one device, no logger, no progress bar per shadow."""
     train = dataclasses.replace(ws.params.train, devices=1, num_nodes=1, strategy="auto", progress_bar=False)
-    return lambda epochs: make_trainer(train, max_epochs=epochs)
+
+    def make(epochs: int) -> L.Trainer:
+        from pipeline.model.training import make_trainer
+
+        return make_trainer(train, max_epochs=epochs)
+
+    return make
 
 
 RECIPE_FIELDS = ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")

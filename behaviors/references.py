@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,10 +41,14 @@ from torch import nn
 from behaviors.limits import capped_subjects
 from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
 from pipeline.core.config import ReferenceConfig
+from pipeline.core.seeding import seed_everything
 from pipeline.data import SampleSet, UmeData
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
-from pipeline.model.net import Classifier, predict_logits
+from pipeline.model.net import predict_logits
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("ume.references")
 
@@ -197,6 +201,8 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def _train_shadow(
     base: nn.Module, data: UmeData, pool: SampleSet, replay: SampleSet, config: ReferenceConfig, seed: int, make_trainer: Callable[[int], L.Trainer]
 ) -> tuple[dict[str, torch.Tensor], LoraSettings, list[str]]:
+    from pipeline.model.training import Classifier
+
     half = _half(pool, seed)
     train = half
     count = int(round(config.replay * len(half)))
@@ -209,7 +215,7 @@ def _train_shadow(
     peft_net = attach_lora(net, settings, seed=seed)
     module = Classifier(peft_net, lr=config.lr, epochs=config.epochs, augment_shift=config.augment_shift, freeze_norm_stats=True)
     data.batch_size = config.batch_size
-    L.seed_everything(seed, workers=True, verbose=False)
+    seed_everything(seed)
     make_trainer(config.epochs).fit(module, datamodule=data.use_for_training(train))
     return adapter_tensors(peft_net), settings, hash_sample_ids(train.sample_ids)
 

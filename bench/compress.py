@@ -95,8 +95,8 @@ def run(params_path: Path, repeats: int) -> dict[str, Any]:
     from pipeline.data import open_data
     from pipeline.model.compose import compose, transform_network
     from pipeline.model.lineage import version_lineage
-    from pipeline.model.net import make_trainer
     from pipeline.model.quantize import model_bytes
+    from pipeline.model.training import make_trainer
     from pipeline.steps import open_workspace
 
     started = time.time()

@@ -51,7 +51,8 @@ from pipeline.data.module import SampleSet, UmeData
 from pipeline.data.table import SampleTable
 from pipeline.model.delta import apply_delta
 from pipeline.model.lineage import hash_sample_ids
-from pipeline.model.net import make_trainer, predict_logits
+from pipeline.model.net import predict_logits
+from pipeline.model.training import make_trainer
 from pipeline.records.deletion import DeletionRequest, make_request
 
 TRAIN_SLICES = ("base", "u1", "u2", "u3")

@@ -69,7 +69,8 @@ from pipeline.data.module import SampleSet, UmeData
 from pipeline.data.table import EVAL_SLICES, SampleTable
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, fold_lora
-from pipeline.model.net import make_trainer, predict_logits
+from pipeline.model.net import predict_logits
+from pipeline.model.training import make_trainer
 
 UPDATE_SLICES = ("u1", "u2", "u3")
 TRAIN_SLICES = ("base", *UPDATE_SLICES)

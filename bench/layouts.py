@@ -63,7 +63,7 @@ def _delete(ws, owner: str, method_name: str) -> tuple[float, float, bool, str]:
     from pipeline.model.compose import compose
     from pipeline.model.lineage import hash_sample_ids, version_lineage
     from pipeline.model.manifest import Manifest
-    from pipeline.model.net import make_trainer
+    from pipeline.model.training import make_trainer
     from pipeline.records.deletion import make_request, resolve
 
     manifest = ws.manifest_of(ws.registry.champion()).float_shadow()

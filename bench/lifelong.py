@@ -64,8 +64,9 @@ from pipeline.core.console import quiet_lightning
 from pipeline.data.digits import build_digits_table
 from pipeline.data.table import EVAL_SLICES, NO_OWNER
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
-from pipeline.model.net import Classifier, create_net, predict_logits
+from pipeline.model.net import create_net, predict_logits
 from pipeline.model.routing import Detector, RoutedNetwork, Router
+from pipeline.model.training import Classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -3,11 +3,10 @@
 Every method has the same shape: a typed config dataclass and one function
 ``(net, data, config, env) -> list[ComponentDraft]``, registered with :func:`register_method`
 (like timm's ``@register_model``). Operators never touch the registry, the ledger or the gate, and
-read samples only through the data layer.
+read samples only through the data layer. A method's module is imported when a step first asks for
+it (:data:`edits.registry.BUILTIN_METHODS`), so importing ``edits`` costs nothing.
 """
 
-# The built-in methods register themselves on import; importing any ``edits`` module runs this first.
-from edits import compress, edit, forget, learn, merge  # noqa: F401
-from edits.registry import Method, OperatorEnv, get_method, list_methods, register_method
+from edits.registry import BUILTIN_METHODS, Method, OperatorEnv, get_method, list_methods, register_method
 
-__all__ = ["Method", "OperatorEnv", "get_method", "list_methods", "register_method"]
+__all__ = ["BUILTIN_METHODS", "Method", "OperatorEnv", "get_method", "list_methods", "register_method"]

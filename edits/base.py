@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import lightning as L
 from torch import nn
 
 from pipeline.core.config import BaseTrainConfig
+from pipeline.core.seeding import seed_everything
 from pipeline.data import SampleSet, UmeData
 from pipeline.model.components import ComponentDraft
 from pipeline.model.lineage import hash_sample_ids
-from pipeline.model.net import Classifier, create_net, load_backbone
+from pipeline.model.net import create_net, load_backbone
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 def train_base(
@@ -33,7 +37,9 @@ def train_base(
     Fresh weights, or with ``pretrained`` (``{"path", "sha256"}``, checked by the caller) a fine-tune
     of a backbone the team already has; the head is re-initialised when its shape differs.
     """
-    L.seed_everything(seed, workers=True, verbose=False)
+    from pipeline.model.training import Classifier
+
+    seed_everything(seed)
     net = create_net(arch, num_classes, in_chans, image_size)
     if pretrained is not None:
         pretrained = {**pretrained, "fresh_head": load_backbone(net, pretrained["path"])}

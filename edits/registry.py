@@ -1,12 +1,17 @@
-"""The method registry: ``@register_method("learn", "lora", LoraLearnConfig)``; a tiny public API."""
+"""The method registry: ``@register_method("learn", "lora", LoraLearnConfig)``; a tiny public API.
+
+Built-in methods are named in :data:`BUILTIN_METHODS` and their module is imported the first time a
+step asks for one: a step that quantizes never imports LoRA training, and ``ume audit`` imports no
+method at all. A method registered from elsewhere (a plugin module the user imports) works the same.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from torch import nn
 
 from pipeline.core.config import parse_dataclass
@@ -15,6 +20,9 @@ from pipeline.data import UmeData
 from pipeline.model.components import ComponentDraft, ComponentStore
 from pipeline.model.manifest import Manifest
 from pipeline.records.deletion import DeletionRequest
+
+if TYPE_CHECKING:
+    import lightning as L
 
 Operator = Callable[[nn.Module, UmeData, Any, "OperatorEnv"], "list[ComponentDraft] | Change"]
 
@@ -72,6 +80,26 @@ class Method:
 
 
 _METHODS: dict[tuple[str, str], Method] = {}
+# (kind, name) -> the module that registers it; imported on first use.
+BUILTIN_METHODS: dict[tuple[str, str], str] = {
+    ("learn", "lora"): "edits.learn.lora",
+    ("edit", "lora"): "edits.edit.lora",
+    ("forget", "exact"): "edits.forget.exact",
+    ("forget", "retrain"): "edits.forget.retrain",
+    ("retrain", "full"): "edits.forget.retrain",
+    ("forget", "finetune"): "edits.forget.finetune",
+    ("forget", "neggrad"): "edits.forget.neggrad",
+    ("forget", "scrub"): "edits.forget.scrub",
+    ("forget", "ssd"): "edits.forget.ssd",
+    ("forget", "salun"): "edits.forget.salun",
+    ("merge", "cat"): "edits.merge.weighted",
+    ("merge", "linear"): "edits.merge.weighted",
+    ("merge", "ties"): "edits.merge.weighted",
+    ("merge", "dare_ties"): "edits.merge.weighted",
+    ("merge", "fold"): "edits.merge.fold",
+    ("compress", "prune"): "edits.compress.prune",
+    ("compress", "quantize"): "edits.compress.quantize",
+}
 DEFAULT_METHOD: dict[str, str] = {"learn": "lora", "edit": "lora", "forget": "exact", "retrain": "full", "merge": "cat", "compress": "quantize"}
 
 
@@ -90,12 +118,17 @@ def register_method(kind: str, name: str, config_cls: type) -> Callable[[Operato
 def get_method(kind: str, name: str | None, *, file: str = "params.yaml", where: str = "method") -> Method:
     """The method, or a clear error listing the ones that exist."""
     name = name or DEFAULT_METHOD.get(kind)
+    if name is not None and (kind, name) not in _METHODS and (kind, name) in BUILTIN_METHODS:
+        importlib.import_module(BUILTIN_METHODS[(kind, name)])
     if name is None or (kind, name) not in _METHODS:
-        known = ", ".join(n for k, n in sorted(_METHODS) if k == kind) or "none yet"
+        known = ", ".join(n for k, n in sorted(set(_METHODS) | set(BUILTIN_METHODS)) if k == kind) or "none yet"
         raise ConfigError(f"unknown {kind} method {name!r} (available: {known})", file=file, field=where)
     return _METHODS[(kind, name)]
 
 
 def list_methods(kind: str | None = None) -> list[Method]:
-    """Registered methods, optionally of one kind."""
+    """Registered methods, optionally of one kind (imports every built-in one of that kind)."""
+    for (k, _), module in BUILTIN_METHODS.items():
+        if kind in (None, k):
+            importlib.import_module(module)
     return [m for (k, _), m in sorted(_METHODS.items()) if kind in (None, k)]

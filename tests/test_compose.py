@@ -59,6 +59,44 @@ def test_folded_lora_matches_unmerged_adapter() -> None:
         assert torch.allclose(folded(x), unmerged, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
+def test_fold_is_peft_merge_and_unload(arch: str) -> None:
+    """ume folds without peft; every weight equals what peft's own merge makes (Linear, 1x1 and kxk Conv2d)."""
+    import copy
+
+    from pipeline.model.lora import adapter_tensors, fold_lora
+    from pipeline.model.net import create_net
+
+    torch.manual_seed(1)
+    net = create_net(arch, 10, 1, 16).eval()
+    settings = LoraSettings(rank=3, alpha=5.0, targets=lora_targets(net))
+    peft_net = attach_lora(copy.deepcopy(net), settings)
+    for name, p in peft_net.named_parameters():
+        if "lora_" in name:
+            p.data.normal_(0, 0.1)
+    tensors = adapter_tensors(peft_net)
+    assert any(t.dim() == 2 for t in tensors.values())  # a Linear layer
+    if arch == "test_resnet":
+        assert any(t.dim() == 4 and t.shape[-1] > 1 for t in tensors.values())  # a k x k convolution
+    ours = fold_lora(copy.deepcopy(net), tensors, settings).state_dict()
+    theirs = peft_net.merge_and_unload().state_dict()
+    assert ours.keys() == theirs.keys()
+    changed = [k for k in ours if not torch.equal(ours[k], net.state_dict()[k])]
+    assert changed, "the adapter changed nothing: the comparison would be empty"
+    for key in ours:
+        assert torch.allclose(ours[key], theirs[key], atol=1e-6), key
+
+
+def test_fold_refuses_an_adapter_of_another_network() -> None:
+    from pipeline.model.lora import fold_lora
+    from pipeline.model.net import create_net
+
+    net = create_net("test_resnet", 10, 1)
+    bad = {"base_model.model.nowhere.lora_A.weight": torch.zeros(2, 3), "base_model.model.nowhere.lora_B.weight": torch.zeros(3, 2)}
+    with pytest.raises(ComponentError, match="do not fit"):
+        fold_lora(net, bad, LoraSettings(rank=2, alpha=2.0, targets=("nowhere",)))
+
+
 def test_composition_is_deterministic_and_rollback_is_exact(trained_copy: Path) -> None:
     ws = open_workspace("params.yaml")
     base_version = ws.registry.champion()

@@ -139,10 +139,10 @@ def test_no_consumer_ever_sees_a_deleted_sample(digits: SampleTable, tmp_path_fa
     ]
     for view in views:
         assert not gone & set(view.sample_ids)
-    train = module.use_for_training(module.select("train", slices=slices)).training_set
-    assert not gone & set(train.sample_ids)
-    seen = sum(len(y) for _, y in module.train_dataloader())
-    assert seen <= len(train)
+    training = module.use_for_training(module.select("train", slices=slices))
+    assert not gone & set(training.training_set.sample_ids)
+    seen = sum(len(y) for _, y in training.train_dataloader())
+    assert seen <= len(training.training_set)
 
 
 def test_a_blocked_base_says_why_there_is_no_champion_and_how_to_rerun_it(tmp_path: Path) -> None:

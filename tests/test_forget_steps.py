@@ -14,7 +14,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.data import open_data
 from pipeline.model.compose import compose
 from pipeline.model.lineage import version_lineage
-from pipeline.model.net import make_trainer
+from pipeline.model.training import make_trainer
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.reports.status import collect_status
 from pipeline.steps import check_rollback_drop, check_rollback_to, open_workspace, run_step

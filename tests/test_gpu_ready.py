@@ -177,7 +177,8 @@ def test_bf16_mixed_auto_trains_on_the_cpu(tmp_path: Path) -> None:
     ``accelerator: auto`` and ``precision: bf16-mixed`` through the real ``make_trainer``; the
     weights stay float32 on the CPU and the logits are finite."""
     from edits.training import StepsModule
-    from pipeline.model.net import Classifier, create_net, make_trainer, predict_logits
+    from pipeline.model.net import create_net, predict_logits
+    from pipeline.model.training import Classifier, make_trainer
 
     train = dataclasses.replace(_params(tmp_path, accelerator="auto", precision="bf16-mixed").train, progress_bar=False)
     g = torch.Generator().manual_seed(0)
@@ -207,7 +208,7 @@ def test_bf16_mixed_auto_trains_on_the_cpu(tmp_path: Path) -> None:
 def test_non_finite_weights_after_mixed_precision_name_the_precision(tmp_path: Path) -> None:
     """Weights a mixed-precision run left non-finite stop the run with an error naming ``train.precision``
     (PyTorch's CPU bf16 backward of a stride-2 convolution on a 1x1 map gives garbage; docs/scaling-out.md)."""
-    from pipeline.model.net import Classifier, make_trainer
+    from pipeline.model.training import Classifier, make_trainer
 
     class Poisoned(Classifier):
         def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -24,8 +24,8 @@ from pipeline.data import open_data
 from pipeline.data.table import SampleTable
 from pipeline.model.compose import compose
 from pipeline.model.lineage import version_lineage
-from pipeline.model.net import make_trainer
 from pipeline.model.routing import RoutedNetwork, split_router_tensors
+from pipeline.model.training import make_trainer
 from pipeline.records.debt import due_requests, parse_time, request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, ingest, make_request, resolve
 from pipeline.records.ledger import Entry

@@ -4,5 +4,3 @@ A transform sits on top of the float version (``Manifest.transforms``); later le
 and merge steps train on the float shadow and the runner re-applies every transform's recorded
 recipe to their result, so a compressed champion stays compressed and never serves stale weights.
 """
-
-from edits.compress import prune, quantize  # noqa: F401  (registers the methods)

@@ -5,7 +5,6 @@ Approximate (a pinned ``delta`` overlay, recorded as deletion debt): ``finetune`
 ``scrub``, ``ssd``, ``salun``.
 """
 
-from edits.forget import exact, finetune, neggrad, retrain, salun, scrub, ssd  # noqa: F401  (registers the methods)
 from pipeline.records.deletion import EXACT_METHODS
 
 __all__ = ["EXACT_METHODS"]

@@ -31,8 +31,8 @@ from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
 from pipeline.model.manifest import Manifest
-from pipeline.model.net import Classifier
 from pipeline.model.routing import Detector
+from pipeline.model.training import Classifier
 
 LAYOUTS = ("stacked", "parallel", "routed")
 REPLAY_SOURCES = ("lineage", "licensed")

@@ -2,5 +2,3 @@
 overlay into one weight delta for serving. Every merge keeps the union of lineage, every deletion pin
 (``covers``) and every edit it absorbs: a merge can never launder a deleted sample or drop an edit unseen.
 """
-
-from edits.merge import fold, weighted  # noqa: F401  (registers the methods)

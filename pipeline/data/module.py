@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -23,6 +22,9 @@ from pipeline.core.errors import DataError
 from pipeline.data.images import ImageStore
 from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, NO_DOMAIN, NO_OWNER, SampleTable
 from pipeline.model.lineage import hash_sample_id
+
+if TYPE_CHECKING:
+    from pipeline.data.training import TrainingData
 
 
 class EntrySource(Protocol):
@@ -178,8 +180,12 @@ def _sample_set(name: str, rows: pd.DataFrame, store: ImageStore, positions: np.
     )
 
 
-class UmeData(L.LightningDataModule):
-    """The sample table with the deleted set removed, and loaders over selections of it."""
+class UmeData:
+    """The sample table with the deleted set removed, and loaders over selections of it.
+
+    A plain class: what only evaluates never imports Lightning; :meth:`use_for_training` hands the
+    Trainer a :class:`~pipeline.data.training.TrainingData` data module over one selection.
+    """
 
     def __init__(
         self,
@@ -190,7 +196,6 @@ class UmeData(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         keep = np.array([hash_sample_id(s) not in deleted for s in table.rows["sample_id"]], dtype=bool)
         self.deleted_count = int((~keep).sum())
         self.rows = table.rows.loc[keep].reset_index(drop=True)
@@ -202,7 +207,6 @@ class UmeData(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self._train: SampleSet | None = None
 
     @property
     def slices(self) -> list[str]:
@@ -269,31 +273,13 @@ class UmeData(L.LightningDataModule):
         keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:count]).tolist()
         return samples.take(keep)
 
-    def use_for_training(self, samples: SampleSet) -> UmeData:
-        """Set the selection ``train_dataloader`` serves; returns ``self`` for chaining."""
+    def use_for_training(self, samples: SampleSet) -> TrainingData:
+        """A Lightning data module serving ``samples`` shuffled (seeded), in batches of ``batch_size``."""
+        from pipeline.data.training import TrainingData
+
         if len(samples) == 0:
             raise DataError(f"nothing to train on: selection {samples.name!r} is empty", field="slice")
-        self._train = samples
-        return self
-
-    @property
-    def training_set(self) -> SampleSet:
-        """The selection set by :meth:`use_for_training`."""
-        if self._train is None:
-            raise RuntimeError("call use_for_training() before fitting")
-        return self._train
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled loader over the training selection (seeded)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.training_set.dataset(),
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=self.num_workers,
-            drop_last=len(self.training_set) > self.batch_size,
-        )
+        return TrainingData(samples, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed)
 
     def loader(self, samples: SampleSet, batch_size: int = 256) -> DataLoader:
         """Ordered loader for evaluation."""

@@ -7,16 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
-
 from pipeline.core.config import BASE_STEP, Params, StepConfig
 from pipeline.core.errors import UmeError
 from pipeline.model.manifest import Manifest
-from pipeline.model.net import make_trainer
 from pipeline.records import gate
 from pipeline.records.workspace import Workspace
 
 if TYPE_CHECKING:
+    import lightning as L
+
     from behaviors.suite import BehaviorResult
     from pipeline.data import UmeData
 
@@ -70,6 +69,8 @@ class StepContext:
 
         def make(max_epochs: int, max_steps: int = -1) -> L.Trainer:
             from lightning.pytorch.loggers import MLFlowLogger
+
+            from pipeline.model.training import make_trainer
 
             if not ws.primary:  # a DDP follower's run id is a placeholder
                 return make_trainer(ws.params.train, max_epochs=max_epochs, max_steps=max_steps)

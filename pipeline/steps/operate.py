@@ -11,11 +11,10 @@ import dataclasses
 import time
 from typing import Any
 
-import lightning as L
-
 from edits import OperatorEnv, get_method
 from edits.registry import Change, Method
 from pipeline.core.errors import DataError
+from pipeline.core.seeding import seed_everything
 from pipeline.data import UmeData
 from pipeline.model.compose import compose
 from pipeline.model.lineage import version_lineage
@@ -45,7 +44,7 @@ def run_operator(ctx: StepContext, method: Method, config: Any, env: OperatorEnv
     """Compose the champion, run the operator, store its components; returns the candidate."""
     ws, key, champion = ctx.ws, ctx.key, ctx.champion_manifest
     assert champion is not None and ctx.data is not None
-    L.seed_everything(ctx.params.seed, workers=True, verbose=False)
+    seed_everything(ctx.params.seed)
     source = champion if method.kind == "compress" else champion.float_shadow()
     net = compose(source, ws.components)
     for p in net.parameters():
@@ -91,7 +90,7 @@ def reapply_transforms(ctx: StepContext, manifest: Manifest, data: UmeData, env:
         sidecar_file = str(ws.components.sidecar_path(transform_id))
         method = get_method(*sidecar.meta["method"].split("/"), file=sidecar_file, where="meta.method")
         config = method.parse_config(sidecar.meta["config"], where="meta.config", file=sidecar_file)
-        L.seed_everything(ctx.params.seed, workers=True, verbose=False)
+        seed_everything(ctx.params.seed)
         net = compose(manifest, ws.components)
         for p in net.parameters():
             p.requires_grad_(True)
