@@ -225,12 +225,14 @@ def opened(root: Path):
 
 
 def project_status(root: Path) -> dict[str, Any]:
-    """What ``ume status --json`` prints, computed in-process (no interpreter start), without the tracking URI."""
+    """What ``ume status --json`` prints, computed in-process (no interpreter start), without the tracking URI
+    and the clock reading ``as_of`` (two calls a second apart must compare equal)."""
     from pipeline.reports.status import collect_status
 
     with opened(root) as ws:
         status = json.loads(json.dumps(collect_status(ws)))
     status.pop("tracking_uri", None)
+    status.pop("as_of", None)
     return status
 
 

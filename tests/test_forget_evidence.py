@@ -146,7 +146,10 @@ def test_vulnerable_owner_deletion_is_judged_against_its_control(trained_copy: P
     raw = yaml.safe_load(params.read_text())
     # An expert that memorises its atypical subject: on the looks data with the tests' 8-epoch base, 12 and
     # 20 epochs left the owner's own labels unlearned (1 of 8 read their way; control bound 0.11 < 0.15).
-    raw["stream"]["s01"]["epochs"] = 40  # measured: control bound 0.19 (0.15 needed); a higher lr (0.03) gave NaN scores
+    raw["stream"]["s01"]["epochs"] = 40  # measured: control bound 0.19; a higher lr (0.03) gave NaN scores
+    # The bound moves in steps of one of the owner's few samples (12 and 20 epochs gave 0.11): a limit of 0.05
+    # keeps the control failing with a margin of whole samples, whatever a CPU's float rounding does.
+    raw["behaviors"]["thresholds"]["max_forget_member_share"] = 0.05
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     ws = open_workspace()
     assert run_step(ws, "s01").record["decision"] == "promoted"
@@ -159,7 +162,7 @@ def test_vulnerable_owner_deletion_is_judged_against_its_control(trained_copy: P
     record = run_step(ws, key).record
     request = ws.params.stream[key].options["request"]
     per_sample = next(c for c in record["evidence"][request]["checks"] if c["check"] == "forget_member_share_bound")
-    assert per_sample["control"] > per_sample["threshold"], per_sample  # the control fails it (measured: 0.40 against 0.15)
+    assert per_sample["threshold"] == 0.05 and per_sample["control"] > per_sample["threshold"], per_sample  # measured: 0.19
     assert per_sample["verdict"] in ("passed", "failed")  # so the candidate is judged, either way
     decision = [e for e in ws.ledger.of_type("decision") if e.step == key][-1]
     assert decision.data["evidence"] == record["evidence"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.data.module import SampleSet
+if TYPE_CHECKING:
+    from pipeline.data.module import SampleSet
 
 
 class TrainingData(L.LightningDataModule):

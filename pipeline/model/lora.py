@@ -108,11 +108,24 @@ def fold_lora(net: nn.Module, tensors: dict[str, torch.Tensor], settings: LoraSe
     if unfit or len(tensors) != 2 * len(pairs):
         odd = unfit or sorted(k for k in tensors if not k.startswith(PEFT_PREFIX) or "lora_" not in k)
         raise ComponentError(f"adapter tensors do not fit this network: {odd[:3]}", field="tensors")
+    for name, pair in pairs.items():
+        want_a, want_b = _adapter_shapes(modules[name], settings.rank)
+        if tuple(pair["lora_A"].shape) != want_a or tuple(pair["lora_B"].shape) != want_b:
+            raise ComponentError(
+                f"adapter tensors do not fit this network: size mismatch for {name!r}: lora_A {tuple(pair['lora_A'].shape)}, "
+                f"lora_B {tuple(pair['lora_B'].shape)}; the layer needs {want_a} and {want_b} at rank {settings.rank}",
+                field="tensors",
+            )
     with torch.no_grad():
         for name, pair in pairs.items():
             weight = modules[name].weight
             delta = lora_delta(pair["lora_A"].float(), pair["lora_B"].float(), scale)
-            if delta.shape != weight.shape:
-                raise ComponentError(f"adapter of {name!r} has shape {tuple(delta.shape)}, the layer {tuple(weight.shape)}", field="tensors")
             weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
     return net
+
+
+def _adapter_shapes(layer: nn.Linear | nn.Conv2d, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of ``lora_A`` and ``lora_B`` that peft gives an adapter of ``layer`` at ``rank``."""
+    if isinstance(layer, nn.Linear):
+        return (rank, layer.in_features), (layer.out_features, rank)
+    return (rank, layer.in_channels, *layer.kernel_size), (layer.out_channels, rank, 1, 1)
