@@ -525,6 +525,43 @@ def _replace_line(index: int, old: str, new: str) -> Callable[[Path, list[str]],
     return edit
 
 
+def _outside_image(folder: Path) -> Path:
+    """A readable image beside the folder, not in it: what an escaping path would ingest."""
+    outside = folder.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    _png(outside / "secret.png", seed=99)
+    return outside / "secret.png"
+
+
+def _escape(how: str) -> Callable[[Path, list[str]], None]:
+    """Line 6 names a real image outside the folder: by an absolute path, by climbing with ``..``, or through a symlink."""
+
+    def edit(folder: Path, lines: list[str]) -> None:
+        target = _outside_image(folder)
+        if how == "absolute":
+            name = str(target)
+        elif how == "climbing":
+            name = "../outside/secret.png"
+        else:
+            (folder / "link.png").symlink_to(target)
+            name = "link.png"
+        lines[5] = lines[5].replace("4.png", name)
+
+    return edit
+
+
+def _checkpoint_outside(root: Path) -> None:
+    """``model.checkpoint`` given relative to the project but climbing out of it, to a real safetensors file."""
+    import torch
+    from safetensors.torch import save_file
+
+    outside = root.parent / f"{root.name}-elsewhere.safetensors"
+    save_file({"w": torch.zeros(1)}, str(outside))
+    raw = _read_params(root)
+    raw["model"]["checkpoint"] = f"../{outside.name}"
+    _write_params(root, raw)
+
+
 def _duplicate_ids(folder: Path, lines: list[str]) -> list[str]:
     out = [lines[0] + ",sample_id"]
     out += [f"{line},id{min(i, 5)}" for i, line in enumerate(lines[1:])]
@@ -869,6 +906,10 @@ CASES: list[BadInput] = [
         ("prepare",),
         ("manifest.csv", "field 'path'", "line 6", "image not found"),
     ),
+    BadInput("manifest-absolute-path", "empty", user_folder(_escape("absolute")), ("prepare",), ("manifest.csv", "field 'path'", "line 6", "path is absolute")),
+    BadInput("manifest-climbing-path", "empty", user_folder(_escape("climbing")), ("prepare",), ("manifest.csv", "field 'path'", "line 6", "outside")),
+    BadInput("manifest-symlink-escape", "empty", user_folder(_escape("symlink")), ("prepare",), ("manifest.csv", "field 'path'", "line 6", "outside")),
+    BadInput("checkpoint-outside-project", "empty", _checkpoint_outside, ("prepare",), (P, "field 'model.checkpoint'", "leads outside the project")),
     BadInput("manifest-class-count", "empty", user_folder(_replace_line(3, ",dog,", ",bird,")), ("prepare",), (P, "field 'model.num_classes'", "3 classes")),
     # MLflow unreachable: fail closed, say why; once it is back the same step completes
     BadInput(

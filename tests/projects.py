@@ -242,3 +242,10 @@ def project_audit(root: Path) -> list[str]:
 
     with opened(root) as ws:
         return list(audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of).problems)
+
+
+def assert_decided_by_its_checks(step: dict[str, Any]) -> None:
+    """A step whose outcome a test does not fix (a short learn step may land on either side of a guard)
+    was still judged: blocked exactly when a blocking behaviour failed (a decision the gate never made fails)."""
+    assert step["decision"] == ("blocked" if step["failing"] else "promoted"), {k: step.get(k) for k in ("decision", "failing", "reason")}
+

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from bench.crash import CASES, CI_CASES, LEARN_STEP, reference_run, run_case
 from pipeline.core.faults import CRASH_POINTS, crash_point
 from pipeline.core.tempfiles import sweep_stale_temporaries
-from tests.projects import base_template, clone_project, sh
+from tests.projects import base_template, clone_project, command_env, sh
 
 pytestmark = [pytest.mark.crash, pytest.mark.e2e]
 BY_NAME = {case.name: case for case in CASES}
@@ -37,6 +38,10 @@ def test_crash_point_is_inert_unless_armed(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("UME_CRASH_AT", "step.started@2")
     monkeypatch.delenv("_UME_CRASH_SEEN_step_started", raising=False)
     crash_point("step.started")  # returns: armed for the second visit
+    armed = "from pipeline.core.faults import crash_point\ncrash_point('step.started')\nprint('survived')"
+    env = command_env() | {"UME_CRASH_AT": "step.started"}
+    killed = subprocess.run([sys.executable, "-c", armed], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL and "survived" not in killed.stdout  # the control: armed, it kills
 
 
 @pytest.fixture(scope="module")

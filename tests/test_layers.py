@@ -132,7 +132,10 @@ def test_the_lifecycle_is_small_and_has_no_kind_branch(module: str) -> None:
 
 def test_every_step_kind_in_params_has_a_registered_lifecycle_kind() -> None:
     from pipeline.core.config import STEP_KINDS
-    from pipeline.steps.kind import step_kind
+    from pipeline.core.errors import ConfigError
+    from pipeline.steps.kind import StepKind, step_kind
 
     for name in (*STEP_KINDS, "base"):
-        assert step_kind(name) is not None
+        assert isinstance(step_kind(name), StepKind)
+    with pytest.raises(ConfigError, match="unknown step kind"):
+        step_kind("teleport")

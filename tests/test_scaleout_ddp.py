@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import base_template, clone_project, keep_prepared_data
+from tests.projects import assert_decided_by_its_checks, base_template, clone_project, keep_prepared_data
 from tests.projects import sh as run
 
 pytestmark = pytest.mark.scaleout
@@ -51,7 +51,7 @@ def test_two_processes_train_and_only_rank_zero_writes(ddp_repo: tuple[Path, str
     records = {key: json.loads((repo / "store" / "steps" / f"{key}.json").read_text()) for key in ("base", "s01")}
     assert {key: r["world_size"] for key, r in records.items()} == {"base": 2, "s01": 2}
     assert records["base"]["decision"] == "promoted"
-    assert records["s01"]["decision"] in ("promoted", "blocked")
+    assert_decided_by_its_checks(records["s01"])
 
     entries = [json.loads(line) for line in (repo / "store" / "ledger.jsonl").read_text().splitlines()]
     counts = Counter((e["step"], e["type"]) for e in entries)

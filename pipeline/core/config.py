@@ -228,10 +228,25 @@ class Params:
 
     @property
     def checkpoint_path(self) -> Path | None:
-        """``model.checkpoint``, relative to the directory of ``params.yaml``."""
+        """``model.checkpoint``, relative to the directory of ``params.yaml``.
+
+        The rule: a relative path must stay inside the project (the directory of ``params.yaml``) once
+        ``..`` and symlinks are resolved; a file elsewhere is named by an absolute path, on purpose.
+        """
         if self.model.checkpoint is None:
             return None
-        return Path(self.file).parent / self.model.checkpoint
+        given = Path(self.model.checkpoint)
+        if given.is_absolute():
+            return given
+        project = Path(self.file).parent
+        path = project / given
+        if not path.resolve().is_relative_to(project.resolve()):
+            raise ConfigError(
+                f"relative path leads outside the project: {given} -> {path.resolve()} (give a file elsewhere by its absolute path)",
+                file=self.file,
+                field="model.checkpoint",
+            )
+        return path
 
     @property
     def signing_key_path(self) -> Path | None:

@@ -50,6 +50,16 @@ def _read_image(path: Path, size: int, channels: int, where: str, manifest: str)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+def _check_inside(given: str, folder: Path, inside: Path, where: str, manifest: str) -> None:
+    """A manifest ``path`` names a file inside ``data.folder``: not absolute, not climbing out with ``..``,
+    not a symlink resolving elsewhere. Checked for every row before any image is opened."""
+    if Path(given).is_absolute():
+        raise DataError(f"{where}: path is absolute: {given} (paths are relative to data.folder {folder})", file=manifest, field="path")
+    target = (folder / given).resolve()
+    if not target.is_relative_to(inside):
+        raise DataError(f"{where}: path leads outside data.folder {folder}: {given} -> {target}", file=manifest, field="path")
+
+
 def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -> tuple[SampleTable, dict[str, object]]:
     """Read the manifest, then decode the images one by one into ``images_path`` (never all in memory);
     assign missing slices, owners and ids deterministically."""
@@ -71,9 +81,11 @@ def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -
         records = list(reader)
     if not records:
         raise DataError("manifest has no rows", file=str(manifest))
+    inside = folder.resolve()
     for line, rec in enumerate(records, start=2):
         if not rec["path"] or not rec["label"]:
             raise DataError(f"line {line}: empty path or label", file=str(manifest), field="path" if not rec["path"] else "label")
+        _check_inside(rec["path"], folder, inside, f"line {line}", str(manifest))
     labels = [rec["label"].strip() for rec in records]
     classes = sorted(set(labels))
     label_ids = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
