@@ -6,8 +6,8 @@ read them (in the working tree and in git history) as anchors of the clone's new
 every fresh ``make demo``. The history still holds those locks, so this test keeps the case alive: the new
 ledger must set them aside (docs/reliability.md, "Which anchors count").
 
-The stream is the default one shortened to the steps that write anchors (base, one learn, one owner deletion,
-seal) with fewer epochs, a smaller reference bank and the suite's wide-margin thresholds; the data, the request files and every other setting are the
+The stream is the default one shortened to a base, one learn step and the seal, every stage writing anchors
+(the owner deletion of the full stream is run by the demo benchmark and tests/test_e2e.py) with fewer epochs, a smaller reference bank and the suite's wide-margin thresholds; the data, the request files and every other setting are the
 repository's own. The clone is of ``HEAD``: in a working checkout, commit first (CI tests a clean clone).
 """
 
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.e2e
 
 SHORT_STREAM = {
     "s03-learn-u3": {"kind": "learn", "parent": "base", "slice": "u3", "epochs": 3},
-    "forget-04": {"kind": "forget", "parent": "s03-learn-u3", "request": "del-e68ac8677f56", "method": "exact"},
 }
 
 
