@@ -7,8 +7,9 @@ every fresh ``make demo``. The history still holds those locks, so this test kee
 ledger must set them aside (docs/reliability.md, "Which anchors count").
 
 The stream is the default one shortened to a base, one learn step and the seal, every stage writing anchors
-(the owner deletion of the full stream is run by the demo benchmark and tests/test_e2e.py) with fewer epochs, a smaller reference bank and the suite's wide-margin thresholds; the data, the request files and every other setting are the
-repository's own. The clone is of ``HEAD``: in a working checkout, commit first (CI tests a clean clone).
+(the owner deletion of the full stream is run by the demo benchmark and tests/test_e2e.py), with fewer epochs,
+a smaller reference bank and the suite's wide-margin thresholds; the data, the request files and every other
+setting are the repository's own. The clone is of ``HEAD``: in a working checkout, commit first (CI tests a clean clone).
 """
 
 from __future__ import annotations
