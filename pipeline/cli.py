@@ -169,6 +169,24 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_warm(args: argparse.Namespace) -> int:
+    from pipeline.core import warm
+
+    if not warm.enabled():
+        print("warm process: off (UME_WARM=0, or no pidfd/fd passing on this platform); every command runs cold")
+        return 0 if args.action != "start" else EXIT_CHECK_FAILED
+    if args.action == "start":
+        if not warm.start(wait=True):
+            print(f"ume: error: the warm process did not start; see {warm.socket_path().with_suffix('.log')}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+    elif args.action == "stop":
+        print("warm process: stopped" if warm.stop() else "warm process: none was running")
+        return 0
+    info = warm.state()
+    print(f"warm process: pid {info['pid']}, socket {info['socket']}" if info["listening"] else f"warm process: not running ({info['socket']})")
+    return 0
+
+
 def append_stream_step(params_path: Path, key: str, entry: dict) -> None:
     """Append one step to ``stream:`` keeping the file's comments; ``stream`` must be the last section."""
     from pipeline.core.streamfile import stream_text_with, write_stream_text
@@ -448,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
     p.set_defaults(fn=_cmd_bench)
+    p = sub.add_parser(
+        "warm",
+        help="the warm process that runs every command with torch, Lightning and MLflow imported already "
+        "(started by the first command, exits after UME_WARM_IDLE s idle; UME_WARM=0: off; docs/start-up.md)",
+    )
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(fn=_cmd_warm)
     p = sub.add_parser("certificate", help="write a deletion certificate (Markdown and HTML)")
     p.add_argument("request_id")
     p.add_argument("--out", default="certificates", help="output directory (default: certificates/)")

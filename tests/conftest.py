@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,32 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _start_session_warm_process(config)
+
+
+def _start_session_warm_process(config: pytest.Config) -> None:
+    """One warm process for the run's ``ume`` commands, private to it (docs/start-up.md), stopped at the end.
+
+    Its socket lives in a directory of this run (``UME_WARM_DIR``, inherited by the pytest-xdist workers and every
+    command they start), so a developer's own warm process is neither used nor stopped. ``UME_WARM=0`` runs every
+    command cold.
+    """
+    from pipeline.core import warm
+
+    if not warm.enabled():
+        return
+    os.environ[warm.DIR_ENV] = tempfile.mkdtemp(prefix="ume-warm-")
+    warm.start()
+    config.add_cleanup(_stop_session_warm_process)
+
+
+def _stop_session_warm_process() -> None:
+    """Stop the run's warm process and remove its directory."""
+    from pipeline.core import warm
+
+    warm.stop()
+    shutil.rmtree(os.environ.pop(warm.DIR_ENV), ignore_errors=True)
 
 
 # The slowest modules first: pytest-xdist hands out whole files (--dist loadfile) in collection order, so

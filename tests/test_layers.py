@@ -18,6 +18,7 @@ PACKAGES = ("pipeline", "edits", "behaviors")
 
 # Top to bottom. A module may import its own floor and any floor below it.
 FLOORS: list[tuple[str, ...]] = [
+    ("pipeline.launcher",),
     ("pipeline.cli",),
     ("pipeline.steps", "pipeline.reports"),
     ("behaviors", "edits"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 
+from pipeline.core import warm
+
 CRASH_AT_ENV = "UME_CRASH_AT"
 CRASH_LOG_ENV = "UME_CRASH_LOG"
 
@@ -80,7 +82,7 @@ def crash_point(name: str) -> None:
 
 def _dvc_ancestor() -> int | None:
     """The pid of the nearest ancestor process whose command line runs ``dvc`` (Linux ``/proc``), or None."""
-    pid = os.getppid()
+    pid = warm.logical_parent_pid()  # in a child of the warm process: the ``ume`` client's parent
     while pid > 1:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:

@@ -1,0 +1,62 @@
+"""The warm process (pipeline/launcher, docs/start-up.md): a command it runs behaves as the same command run cold.
+
+Same standard output and error, same exit status, the same death by a signal; the ``ume`` script itself
+imports nothing but the standard library. The session's warm process is started by tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.core import warm
+from pipeline.launcher.entry import run_warm
+from tests.projects import command_env, sh
+
+pytestmark = pytest.mark.skipif(not warm.enabled(), reason="UME_WARM=0 or no pidfd/fd passing here: every command runs cold")
+
+
+@pytest.fixture(scope="module")
+def listening() -> None:
+    """The session's warm process, up."""
+    assert warm.start(wait=True), "the warm process did not start"
+
+
+def test_the_ume_script_imports_only_the_standard_library() -> None:
+    probe = "import sys, pipeline.launcher.entry; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'yaml', 'mlflow', 'lightning', 'numpy'}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+def _both(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """``ume args`` run cold (``UME_WARM=0``) and warm."""
+    cold = sh(cwd, "ume", *args, check=False, env={"UME_WARM": "0", **(env or {})})
+    hot = sh(cwd, "ume", *args, check=False, env=env)
+    return cold, hot
+
+
+def test_a_warm_command_exits_and_prints_as_a_cold_one(project: Path, listening: None, capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_warm(["ume", "status", "--check"]) == 1  # pending steps; not None: the warm process ran it
+    assert "pending" in capfd.readouterr().out
+    cold, hot = _both(project, "status", "--check")
+    assert (cold.returncode, cold.stdout, cold.stderr) == (hot.returncode, hot.stdout, hot.stderr)
+    assert hot.returncode == 1 and "pending: base" in hot.stderr
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"]["lr"] = "fast"
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    cold, hot = _both(project, "status")
+    assert cold.returncode == hot.returncode == 2
+    assert cold.stderr == hot.stderr and "params.yaml" in hot.stderr and "lr" in hot.stderr
+
+
+def test_a_command_killed_in_the_warm_process_dies_of_the_same_signal(project: Path, listening: None) -> None:
+    log = project / "crash.log"
+    cold, hot = _both(project, "prepare", env={"UME_CRASH_AT": "prepare.staged", "UME_CRASH_LOG": str(log)})
+    assert cold.returncode == hot.returncode == -9, hot.stderr[-3000:]
+    assert log.read_text().count("prepare.staged") == 2
+    done = subprocess.run(["ume", "prepare"], cwd=project, env=command_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "prepared" in done.stdout, done.stderr
