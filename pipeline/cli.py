@@ -387,6 +387,7 @@ BENCH_MODULES = {
     "scale": "bench.scale",
     "gpu-demo": "bench.gpu_demo",
     "lifelong": "bench.lifelong",
+    "startup": "bench.startup",
 }
 
 
@@ -459,9 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="run a benchmark: forget, forget-exact, forget-evidence (power and false positives of the forget checks), "
-        "overlays (serving latency), compress (quantize and prune the champion), families (every step kind per timm family) "
-        "scale (step time and memory against data size and history length, the gate against the forward floor) "
-        "or gpu-demo (the demo stream with resnet18 on a GPU in bf16-mixed, timed per stage)",
+        "overlays (serving latency), compress (quantize and prune the champion), families (every step kind per timm family), "
+        "scale (step time and memory against data size and history length, the gate against the forward floor), "
+        "gpu-demo (the demo stream with resnet18 on a GPU in bf16-mixed, timed per stage), lifelong (compositions on "
+        "streams that bring something new) or startup (commands cold against the warm process)",
     )
     p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")

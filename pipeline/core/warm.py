@@ -80,8 +80,11 @@ def runtime_dir() -> Path:
 
 
 def fingerprint() -> str:
-    """A hash of this interpreter, ume's source files (path, size, mtime) and the installed packages' directory."""
-    digest = hashlib.sha256(sys.executable.encode())
+    """A hash of this interpreter, ume's source files (path, size, mtime) and the installed packages' directory.
+
+    The interpreter by its real path and prefix: ``.venv/bin/python`` and the ``ume`` script's ``python3.11`` are one.
+    """
+    digest = hashlib.sha256(f"{os.path.realpath(sys.executable)}:{sys.prefix}".encode())
     root = Path(__file__).resolve().parents[2]
     for package in SOURCE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
@@ -149,9 +152,7 @@ def start(wait: bool = False, timeout: float = 120.0) -> bool:
     bin_dir = os.path.dirname(sys.executable)  # where the `ume` script lives: the server's sys.path[0], as the script's
     code = f"import sys; sys.path[0] = {bin_dir!r}; from pipeline.launcher.server import serve; serve({str(path)!r})"
     with open(log, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
-        )
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     if not wait:
         return True
     deadline = time.monotonic() + timeout

@@ -54,6 +54,8 @@ PRELOAD = (
     "pytest",
     "behaviors.plugin",
 )
+# How often the loop looks whether its socket still exists.
+SOCKET_CHECK_SECONDS = 5.0
 # Set in the server's environment by whoever started it; a child takes its client's instead.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -98,11 +100,13 @@ class WarmServer:
                 self._close_listener()
                 if not self.jobs:
                     return
-            timeout = None if self.jobs else max(0.0, self.last_activity + idle - time.monotonic())
-            if timeout == 0.0:
+            remaining = max(0.0, self.last_activity + idle - time.monotonic())
+            if remaining == 0.0 and not self.jobs:
                 self._close_listener()
                 return
-            for key, _mask in self.selector.select(timeout):
+            if not self.path.exists():  # its socket was removed (its directory deleted): nobody can reach it
+                self.stopping = True
+            for key, _mask in self.selector.select(min(remaining, SOCKET_CHECK_SECONDS) if not self.jobs else SOCKET_CHECK_SECONDS):
                 kind, pid = key.data
                 if kind == "accept":
                     self._accept()
@@ -119,8 +123,7 @@ class WarmServer:
             return
         self.selector.unregister(self.listener)
         self.listener.close()
-        if self.path.exists():
-            self.path.unlink()
+        self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
         """Answer one connection: a ping, or a command to fork."""
