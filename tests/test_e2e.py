@@ -1,4 +1,9 @@
-"""End to end: the real `dvc repro` and the real `ume` CLI on a copy of this repository."""
+"""End to end: the real `dvc repro` and the real `ume` CLI on a copy of this repository.
+
+The stream (a good and a bad learn step) runs once per module into a template nobody changes; every test
+works on its own copy of it (issue 29, item 4), so any one runs alone and in any order
+(`pytest tests/test_e2e.py -p randomly`).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's base template (prepare + base by `dvc repro`), then `dvc repro` of a good and a bad slice."""
+def stream_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's base template (prepare + base by `dvc repro`), then `dvc repro` of a good and a bad slice; read-only."""
     stream = {
         "s01-learn-u1": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
         "s02-learn-u2": {**BAD_DROP, "parent": "s01-learn-u1"},  # every label wrong: blocked by a wide margin
@@ -28,6 +33,29 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = clone_project(base_template(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "repo", stream=stream)
     run(dest, "dvc", "repro")
     return dest
+
+
+@pytest.fixture
+def repo_copy(stream_template: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the stream (git, DVC state, registry and store): nothing it does reaches another test."""
+    return clone_project(stream_template, tmp_path / "repo")
+
+
+def forget_with_certificate(repo: Path, owner: str) -> str:
+    """``ume forget`` of ``owner``, ``dvc repro``, ``ume certificate``: the request id."""
+    filed = run(repo, "ume", "forget", "--owner", owner, "--reason", "GDPR art. 17").stdout
+    run(repo, "dvc", "repro")
+    request_id = re.search(r"deletion request (del-[0-9a-f]+)", filed).group(1)
+    run(repo, "ume", "certificate", request_id)
+    return request_id
+
+
+def owner_in(repo: Path, slice_name: str, index: int = 0) -> str:
+    """A data subject of ``slice_name`` in the prepared sample table."""
+    import pandas as pd
+
+    rows = pd.read_csv(repo / "store" / "data" / "samples.csv").fillna({"owner": ""})
+    return str(rows.loc[rows["slice"] == slice_name, "owner"].iloc[index])
 
 
 def ran(repro_stdout: str) -> list[str]:
@@ -90,7 +118,7 @@ def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
     assert refused.returncode == 2 and "never promoted" in refused.stderr
     assert (repo_copy / "params.yaml").read_text() == before
     done = run(repo_copy, "ume", "rollback", "--to", "1")
-    assert "rollback" in done.stdout and ran(done.stdout) == ["step@rollback-04", "seal"], done.stdout
+    assert "rollback" in done.stdout and ran(done.stdout) == ["step@rollback-03", "seal"], done.stdout  # the stream's third step
     st = status(repo_copy)
     assert st["champion"]["version"] == 1
     assert st["steps"][-1]["kind"] == "rollback" and st["steps"][-1]["decision"] == "promoted"
@@ -99,10 +127,7 @@ def test_rollback_refusals_and_rollback_to(repo_copy: Path) -> None:
 
 
 def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -> None:
-    import pandas as pd
-
-    rows = pd.read_csv(repo_copy / "store" / "data" / "samples.csv")
-    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[0])
+    owner = owner_in(repo_copy, "u1")
     bad = run(repo_copy, "ume", "forget", "--owner", "w999", "--reason", "x", check=False)
     assert bad.returncode == 2 and "unknown owner" in bad.stderr
     run(repo_copy, "ume", "forget", "--owner", owner, "--reason", "GDPR art. 17")
@@ -122,10 +147,7 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
 
 def test_two_phase_deletion_runs_both_phases_in_one_dvc_repro(repo_copy: Path) -> None:
     """Issue 15: an approximate `ume forget` appends its exact phase; one `dvc repro` runs both and pays the debt."""
-    import pandas as pd
-
-    rows = pd.read_csv(repo_copy / "store" / "data" / "samples.csv").fillna({"owner": ""})
-    owner = str(rows.loc[rows["slice"] == "u1", "owner"].iloc[-1])  # not the owner an earlier test of this module deleted
+    owner = owner_in(repo_copy, "u1", -1)
     forgot = run(repo_copy, "ume", "forget", "--owner", owner, "--method", "finetune", "--reason", "GDPR art. 17").stdout
     assert "-exact (exact)" in forgot, forgot
     out = run(repo_copy, "dvc", "repro").stdout
@@ -183,14 +205,16 @@ def test_dvc_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo_copy: Path,
             assert not path.is_symlink() and path.stat().st_nlink == 1 and os.access(path, os.W_OK), path
 
 
-def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Path) -> None:
+def test_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Path) -> None:
     """Issue 18: history rewritten with recomputed hashes, with the registry, the runs and the DVC state made to match.
 
-    Runs five cases of ``bench.tamper`` (all ten make the figures in bench/results/reliability.json) on a copy
-    of this module's stream, whose dvc.lock is committed to git (the anchor an insider cannot quietly rewrite).
+    Runs five cases of ``bench.tamper`` (all ten make the figures in bench/results/reliability.json) on this test's
+    copy of the stream after an owner's deletion and its certificate, with dvc.lock committed to git (the anchor an
+    insider cannot quietly rewrite).
     """
     from bench.tamper import CASES, run_case
 
+    forget_with_certificate(repo_copy, owner_in(repo_copy, "u1"))
     run(repo_copy, "git", "add", "-A")
     run(repo_copy, "git", "-c", "user.name=ume", "-c", "user.email=ume@example.invalid", "commit", "-q", "--allow-empty", "-m", "tamper")
     (certificate,) = sorted((repo_copy / "certificates").glob("*.md"))
@@ -214,7 +238,7 @@ def test_zy_every_tamper_case_is_caught_and_named(repo_copy: Path, tmp_path: Pat
     assert "replaced from its first entry" in replaced and "dvc.lock at git commit" in replaced, replaced
 
 
-def test_zz_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
+def test_audit_fails_on_tampering_and_hand_moved_alias(repo_copy: Path, tmp_path: Path) -> None:
     ledger = repo_copy / "store" / "ledger.jsonl"
     original = ledger.read_text()
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import REPO, TEST_THRESHOLDS, sh
+from tests.projects import REPO, TEST_THRESHOLDS, sh, unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def shorten(params: Path) -> None:
 
 def test_fresh_clone_runs_the_stream_and_passes_its_audit(tmp_path: Path) -> None:
     if not (REPO / ".git").exists():
-        pytest.skip(f"{REPO} is not a git checkout: nothing to clone")
+        unavailable(f"{REPO} is not a git checkout: nothing to clone")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=300)
     history = sh(clone, "git", "log", "--format=%h", "--", "dvc.lock").stdout.split()

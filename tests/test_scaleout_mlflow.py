@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests import mlflow_ui as ui
-from tests.projects import BAD_DROP, BAD_DROP_FAILS, assert_decided_by_its_checks, base_template, clone_project, keep_prepared_data
+from tests.projects import BAD_DROP, BAD_DROP_FAILS, assert_decided_by_its_checks, base_template, clone_project, keep_prepared_data, unavailable
 from tests.projects import sh as run
 from tests.scaleout_support import MlflowServer, chromium_page, missing_tools, mlflow_server, postgres_cluster
 
@@ -85,7 +85,7 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stream]:
     """PostgreSQL + ``mlflow server`` up for the whole module; the stream run through ``dvc repro``, then an owner's deletion."""
     missing = missing_tools()
     if missing:
-        pytest.skip(f"scaleout PostgreSQL tests need: {'; '.join(missing)}")
+        unavailable(f"scaleout PostgreSQL tests need: {'; '.join(missing)}")
     template = base_template(tmp_path_factory)
     work = tmp_path_factory.mktemp("scaleout-mlflow")
     with postgres_cluster() as pg, mlflow_server(pg.uri, work) as server:
@@ -209,7 +209,7 @@ def test_mlflow_ui_in_chromium(stream: Stream, tmp_path: Path) -> None:
     """The MLflow UI, rendered by headless Chromium: champion alias, blocked run, revoked version."""
     missing = missing_tools(browser=True)
     if missing:
-        pytest.skip(f"the browser test needs: {'; '.join(missing)}")
+        unavailable(f"the browser test needs: {'; '.join(missing)}")
     client = _client(stream)
     blocked = client.get_model_version(MODEL, "3")
     experiment_id = client.get_run(blocked.run_id).info.experiment_id
@@ -237,7 +237,7 @@ def test_mlflow_ui_in_chromium(stream: Stream, tmp_path: Path) -> None:
 def _ui_page(tmp_path: Path) -> Any:
     missing = missing_tools(browser=True)
     if missing:
-        pytest.skip(f"the browser test needs: {'; '.join(missing)}")
+        unavailable(f"the browser test needs: {'; '.join(missing)}")
     return chromium_page(tmp_path / "chromium-profile", timeout_ms=UI_TIMEOUT_MS)
 
 

@@ -115,3 +115,14 @@ def test_no_assertion_is_a_tautology(root: Path) -> None:
             if isinstance(node, ast.Assert) and (why := _tautology(node)):
                 found.append(f"{path.name}:{node.lineno}: {why}")
     assert not found, found
+
+
+def test_a_missing_engine_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.projects import unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, and no PostgreSQL"):
+        unavailable("no PostgreSQL")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL"):
+        unavailable("no PostgreSQL")
