@@ -147,6 +147,12 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
 
 def test_two_phase_deletion_runs_both_phases_in_one_dvc_repro(repo_copy: Path) -> None:
     """Issue 15: an approximate `ume forget` appends its exact phase; one `dvc repro` runs both and pays the debt."""
+    # Drift is not what this test checks (tests/test_specs_bite.py shows that check blocking): the exact phase
+    # retrains a 3-epoch expert, which may disagree with the approximate champion on half the canaries of a tiny
+    # model, near any threshold. Thresholds are no stage's DVC parameter: nothing reruns for this.
+    raw = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    raw["behaviors"]["thresholds"]["min_canary_agreement"] = 0.0
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     owner = owner_in(repo_copy, "u1", -1)
     forgot = run(repo_copy, "ume", "forget", "--owner", owner, "--method", "finetune", "--reason", "GDPR art. 17").stdout
     assert "-exact (exact)" in forgot, forgot
