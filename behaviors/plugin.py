@@ -4,6 +4,10 @@ Loaded everywhere through the ``pytest11`` entry point, it builds nothing until 
 fixture. Inside a step, the runner injects the context (candidate, champion, splits) with
 :class:`ContextInjector`; standalone (``pytest behaviors/``), the candidate is the current champion
 or ``--ume-version N``, read from the registry of the ``params.yaml`` in the current directory.
+
+Standalone, an advisory spec (no ``blocking`` marker) that fails is reported as an expected failure
+("advisory: ..."), as the gate treats it: it never blocks a step, so it does not turn a plain run red;
+``--ume-strict`` fails the run on it. Inside a step every outcome is recorded as it is.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ from behaviors.context import BehaviorContext, ModelUnderTest, Splits
 from pipeline.data import SampleSet
 
 CONTEXT_KEY = pytest.StashKey[BehaviorContext]()
+SOFT_ADVISORY_KEY = pytest.StashKey[bool]()
 
 
 class ContextInjector:
     """A plugin object that hands a ready context to the fixtures (used by the step runner)."""
 
-    def __init__(self, context: BehaviorContext) -> None:
+    def __init__(self, context: BehaviorContext, *, soft_advisory: bool = False) -> None:
         self.context = context
+        self.soft_advisory = soft_advisory
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:
-        """Stash the context before any fixture runs."""
+        """Stash the context before any fixture runs; the gate records advisory failures as failures."""
         config.stash[CONTEXT_KEY] = self.context
+        config.stash[SOFT_ADVISORY_KEY] = self.soft_advisory
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,11 +46,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ume", "ume behaviour specs")
     group.addoption("--ume-version", type=int, default=None, help="registered version to test (default: champion)")
     group.addoption("--ume-params", default="params.yaml", help="params.yaml of the project (default: ./params.yaml)")
+    group.addoption("--ume-strict", action="store_true", help="a failing advisory spec fails the run (default: reported as an expected failure)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the ``blocking`` marker."""
     config.addinivalue_line("markers", "blocking: a failure of this behaviour blocks promotion")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """A failing advisory spec, run standalone: an expected failure that names itself advisory (not with ``--ume-strict``)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or "ume_context" not in getattr(item, "fixturenames", ()):
+        return  # only behaviour specs (tests that do not use ume's context are never touched)
+    if item.get_closest_marker("blocking") or not item.config.stash.get(SOFT_ADVISORY_KEY, True) or item.config.getoption("--ume-strict"):
+        return
+    message = str(call.excinfo.value).splitlines()[0] if call.excinfo else "failed"
+    report.outcome = "skipped"
+    report.wasxfail = f"advisory (never blocks a step; --ume-strict fails on it): {message}"
 
 
 NO_CONTROL = object()  # marks a check that has no control by nature (not a forget check)

@@ -16,13 +16,14 @@ each decision is 0 % or 100 % away from its threshold.
 from __future__ import annotations
 
 import ast
+import io
 import math
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
+from behaviors.plugin import ContextInjector
 from behaviors.references import ReferenceBank, Shadow
 from behaviors.suite import run_suite
 from pipeline.core.config import ReferenceConfig
@@ -323,6 +325,18 @@ def test_every_advisory_spec_has_a_crafted_failure_too() -> None:
     assert advisory, "the reader found no advisory spec"
     missing, extra = sorted(advisory - set(ADVISORY)), sorted(set(ADVISORY) - advisory)
     assert not missing and not extra, f"advisory specs without a crafted failure: {missing}; named but not advisory: {extra}"
+
+
+def test_a_failing_advisory_spec_is_an_expected_failure_standalone_and_a_failure_in_the_gate() -> None:
+    """``pytest behaviors/`` on a champion stays green on an advisory failure (reported as such); the gate records it."""
+    _, bad, _ = ADVISORY["test_no_empty_prediction_class"]
+    args = [f"{BEHAVIORS / 'test_accuracy.py'}::test_no_empty_prediction_class", "-q", "-p", "no:cacheprovider", "--import-mode=importlib"]
+    with redirect_stdout(io.StringIO()) as shown:
+        standalone = pytest.main(args + ["-rx"], plugins=[ContextInjector(bad(), soft_advisory=True)])
+        strict = pytest.main([*args, "--ume-strict"], plugins=[ContextInjector(bad(), soft_advisory=True)])
+    assert (standalone, strict) == (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    assert "advisory (never blocks a step" in shown.getvalue() and "classes_predicted" in shown.getvalue()
+    assert _outcome("test_no_empty_prediction_class", bad()) == "failed"
 
 
 @pytest.mark.parametrize("spec", sorted(CRAFTED) + sorted(ADVISORY))
