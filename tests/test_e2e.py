@@ -143,6 +143,8 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
     run(repo_copy, "ume", "certificate", request_id)
     text = (repo_copy / "certificates" / f"{request_id}.md").read_text()
     assert "Deletion certificate" in text and owner not in text.split("## Hashed")[0].replace(f"owner {owner}", "")
+    proof = text.index("## Proof by construction")  # an exact deletion's certificate leads with its construction (issue 32)
+    assert proof < text.index("## Evidence") and "the deletion is exact by construction" in text[proof:]
 
 
 def test_two_phase_deletion_runs_both_phases_in_one_dvc_repro(repo_copy: Path) -> None:

@@ -30,6 +30,45 @@ def _affected_components(ws: Workspace, hashed: set[str]) -> list[dict[str, Any]
     return out
 
 
+def lineage_rows(ws: Workspace, version: int, hashed: set[str]) -> list[dict[str, Any]]:
+    """Each component a version composes: id, kind, the sha256 of its weights, and how many of ``hashed`` its lineage holds."""
+    manifest = ws.manifest_of(version)
+    rows = []
+    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+        sidecar = ws.components.sidecar(component_id)
+        rows.append({"id": sidecar.id, "kind": sidecar.kind, "sha256": sidecar.sha256, "held": len(hashed & set(sidecar.lineage))})
+    return rows
+
+
+def proof_lines(ws: Workspace, resolved: dict[str, Any], hashed: set[str]) -> list[str]:
+    """The construction proof of an exact deletion: the served components and that no lineage holds the samples."""
+    version = int(resolved["version"])
+    rows = lineage_rows(ws, version, hashed)
+    held = sum(r["held"] for r in rows)
+    lines = [
+        "## Proof by construction",
+        "",
+        f"The version that serves without the samples, v{version} (manifest `{resolved['manifest_hash'][:16]}`), is composed of",
+        "the components below. A component's lineage, in the sidecar beside its weights, is the hashed id of every sample it was",
+        "trained on; the weights are checked against their sha256 by `ume audit`.",
+        "",
+        "| component | kind | sha256 of its weights | the request's samples in its lineage |",
+        "|---|---|---|---|",
+        *(f"| `{r['id']}` | {r['kind']} | `{r['sha256']}` | {r['held']} |" for r in rows),
+        "",
+    ]
+    if held:
+        lines.append(f"**{held} of the request's samples are in the lineage of a served component: this version is not exact.**")
+    else:
+        lines.append(f"**None of the {len(hashed)} samples is in the lineage of any component of v{version}: the deletion is exact by construction.**")
+    champion = ws.registry.champion()
+    if champion is not None and champion != version:
+        now = sum(r["held"] for r in lineage_rows(ws, champion, hashed))
+        lines += ["", f"The current champion, v{champion}, checked the same way now: {now} of them in its lineage."]
+    lines += ["",'The components trained on them are under "Components affected"; the versions that served them, under "Versions revoked".', ""]
+    return lines
+
+
 def _forget_step(ws: Workspace, request_id: str) -> str | None:
     for key, step in ws.params.stream.items():
         if step.kind == "forget" and step.options.get("request") == request_id:
@@ -65,7 +104,17 @@ def evidence_lines(results: list[dict[str, Any]], request_id: str, resolved: dic
         cells = f"| {c['name'][: -len(suffix)]} | {_fmt(c['value'])} | {_fmt(c['control'])} | {sign} {c['threshold']:.4f} | {c['verdict']} |"
         lines.append(f"{cells} {'yes' if c['blocking'] else 'no (advisory)'} |")
     shown = [c["name"][: -len(suffix)] for c in checks if c["verdict"] == "passed"]
-    lines += ["", f"**Conclusive evidence: {', '.join(shown)}.**" if shown else "**No check was conclusive: nothing here shows the samples were forgotten.**"]
+    if shown:
+        lines += ["", f"**Conclusive evidence: {', '.join(shown)}.**"]
+    elif resolved and resolved.get("exact"):
+        lines += [
+            "",
+            "**No statistical check was conclusive**: the control, the model before the deletion, passes them too; it showed no",
+            "measurable memorisation of these samples, so these statistics cannot tell. The proof of this deletion is its",
+            "construction (above).",
+        ]
+    else:
+        lines += ["", "**No check was conclusive: nothing here shows the samples were forgotten.**"]
     if resolved and resolved.get("note"):
         lines += ["", f"Resolution: {resolved['note']}."]
     if recorded:
@@ -104,9 +153,10 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
         f"| deadline | {debt.deadline} (received + {ws.params.deletion.max_debt_days:g} days) |",
         f"| became exact | {debt.exact_since or 'not yet'} |",
         "",
-        "## How it was honoured",
-        "",
     ]
+    if resolved and resolved.data.get("exact"):
+        lines += proof_lines(ws, resolved.data, hashed)
+    lines += ["## How it was honoured", ""]
     if resolved:
         r = resolved.data
         lines += [
