@@ -257,10 +257,9 @@ ELSEWHERE = {
 }
 
 
-def blocking_specs(every: bool = False) -> set[str]:
-    """Every blocking spec in ``behaviors/test_*.py`` (module ``pytestmark`` or its own marker), parametrized ids expanded.
-
-    ``every``: advisory specs too."""
+def shipped_specs(*, blocking_only: bool = False) -> set[str]:
+    """Every spec in ``behaviors/test_*.py``, parametrized ids expanded; ``blocking_only``: those with a module
+    ``pytestmark`` or their own ``blocking`` marker."""
     found: set[str] = set()
     for path in sorted(BEHAVIORS.glob("test_*.py")):
         tree = ast.parse(path.read_text())
@@ -269,7 +268,7 @@ def blocking_specs(every: bool = False) -> set[str]:
             if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
                 continue
             marks = [ast.unparse(d) for d in node.decorator_list]
-            if not (every or module_blocking or "pytest.mark.blocking" in marks):
+            if blocking_only and not (module_blocking or "pytest.mark.blocking" in marks):
                 continue
             params = [d for d in node.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.parametrize"]
             if params and isinstance(params[0].args[1], ast.List):
@@ -277,6 +276,11 @@ def blocking_specs(every: bool = False) -> set[str]:
             else:
                 found.add(node.name)
     return found
+
+
+def blocking_specs() -> set[str]:
+    """Every blocking spec in ``behaviors/test_*.py``."""
+    return shipped_specs(blocking_only=True)
 
 
 def _outcome(spec: str, context: BehaviorContext) -> str:
@@ -313,11 +317,6 @@ def test_the_latency_budget_decides_the_same_with_every_core_busy() -> None:
     with every_core_busy():
         outcomes = [_outcome("test_latency_within_budget", bad()), *(_outcome("test_latency_within_budget", good()) for _ in range(3))]
     assert outcomes == ["failed", "passed", "passed", "passed"]
-
-
-def shipped_specs() -> set[str]:
-    """Every spec in ``behaviors/test_*.py``, blocking or advisory, parametrized ids expanded."""
-    return blocking_specs(every=True)
 
 
 def test_every_advisory_spec_has_a_crafted_failure_too() -> None:

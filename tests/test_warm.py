@@ -53,10 +53,16 @@ def test_a_warm_command_exits_and_prints_as_a_cold_one(project: Path, listening:
     assert cold.stderr == hot.stderr and "params.yaml" in hot.stderr and "lr" in hot.stderr
 
 
-def test_a_command_killed_in_the_warm_process_dies_of_the_same_signal(project: Path, listening: None) -> None:
+def test_a_command_killed_in_the_warm_process_dies_of_the_same_signal(project: Path, listening: None, monkeypatch: pytest.MonkeyPatch) -> None:
     log = project / "crash.log"
-    cold, hot = _both(project, "prepare", env={"UME_CRASH_AT": "prepare.staged", "UME_CRASH_LOG": str(log)})
+    crash = {"UME_CRASH_AT": "prepare.staged", "UME_CRASH_LOG": str(log)}
+    cold, hot = _both(project, "prepare", env=crash)
     assert cold.returncode == hot.returncode == -9, hot.stderr[-3000:]
-    assert log.read_text().count("prepare.staged") == 2
+    for name, value in crash.items():
+        monkeypatch.setenv(name, value)
+    assert run_warm(["ume", "prepare"]) == -9  # not None: the warm process's child ran it, and died of SIGKILL
+    assert log.read_text().count("prepare.staged") == 3
+    for name in crash:
+        monkeypatch.delenv(name)
     done = subprocess.run(["ume", "prepare"], cwd=project, env=command_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "prepared" in done.stdout, done.stderr

@@ -5,9 +5,10 @@ single-threaded process per user and code fingerprint (:mod:`pipeline.core.warm`
 torch, timm, Lightning, torchmetrics, MLflow and ume's own modules, and has run nothing (no tensor
 op, no thread pool started, no file of any project opened). For each command it forks a child that
 takes the client's standard file descriptors, working directory, environment and arguments, and runs
-:func:`pipeline.cli.main` as a cold process would, exiting the same way (``atexit``, flushes, the
-interpreter's own shutdown). The parent watches each child with a pidfd and each client's socket:
-the child's wait status goes back to its client; a client that disappears has its child killed.
+:func:`pipeline.cli.main` as a cold process would, and exits as a cold ``ume`` does
+(:func:`pipeline.launcher.entry.finish`: threads joined, ``atexit``, flushes, no module teardown).
+The parent watches each child with a pidfd and each client's socket: the child's wait status
+goes back to its client; a client that disappears has its child killed.
 It exits after ``UME_WARM_IDLE`` seconds without a command, or on SIGTERM once its children finished.
 """
 
@@ -32,7 +33,8 @@ from typing import Any, NoReturn
 from pipeline.core import warm
 from pipeline.launcher.entry import exit_code, finish
 
-# What a step's process imports (measured: `ume step` on the demo); a command imports the rest itself.
+# The heavy modules a stage or command imports (ume's stages and reports, the training stack, MLflow's SQL stores,
+# pytest and the behaviour plugin); a command imports anything else itself, in its child.
 PRELOAD = (
     "pipeline.cli",
     "pipeline.steps",

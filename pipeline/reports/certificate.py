@@ -65,7 +65,7 @@ def proof_lines(ws: Workspace, resolved: dict[str, Any], hashed: set[str]) -> li
     if champion is not None and champion != version:
         now = sum(r["held"] for r in lineage_rows(ws, champion, hashed))
         lines += ["", f"The current champion, v{champion}, checked the same way now: {now} of them in its lineage."]
-    lines += ["",'The components trained on them are under "Components affected"; the versions that served them, under "Versions revoked".', ""]
+    lines += ["", 'The components trained on them are under "Components affected"; the versions that served them, under "Versions revoked".', ""]
     return lines
 
 
