@@ -14,21 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _git_commit(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def step_records(root: Path) -> list[dict]:
@@ -52,19 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = ("step", "kind", "decision", "seconds", "failing")
     steps = [{**{k: r.get(k) for k in fields}, "operator_seconds": (r.get("notes") or {}).get("operator_seconds")} for r in records]
     stage_seconds = round(sum(s["seconds"] or 0 for s in steps), 1)
-    provenance = {
-        "benchmark": "bench/demo.py",
-        "commit": _git_commit(args.root),
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "wall_seconds": args.wall_seconds,
-        "stage_seconds": stage_seconds,
-    }
+    prov = provenance.record("demo", argv, root=args.root.resolve(), wall_seconds=args.wall_seconds, stage_seconds=stage_seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "demo.json").write_text(json.dumps({"provenance": provenance, "steps": steps, "status": status.stdout}, indent=1) + "\n")
+    (args.out / "demo.json").write_text(json.dumps({"provenance": prov, "steps": steps, "status": status.stdout}, indent=1) + "\n")
     wall = f"`make demo` took {args.wall_seconds:.0f} s end to end (install excluded); " if args.wall_seconds else ""
     (args.out / "demo.md").write_text(
-        f"`make demo` at commit {provenance['commit']}, {provenance['date']}, on {provenance['machine']}: "
+        f"`make demo` at commit {prov['commit']}, {prov['date'][:10]}, on {prov['machine']['cores']} cores, {prov['machine']['arch']}: "
         f"{wall}its {len(steps)} step stages sum to {stage_seconds:.0f} s. `ume status` then printed:\n\n"
         f"```\n{status.stdout.rstrip()}\n```\n"
     )
@@ -73,4 +59,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

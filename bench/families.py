@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from bench import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("test_resnet", "test_vit", "test_efficientnet", "test_convnext")
 STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -164,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_size": args.image_size,
         "wall_seconds": time.perf_counter() - started,
     }
+    prov = provenance.record("families", argv, configuration=f"other architectures ({', '.join(args.archs)}) at {args.image_size} px, short training")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "families.json").write_text(json.dumps({"families": results, "meta": meta}, indent=1))
+    (args.out / "families.json").write_text(json.dumps({"families": results, "meta": meta, "provenance": prov}, indent=1))
     (args.out / "families.md").write_text(markdown(results, meta))
     print(markdown(results, meta))
     return 0

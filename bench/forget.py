@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from behaviors.mia import mia_scores
+from bench import provenance
 from edits.base import train_base
 from edits.registry import OperatorEnv, get_method
 from pipeline.core.config import BaseTrainConfig, DataConfig, Params, parse_params
@@ -430,6 +431,9 @@ def run_forget_bench(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), sequential
             complete=complete,
             base_epochs=BASE_EPOCHS,
             wall_seconds=time.perf_counter() - start,
+        )
+        meta["provenance"] = provenance.record(
+            "forget", configuration="methods compared on one model trained on every slice at once (no stream, no label corruption, no looks)"
         )
         result = {"rows": rows, "summary": summary, **meta}
         (out_dir / "forget.json").write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")

@@ -59,6 +59,7 @@ from torchmetrics.classification import MulticlassRecall
 from behaviors.context import DEFAULT_THRESHOLDS
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
 from behaviors.references import ReferenceBank, open_bank, reference_pool
+from bench import provenance
 from bench.forget import _clean, _machine
 from edits.base import train_base
 from edits.learn.lora import LoraLearnConfig, learn_lora
@@ -71,6 +72,12 @@ from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, fold_lora
 from pipeline.model.net import predict_logits
 from pipeline.model.training import make_trainer
+
+# How this benchmark's setup differs from what ships (bench.provenance: the record says so).
+CONFIGURATION = (
+    "2 atypical owners per update slice, no looks; learn overlays stacked and folded in order, replaying the champion's lineage "
+    "(the shipped layout is routed, with licensed replay); 3 seeds"
+)
 
 UPDATE_SLICES = ("u1", "u2", "u3")
 TRAIN_SLICES = ("base", *UPDATE_SLICES)
@@ -195,7 +202,8 @@ def learn_overlay(net: nn.Module, data: UmeData, slice_name: str, lineage: froze
     for p in trainable.parameters():
         p.requires_grad_(True)
     env = OperatorEnv(step=f"learn-{slice_name}", seed=seed, make_trainer=_trainer_factory(params), champion_lineage=lineage)
-    (draft,) = learn_lora(trainable, data, LoraLearnConfig(slice=slice_name), env)
+    # Stacked, replaying the champion's lineage: this benchmark's stream (the shipped default is routed: CONFIGURATION)
+    (draft,) = learn_lora(trainable, data, LoraLearnConfig(slice=slice_name, layout="stacked", replay_from="lineage"), env)
     folded = fold_lora(copy.deepcopy(net), draft.tensors, LoraSettings.from_json(draft.meta["lora"])).eval()
     for p in folded.parameters():
         p.requires_grad_(True)
@@ -638,7 +646,8 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
             wall_seconds=time.perf_counter() - start,
             observations=observations(summary),
         )
-        result = {"rows": rows, "summary": summary, "goals": goal_rows, "meta": meta}
+        prov = provenance.record("forget-evidence", configuration=CONFIGURATION)
+        result = {"rows": rows, "summary": summary, "goals": goal_rows, "meta": meta, "provenance": prov}
         (out_dir / "forget_evidence.json").write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
         (out_dir / "forget_evidence.md").write_text(markdown(summary, goal_rows, meta, rows))
         if summary:

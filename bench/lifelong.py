@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench import provenance
 from edits.learn.lora import LoraLearnConfig
 from pipeline.core.config import load_params
 from pipeline.core.console import quiet_lightning
@@ -531,8 +532,18 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "provenance": {"benchmark": "bench/lifelong.py", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seeds": args.seeds,
-                       "arch": ARCH, "image_size": SIZE, "base_epochs": BASE_EPOCHS, "learn_epochs": LEARN_EPOCHS, "rank": RANK, "seconds": round(seconds, 1)},
+        "provenance": provenance.record(
+            "lifelong",
+            argv,
+            configuration=f"every composition on the looks and classes streams, {BASE_EPOCHS}-epoch bases and {LEARN_EPOCHS}-epoch learn steps",
+            seeds=args.seeds,
+            arch=ARCH,
+            image_size=SIZE,
+            base_epochs=BASE_EPOCHS,
+            learn_epochs=LEARN_EPOCHS,
+            rank=RANK,
+            seconds=round(seconds, 1),
+        ),
         "rows": rows,
         "summary": summary,
         "per_seed_seconds": [run["_seconds"] for runs in per_seed.values() for run in runs],

@@ -45,6 +45,7 @@ import yaml
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from bench import provenance
 from pipeline.model.lora import LoraSettings, attach_lora, lora_targets
 from pipeline.model.net import create_net
 
@@ -315,6 +316,9 @@ def run_overlay_bench(
         "machine": _machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "provenance": provenance.record(
+            "overlays", configuration=f"a freshly initialised {cfg['arch']} with rank-{RANK} overlays on every LoRA target (serving cost only: no training)"
+        ),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

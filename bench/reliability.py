@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from bench import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "ume-digits"  # registry.model_name of the repo's params.yaml (and of the test projects)
 MARKER = "UNPICKLED"  # a pickle payload in the corpus creates this file in the project if it is ever executed
@@ -996,6 +998,12 @@ def run_corpus(workdir: Path, templates: dict[str, Path], cases: list[BadInput] 
 
 
 PARTS = ("bad-inputs", "crash", "machine")
+# How each part's setup differs from what ships (bench.provenance: the record says so).
+CONFIGURATION = {
+    "bad-inputs": "template projects (a tiny params.yaml; a trained base; a learned step) with one thing broken per case",
+    "crash": "the crash harness's small project (bench.crash), killed at every named point",
+    "machine": "random streams of every operation kind on a small trained project (bench.stream_machine)",
+}
 
 
 def _bad_inputs_part(workdir: Path, overrides: dict[str, float]) -> dict[str, Any]:
@@ -1102,6 +1110,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    for part in parts:  # a part run alone keeps the other parts' figures and their records
+        result[f"provenance_reliability-{part}"] = provenance.record(f"reliability-{part}", argv, configuration=CONFIGURATION[part])
     ordered = {k: result.get(k) for k in ("crash_points_tried", "crash_points_survived", "bad_inputs_tried", "bad_inputs_clean",
                                           "state_machine_examples", "invariant_violations")}
     path.write_text(json.dumps({**ordered, **result}, indent=1) + "\n")

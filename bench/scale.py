@@ -52,6 +52,8 @@ from typing import Any
 
 import yaml
 
+from bench import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MULTIPLES = (1, 4, 16)
@@ -201,8 +203,14 @@ class Measured:
 
 
 def command_env() -> dict[str, str]:
-    """This environment with this interpreter's ``bin`` first on PATH and the repository importable."""
+    """This environment with this interpreter's ``bin`` first on PATH and the repository importable.
+
+    Every ``ume`` runs cold (``UME_WARM=0``): a stage is then its own process, so its ``ru_maxrss`` is
+    the stage's memory (a warm command is a fork of the warm process, not a child of this one) and its
+    wall time includes the interpreter's start-up (measured on its own by ``ume bench startup``).
+    """
     env = dict(os.environ)
+    env["UME_WARM"] = "0"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(REPO)
     return env
@@ -794,6 +802,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="ume-scale-") as tmp:
             result = run(args, Path(tmp), log)
     args.out.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = provenance.record(
+        "scale",
+        argv,
+        configuration=f"a generated 32 px RGB folder ({args.base_size} images at 1x), {args.arch}, {args.epochs}-epoch steps, {args.base_epochs}-epoch bases",
+    )
     (args.out / "scale.json").write_text(json.dumps(result, indent=1))
     (args.out / "scale.md").write_text(markdown(result))
     plot(result, args.out / "scale.png")

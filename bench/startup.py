@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -36,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from bench import provenance
 from bench.crash import IGNORE, REPO
 from pipeline.core import warm
 
@@ -103,7 +103,7 @@ def medians(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any], provenance: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], prov: dict[str, Any]) -> str:
     """The start-up table (cold against warm, and their ratio) with its provenance."""
     cold, hot = summary["cold"], summary["warm"]
 
@@ -113,8 +113,7 @@ def markdown(summary: dict[str, Any], provenance: dict[str, Any]) -> str:
     lines = [
         "# Start-up: cold processes against the warm process",
         "",
-        f"Measured by `ume bench startup` ({provenance['date']}, commit {provenance['commit']}, {provenance['machine']}, "
-        f"median of {provenance['repeats']} repeats, each in a fresh project: the repository's pipeline, 8-epoch base, one 3-epoch learn step).",
+        f"{provenance.caption(prov)} Median of {prov['repeats']} repeats.",
         "",
         "| figure (seconds, whole process) | cold | warm | warm / cold |",
         "|---|---:|---:|---:|",
@@ -134,7 +133,7 @@ def markdown(summary: dict[str, Any], provenance: dict[str, Any]) -> str:
     lines.append(row("**`dvc repro` of the whole project, end to end**", cold["dvc_repro"], hot["dvc_repro"]))
     lines += [
         "",
-        f"The warm process itself imports once: {provenance['warm_import_seconds']} s (paid in the background by the first command, "
+        f"The warm process itself imports once: {prov['warm_import_seconds']} s (paid in the background by the first command, "
         "which runs cold). A stage's own work is shorter warm too: the modules it imports inside its step are imported already.",
         "",
     ]
@@ -185,18 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm.stop()
         shutil.rmtree(work, ignore_errors=True)
     summary = {mode: medians(rows, mode) for mode in MODES}
-    provenance = {
-        "benchmark": "bench/startup.py",
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "commit": _commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "repeats": args.repeats,
-        "warm_import_seconds": float(found.group(1)) if found else None,
-        "seconds": round(time.time() - started, 1),
-    }
+    prov = provenance.record(
+        "startup",
+        argv,
+        configuration="a fresh small project per repeat: this repository's pipeline, an 8-epoch base and one 3-epoch learn step",
+        repeats=args.repeats,
+        warm_import_seconds=float(found.group(1)) if found else None,
+        seconds=round(time.time() - started, 1),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "startup.json").write_text(json.dumps({"provenance": provenance, "summary": summary, "runs": rows}, indent=1) + "\n")
-    (args.out / "startup.md").write_text(markdown(summary, provenance))
+    (args.out / "startup.json").write_text(json.dumps({"provenance": prov, "summary": summary, "runs": rows}, indent=1) + "\n")
+    (args.out / "startup.md").write_text(markdown(summary, prov))
     print((args.out / "startup.md").read_text())
     return 0
 

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^ ]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.DOTALL)
 
@@ -50,18 +52,29 @@ def tables(text: str) -> list[str]:
 
 
 def source(spec: str, root: Path = ROOT) -> str:
-    """The text a marker ``path`` or ``path#N`` stands for, ending with one newline."""
+    """The text a marker ``path`` or ``path#N`` stands for, ending with one newline.
+
+    A results file's block ends with the caption of its provenance record (command, commit, date,
+    machine, and how the setup differs from the shipped defaults), and, when it was measured on other
+    defaults than the ones that ship (or has no record), a note naming the rerun (:mod:`bench.provenance`).
+    """
     name, _, index = spec.partition("#")
     path = root / name
     if not path.is_file():
         raise TableError(f"{spec}: no such results file")
     text = path.read_text(encoding="utf-8")
     if not index:
-        return text.rstrip() + "\n"
-    found = tables(text)
-    if not index.isdigit() or not 1 <= int(index) <= len(found):
-        raise TableError(f"{spec}: {name} has {len(found)} table(s)")
-    return found[int(index) - 1]
+        body = text.rstrip() + "\n"
+    else:
+        found = tables(text)
+        if not index.isdigit() or not 1 <= int(index) <= len(found):
+            raise TableError(f"{spec}: {name} has {len(found)} table(s)")
+        body = found[int(index) - 1]
+    if path.parent.name != "results":
+        return body
+    caption = provenance.page_caption(path.name, path.parent)
+    note = provenance.stale_note(path.name, path.parent)
+    return body + (f"\n<sub>{caption}</sub>\n" if caption else "") + (f"\n> **Stale**: {note}\n" if note else "")
 
 
 def refresh(text: str, root: Path = ROOT) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bench import provenance
 from bench.crash import sh
 from pipeline.core.canonical import canonical_json
 from pipeline.records.ledger import GENESIS, entry_hash
@@ -316,6 +317,7 @@ def merge_results(outcomes: list[TamperOutcome], seconds: float) -> dict[str, An
     data["tamper_cases_caught"] = sum(o.caught for o in outcomes)
     data["tamper_cases"] = [o.to_json() for o in outcomes]
     data["tamper_seconds"] = round(seconds, 1)
+    data["provenance_tamper"] = provenance.record("tamper", configuration="a small signed DVC project: a base, a learn step and an exact deletion")
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
     TABLE.write_text(markdown(outcomes, seconds))
     return data
