@@ -125,8 +125,13 @@ def sh(cwd: Path, *argv: str, extra: dict[str, str] | None = None, check: bool =
     return proc
 
 
-def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int = 3) -> Path:
-    """A small project: this repository's pipeline with tiny settings, ``dvc repro`` run (base + s01)."""
+def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int | None = None) -> Path:
+    """A small project: this repository's pipeline with tiny settings, ``dvc repro`` run (base + s01).
+
+    ``s01`` learns with the learn method's default epochs unless ``learn_epochs`` is given: on the
+    looks data three epochs leave the inverted digits unlearned and the gate blocks the step, and the
+    rollback scenario needs a served overlay to drop.
+    """
     shutil.copytree(REPO, dest, ignore=IGNORE)
     sh(dest, "git", "init", "-q")
     raw = yaml.safe_load((dest / "params.yaml").read_text())
@@ -135,9 +140,12 @@ def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int = 3) ->
     # The harness compares each decision with a crash-free run, so a decision must not depend on the
     # machine's load: the wall-clock latency budget is switched off (and fairness loosened, as in tests).
     raw["behaviors"]["thresholds"].update(max_group_accuracy_gap=0.5, max_group_gap_increase=0.2, max_latency_ratio=1000.0)
-    raw["stream"] = {LEARN_STEP: {"kind": "learn", "parent": "base", "slice": "u1", "epochs": learn_epochs}}
+    raw["stream"] = {LEARN_STEP: {"kind": "learn", "parent": "base", "slice": "u1", **({"epochs": learn_epochs} if learn_epochs else {})}}
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(dest, "dvc", "repro")
+    record = json.loads((dest / "store" / "steps" / f"{LEARN_STEP}.json").read_text())
+    if record["decision"] != "promoted":
+        raise RuntimeError(f"the template's {LEARN_STEP} was {record['decision']} by {record.get('failing')}: the scenarios need it served")
     return dest
 
 
