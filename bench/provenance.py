@@ -122,14 +122,12 @@ BENCHES: dict[str, Bench] = {
 # rerun yet: each says why. The test suite accepts exactly these (and fails once one is fresh, so the
 # list only shrinks); the README and docs mark their figures stale.
 RERUN_PENDING: dict[str, str] = {
-    "families": "measured 2026-11-30, before provenance records; rerun queued (15 min)",
-    "forget-evidence": "measured 2026-11-30, before provenance records; rerun queued (10 min)",
     "reliability-crash": (
-        "measured 2026-12-01; the rerun of 2026-12-03 stopped in its crash-free reference run: the crash template's learn step "
-        "s01-learn-u1 is not promoted by the shipped gate any more, so `ume rollback --drop s01-learn-u1` is refused"
+        "measured 2026-12-01; the rerun of 2026-12-03 stopped in its crash-free reference run (the template's learn step was no "
+        "longer served by the shipped gate, so the rollback scenario had nothing to drop; bench.crash fixed), rerun queued"
     ),
     "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
-    "scale": "measured 2026-12-01, before provenance records; rerun queued (12 min)",
+    "scale": "measured 2026-12-01, before provenance records; rerun running",
 }
 
 
