@@ -140,16 +140,6 @@ def markdown(summary: dict[str, Any], prov: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    """The short commit measured, with ``+dirty`` when the working tree has changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}+dirty" if dirty.strip() else head
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both modes ``--repeats`` times (alternating), write startup.{json,md}."""
     parser = argparse.ArgumentParser(prog="ume bench startup", description=__doc__.split("\n\n")[0])
