@@ -127,7 +127,6 @@ RERUN_PENDING: dict[str, str] = {
         "longer served by the shipped gate, so the rollback scenario had nothing to drop; bench.crash fixed), rerun queued"
     ),
     "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
-    "scale": "measured 2026-12-01, before provenance records; rerun running",
 }
 
 
