@@ -27,6 +27,11 @@ OUT = RESULTS / "headline.md"
 Row = tuple[str, str]  # (figure, measured)
 
 
+def _one(figure: str, measured: str) -> list[Row]:
+    """A section with a single row."""
+    return [(figure, measured)]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -136,54 +141,44 @@ def _overlays(d: dict[str, Any]) -> list[Row]:
     if "folded" not in by or "unmerged-5" not in by:
         return []
     f, u = by["folded"], by["unmerged-5"]
-    return [
-        (
-            "five LoRA overlays folded / left unmerged, against the base",
-            f"batch 1: {f['ratio_b1']:.2f}× / {u['ratio_b1']:.2f}×; batch 64: {f['ratio_b64']:.2f}× / {u['ratio_b64']:.2f}×",
-        )
-    ]
+    return _one(
+        "five LoRA overlays folded / left unmerged, against the base",
+        f"batch 1: {f['ratio_b1']:.2f}× / {u['ratio_b1']:.2f}×; batch 64: {f['ratio_b64']:.2f}× / {u['ratio_b64']:.2f}×",
+    )
 
 
 def _scale(d: dict[str, Any]) -> list[Row]:
-    return [
-        (
-            "cost against data and history (`ume bench scale`)",
-            f"peak memory {d['memory_ratio_16x_over_1x']:.2f}× and step time {d['step_time_ratio_16x_over_1x']:.2f}× for 16× the images; "
-            f"step 20 {d['step20_over_step1']:.2f}× step 1; gate {d['gate_over_forward_floor']:.2f}× one forward pass at 16× (goal ≤ 2×)",
-        )
-    ]
+    return _one(
+        "cost against data and history (`ume bench scale`)",
+        f"peak memory {d['memory_ratio_16x_over_1x']:.2f}× and step time {d['step_time_ratio_16x_over_1x']:.2f}× for 16× the images; "
+        f"step 20 {d['step20_over_step1']:.2f}× step 1; gate {d['gate_over_forward_floor']:.2f}× one forward pass at 16× (goal ≤ 2×)",
+    )
 
 
 def _startup(d: dict[str, Any]) -> list[Row]:
     cold, warm = d["summary"]["cold"], d["summary"]["warm"]
-    return [
-        (
-            "start-up, warm process against cold",
-            f"a training stage {warm['stages']['s01']['startup']:.2f} s against {cold['stages']['s01']['startup']:.2f} s; `ume status` "
-            f"{warm['light']['status']:.2f} s against {cold['light']['status']:.2f} s; `dvc repro` of a small project end to end "
-            f"{warm['dvc_repro']:.1f} s against {cold['dvc_repro']:.1f} s",
-        )
-    ]
+    pairs = {
+        "a training stage": (warm["stages"]["s01"]["startup"], cold["stages"]["s01"]["startup"]),
+        "`ume status`": (warm["light"]["status"], cold["light"]["status"]),
+        "`dvc repro` of a small project end to end": (warm["dvc_repro"], cold["dvc_repro"]),
+    }
+    return _one("start-up, warm process against cold", "; ".join(f"{what} {w:.2f} s against {c:.2f} s" for what, (w, c) in pairs.items()))
 
 
 def _reliability(d: dict[str, Any]) -> list[Row]:
-    return [
-        (
-            "crash points survived / bad inputs refused cleanly / tamper cases caught",
-            f"{d['crash_points_survived']} / {d['crash_points_tried']}; {d['bad_inputs_clean']} / {d['bad_inputs_tried']}; "
-            f"{d.get('tamper_cases_caught', 0)} / {d.get('tamper_cases_tried', 0)}; state machine: {d['state_machine_examples']} random streams, "
-            f"{d['invariant_violations']} invariant violations",
-        )
-    ]
+    return _one(
+        "crash points survived / bad inputs refused cleanly / tamper cases caught",
+        f"{d['crash_points_survived']} / {d['crash_points_tried']}; {d['bad_inputs_clean']} / {d['bad_inputs_tried']}; "
+        f"{d.get('tamper_cases_caught', 0)} / {d.get('tamper_cases_tried', 0)}; state machine: {d['state_machine_examples']} random streams, "
+        f"{d['invariant_violations']} invariant violations",
+    )
 
 
 def _ci(d: dict[str, Any]) -> list[Row]:
-    return [
-        (
-            "`bash .ci/run` on a clean clone (install included)",
-            f"{d['wall_seconds'] / 60:.1f} min, {d['passed']} passed, {d['skipped']} skipped, the suite {d['suite_seconds']:.0f} s (goal ≤ 12 min)",
-        )
-    ]
+    return _one(
+        "`bash .ci/run` on a clean clone (install included)",
+        f"{d['wall_seconds'] / 60:.1f} min, {d['passed']} passed, {d['skipped']} skipped, the suite {d['suite_seconds']:.0f} s (goal ≤ 12 min)",
+    )
 
 
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
