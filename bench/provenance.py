@@ -123,8 +123,9 @@ BENCHES: dict[str, Bench] = {
 # list only shrinks); the README and docs mark their figures stale.
 RERUN_PENDING: dict[str, str] = {
     "reliability-crash": (
-        "measured 2026-12-01; the rerun of 2026-12-03 stopped in its crash-free reference run (the template's learn step was no "
-        "longer served by the shipped gate, so the rollback scenario had nothing to drop; bench.crash fixed), rerun queued"
+        "measured 2026-12-01 on the data before the looks; two reruns on 2026-12-03 found the harness's own learn steps blocked by "
+        "the shipped gate (first the template's s01, then the learn scenario's step: learn:gate.promoted was never reached, while "
+        "the 14 other cases finished survived); bench.crash now gives its projects the tests' wide quality margins; not rerun since"
     ),
     "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
 }
