@@ -251,7 +251,6 @@ def problems(results: Path = RESULTS, params_file: Path = ROOT / "params.yaml") 
     for name, bench in BENCHES.items():
         for file in bench.files:
             writers.setdefault(file, []).append(name)
-    current: dict[tuple[str, ...], dict[str, str]] = {}
     for path in sorted(results.glob("*.json")):
         if path.name not in writers:
             found.append(Problem(path.name, None, "no benchmark in bench.provenance.BENCHES writes it"))
@@ -263,7 +262,7 @@ def problems(results: Path = RESULTS, params_file: Path = ROOT / "params.yaml") 
             if rec is None or not isinstance(rec.get("defaults"), dict):
                 found.append(Problem(path.name, name, f"no provenance record of {name}: rerun `{bench.command}`"))
                 continue
-            now = current.setdefault(bench.parts, fingerprint(bench.parts, params_file))
+            now = fingerprint(bench.parts, params_file)  # cached per parts and params file
             changed = [part for part in bench.parts if rec["defaults"].get(part) != now[part]]
             if changed:
                 why = f"measured on other defaults ({', '.join(changed)} changed since commit {rec.get('commit')}): rerun `{bench.command}`"
