@@ -6,8 +6,10 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from behaviors.cache import RowCache
 from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from behaviors.limits import limit_thresholds
 from pipeline.core.config import ReferenceConfig
@@ -25,8 +27,21 @@ if TYPE_CHECKING:
 
 
 def model_under_test(ws: Workspace, name: str, manifest: Manifest, version: int | None) -> ModelUnderTest:
-    """Compose ``manifest`` and wrap it for specs."""
-    return ModelUnderTest(name=name, version=version, net=compose(manifest, ws.components), description=manifest.describe())
+    """Compose ``manifest`` and wrap it for specs, its rows cached under the manifest hash (:mod:`behaviors.cache`)."""
+    net = compose(manifest, ws.components)
+    return ModelUnderTest(name=name, version=version, net=net, description=manifest.describe(), key=manifest.hash, cache=row_cache(ws))
+
+
+def row_cache(ws: Workspace) -> RowCache:
+    """The project's cache of what gates computed (``store/cache``), shared by every model of this process."""
+    root = ws.store_dir / "cache"
+    cached = _ROW_CACHES.get(root)
+    if cached is None or cached.writable != ws.primary:
+        cached = _ROW_CACHES[root] = RowCache(root, writable=ws.primary)
+    return cached
+
+
+_ROW_CACHES: dict[Path, RowCache] = {}
 
 
 def build_context(
@@ -149,6 +164,7 @@ def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
         make_trainer=shadow_trainer(ws),
         seed=ws.params.seed,
         base_lineage=frozenset(base_lineage),
+        cache=row_cache(ws),
     )
     if bank is None:
         return None, "no reference models: the version has no overlay trained on data subjects outside the clean base"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from pipeline.data import SampleSet, UmeData
 from pipeline.model.net import predict_logits
 
 if TYPE_CHECKING:
+    from behaviors.cache import RowCache
     from behaviors.references import ReferenceBank
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -43,22 +45,38 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 
 @dataclass
 class ModelUnderTest:
-    """A composed version with a prediction cache (one forward pass per split)."""
+    """A composed version with a prediction cache (one forward pass per split).
+
+    With ``cache`` and ``key`` (the manifest hash: a version cannot change), rows computed by an
+    earlier gate are read from :class:`~behaviors.cache.RowCache` and new ones written to it: the
+    champion's logits were computed when it was promoted, so a gate runs only the candidate.
+    """
 
     name: str
     version: int | None
     net: nn.Module = field(repr=False)
     description: str = ""
+    key: str | None = None
+    cache: RowCache | None = field(default=None, repr=False)
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def logits(self, samples: SampleSet) -> torch.Tensor:
         """Cached logits on a named sample set."""
         key = f"{samples.name}:{len(samples)}:{hash(samples.sample_ids)}"
         if key not in self._cache:
-            # a batch at a time: an evaluation set is never held as one tensor of images
-            outs = [predict_logits(self.net, batch) for batch in samples.batches(512)]
-            self._cache[key] = torch.cat(outs) if outs else predict_logits(self.net, samples.x)
+            self._cache[key] = self.rows("logits", samples, self._forward_set)
         return self._cache[key]
+
+    def rows(self, kind: str, samples: SampleSet, compute: Callable[[SampleSet], torch.Tensor]) -> torch.Tensor:
+        """Per-sample rows of ``kind`` (``compute``'s output), from the persistent cache where this model has one."""
+        if self.cache is None or self.key is None:
+            return compute(samples)
+        return self.cache.rows(self.key, kind, samples, compute)
+
+    def _forward_set(self, samples: SampleSet) -> torch.Tensor:
+        # a batch at a time: an evaluation set is never held as one tensor of images
+        outs = [predict_logits(self.net, batch) for batch in samples.batches(512)]
+        return torch.cat(outs) if outs else predict_logits(self.net, samples.x)
 
     def predictions(self, samples: SampleSet) -> torch.Tensor:
         """Cached arg-max predictions."""

@@ -24,6 +24,7 @@ per gate (the calibration set serves every request); the specs cap the sets they
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from behaviors.cache import RowCache
 from behaviors.limits import capped_subjects
 from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
 from pipeline.core.config import ReferenceConfig
@@ -66,6 +68,7 @@ class Shadow:
     name: str
     net: nn.Module = field(repr=False)
     lineage: frozenset[str] = field(repr=False)
+    key: str = ""  # its identity in the row cache: the bank, the name and a hash of its sidecar (a reused name is another shadow)
 
 
 class ReferenceBank:
@@ -81,8 +84,10 @@ class ReferenceBank:
         trained: int = 0,
         purged: int = 0,
         seconds: float = 0.0,
+        cache: RowCache | None = None,
     ) -> None:
         self.root = root
+        self.cache = cache  # the shadows' and the tested versions' statistics, kept across gates
         self.shadows = shadows
         self.base_lineage = base_lineage  # every shadow is built on the base: its samples are IN for all
         self.config = config
@@ -110,6 +115,8 @@ class ReferenceBank:
         owner = getattr(forward, "__self__", None)
         if owner is None:
             return self.query(forward, samples)
+        if getattr(owner, "key", None) and getattr(owner, "cache", None) is not None and hasattr(owner, "rows"):
+            return owner.rows(self._kind, samples, lambda s: torch.from_numpy(self.query(forward, s))).numpy()
         key = (id(owner), getattr(forward, "__name__", ""), _set_key(samples))
         hit = self._queries.get(key)
         if hit is None or hit[0] is not owner:
@@ -122,10 +129,22 @@ class ReferenceBank:
         key = _set_key(samples)
         if key not in self._phi:
             hashed = hash_sample_ids(samples.sample_ids)
-            phi = np.stack([self.query(lambda x, net=s.net: predict_logits(net, x), samples) for s in self.shadows])
+            phi = np.stack([self._shadow_statistic(s, samples) for s in self.shadows])
             out = np.array([[h not in s.lineage and h not in self.base_lineage for h in hashed] for s in self.shadows], dtype=bool)
             self._phi[key] = (phi, out)
         return self._phi[key]
+
+    @property
+    def _kind(self) -> str:
+        return f"lira-shift{self.config.query_shift}"
+
+    def _shadow_statistic(self, shadow: Shadow, samples: SampleSet) -> np.ndarray:
+        def compute(s: SampleSet) -> torch.Tensor:
+            return torch.from_numpy(self.query(lambda x: predict_logits(shadow.net, x), s))
+
+        if self.cache is None or not shadow.key:
+            return compute(samples).numpy()
+        return self.cache.rows(shadow.key, self._kind, samples, compute).numpy()
 
     def _calibration(self, non_members: SampleSet) -> tuple[SampleSet, np.ndarray]:
         calib_phi, calib_out = self.statistics(non_members)
@@ -232,6 +251,7 @@ def open_bank(
     make_trainer: Callable[[int], L.Trainer],
     seed: int,
     base_lineage: frozenset[str] = frozenset(),
+    cache: RowCache | None = None,
 ) -> ReferenceBank | None:
     """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample, top it up.
 
@@ -247,12 +267,14 @@ def open_bank(
         weights = sidecar.with_suffix(".safetensors")
         lineage = frozenset(meta["lineage"])
         if lineage & deleted or not weights.exists():
+            if cache is not None:
+                cache.drop(_shadow_key(root, sidecar))
             weights.unlink(missing_ok=True)
             sidecar.unlink()
             purged += 1
             continue
         net = fold_lora(copy.deepcopy(base), load_file(str(weights)), LoraSettings.from_json(meta["lora"])).eval()
-        shadows.append(Shadow(sidecar.stem, net, lineage))
+        shadows.append(Shadow(sidecar.stem, net, lineage, _shadow_key(root, sidecar)))
     trained = 0
     if len(shadows) < config.min_shadows:
         if len(set(_subjects(pool))) < 2:
@@ -267,8 +289,16 @@ def open_bank(
             meta = {"lora": settings.to_json(), "lineage": sorted(lineage), "seed": next_seed, "seconds": round(time.time() - t0, 3)}
             _write_atomic(root / f"{name}.json", lambda p, m=meta: p.write_text(json.dumps(m)))
             net = fold_lora(copy.deepcopy(base), tensors, settings).eval()
-            shadows.append(Shadow(name, net, frozenset(lineage)))
+            shadows.append(Shadow(name, net, frozenset(lineage), _shadow_key(root, root / f"{name}.json")))
             trained += 1
             next_seed += 1
             log.info("reference bank: shadow %d/%d trained in %.1f s", len(shadows), config.shadows, time.time() - t0)
-    return ReferenceBank(root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started)
+    return ReferenceBank(
+        root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache
+    )
+
+
+def _shadow_key(root: Path, sidecar: Path) -> str:
+    """A shadow's row-cache key: its bank (base and recipe), its name, and the hash of its sidecar (seed, lineage, settings)."""
+    digest = hashlib.sha256(sidecar.read_bytes()).hexdigest()[:16]
+    return f"references/{root.parent.name}/{root.name}/{sidecar.stem}-{digest}"

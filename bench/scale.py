@@ -370,7 +370,7 @@ def probe_gate(params_path: Path, key: str, repeats: int = 3, cap: int | None = 
 
     import torch
 
-    from behaviors.build import build_context, model_under_test
+    from behaviors.build import build_context, model_under_test, row_cache
     from behaviors.suite import run_suite
     from pipeline.data import open_data
     from pipeline.model.compose import compose
@@ -398,6 +398,8 @@ def probe_gate(params_path: Path, key: str, repeats: int = 3, cap: int | None = 
     }
 
     def gate(report_dir: Path) -> tuple[float, Any]:
+        # The candidate is new at its gate: nothing of it is cached (the champion's rows are, from its own promotion)
+        row_cache(ws).drop(candidate_manifest.hash)
         started = time.perf_counter()
         context = build_context(
             ws,
