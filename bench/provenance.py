@@ -54,6 +54,12 @@ def _methods(_params: Any) -> dict[str, Any]:
     return {"default": DEFAULT_METHOD, **{f"{m.kind}/{m.name}": _defaults_of(m.config_cls) for m in list_methods()}}
 
 
+def _quantize_backend() -> str:
+    from pipeline.model.quantize import BACKEND
+
+    return BACKEND
+
+
 def _shipped_specs(root: Path) -> list[str]:
     """The names of the behaviour specs in ``behaviors/`` (a new or removed spec changes gate decisions)."""
     import ast
@@ -83,6 +89,7 @@ PARTS: dict[str, Callable[[Any], Any]] = {
     "behaviors": _behaviors,
     "deletion": lambda p: dataclasses.asdict(p.deletion),
     "methods": _methods,
+    "int8": lambda _p: {"engine": _quantize_backend()},  # the engine new int8 transforms are made for (code, not params)
     "stream": lambda p: {key: {"kind": s.kind, "parent": s.parent, "method": s.method, **s.options} for key, s in p.stream.items()},
 }
 
@@ -105,7 +112,7 @@ BENCHES: dict[str, Bench] = {
     "forget": Bench("ume bench forget", ("forget.json", "forget_sequential.json"), _TRAINING, ("forget.md",)),
     "forget-exact": Bench("ume bench forget-exact", ("forget_exact.json",), (*_TRAINING, "behaviors"), ("forget_exact.md",)),
     "forget-evidence": Bench("ume bench forget-evidence", ("forget_evidence.json",), (*_TRAINING, "behaviors"), ("forget_evidence.md",)),
-    "compress": Bench("ume bench compress", ("compress.json",), _TRAINING, ("compress.md",)),
+    "compress": Bench("ume bench compress", ("compress.json",), (*_TRAINING, "int8"), ("compress.md",)),
     "overlays": Bench("ume bench overlays", ("overlays.json",), ("model", "methods"), ("overlays.md",)),
     "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors"), ("families.md",)),
     "scale": Bench("ume bench scale", ("scale.json",), (*_TRAINING, "behaviors", "deletion"), ("scale.md",)),

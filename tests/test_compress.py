@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pandas as pd
@@ -170,3 +171,23 @@ def test_compressed_champion_stays_compressed_through_learn_and_forget(trained_c
     assert ws.versions.load(record["manifest_hash"]).transform_steps == ("prune",)
     assert record["metrics"]["size_ratio"] > 3 and record["decision"] == "blocked"
     assert "test_model_size_within_budget" in record["failing"]
+
+
+def test_a_transform_composes_under_the_engine_it_recorded() -> None:
+    """New transforms are made for fbgemm; one recorded for x86 (made before) still converts under x86,
+    and an engine nobody knows is refused naming the sidecar."""
+    from pipeline.core.errors import ComponentError
+    from pipeline.model.compose import transform_network
+    from pipeline.model.quantize import BACKEND
+
+    assert BACKEND == "fbgemm"
+    net = tiny_net()
+    x = torch.rand(64, 1, 16, 16) * 2 - 1
+    for engine in ("fbgemm", "x86"):
+        observers = calibrate(net, x, backend=engine)
+        meta = {"transform": "quantize", "input_shape": [1, 16, 16], "backend": engine}
+        served = transform_network(copy.deepcopy(net), observers, meta, where="sidecar.json")
+        assert torch.equal(served(x), quantize(net, observers, x[:1], engine)(x))
+        assert (served(x).argmax(1) == net(x).argmax(1)).float().mean() > 0.8
+    with pytest.raises(ComponentError, match="sidecar.json.*unknown quantized engine 'arm'"):
+        transform_network(copy.deepcopy(net), observers, {**meta, "backend": "arm"}, where="sidecar.json")

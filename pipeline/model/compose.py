@@ -110,7 +110,7 @@ def transform_network(net: nn.Module, tensors: dict[str, torch.Tensor], meta: di
             return apply_masks(net, masks, delta)
         if kind == "quantize":
             shape = meta["input_shape"]
-            return quantize(net, tensors, torch.zeros(1, *shape))
+            return quantize(net, tensors, torch.zeros(1, *shape), meta.get("backend", "x86"))
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ComponentError(f"transform does not fit this network ({exc})", file=where) from None
     raise ComponentError(f"unknown transform {kind!r}", file=where, field="meta.transform")

@@ -1,7 +1,7 @@
-"""Int8 post-training static quantization as an export transform (CPU, x86 backend).
+"""Int8 post-training static quantization as an export transform (CPU, fbgemm backend).
 
 Conv2d and Linear layers (with their BatchNorm folded and ReLU fused) run as int8 kernels
-(fbgemm/oneDNN through PyTorch's ``x86`` quantized engine): weights per-channel symmetric int8,
+(PyTorch's ``fbgemm`` quantized engine): weights per-channel symmetric int8,
 activations per-tensor affine uint8 with ranges from a histogram observer calibrated on retained
 samples (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", CVPR; Krishnamoorthi 2018, arXiv:1806.08342). Pooling, adds
@@ -12,7 +12,13 @@ on this CPU (docs/compression.md).
 
 The transform component stores only the calibrated observer state (safetensors); composing
 re-runs ``prepare -> load observers -> convert`` on the float network, which is deterministic,
-so the same manifest gives the same int8 model.
+so the same manifest gives the same int8 model. The engine is part of that: the transform records it
+(``meta.backend``) and composing converts under the recorded engine.
+
+Why fbgemm: measured on this machine's CPU (one thread, `test_resnet`, 1x16x16 and 3x32x32 inputs),
+PyTorch's ``x86`` engine made batch 1 1.15-1.5x *slower* than fp32 (as slow as ``onednn``), while
+``fbgemm`` ran batch 1 at 0.44-0.55x and batch 64 at 0.25x with the same predictions (``ume bench
+compress`` records the served champion's figures). Transforms made with ``x86`` before keep it.
 """
 
 from __future__ import annotations
@@ -32,16 +38,19 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.a
 warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max to specify the range", category=UserWarning)
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other", category=UserWarning)
 
-BACKEND = "x86"
+BACKEND = "fbgemm"  # the engine new transforms are calibrated and converted for
+BACKENDS = ("fbgemm", "x86")  # engines a stored transform may name (x86: transforms made before fbgemm was the default)
 OBSERVER_KEY = "activation_post_process"
 
 
-def _prepare(net: nn.Module, example: torch.Tensor) -> nn.Module:
+def _prepare(net: nn.Module, example: torch.Tensor, backend: str = BACKEND) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    torch.backends.quantized.engine = BACKEND
-    return prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping(BACKEND), (example,))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown quantized engine {backend!r} (known: {', '.join(BACKENDS)})")
+    torch.backends.quantized.engine = backend  # kernels are packed for the engine current at conversion
+    return prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping(backend), (example,))
 
 
 def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str, field: str) -> None:
@@ -66,7 +75,7 @@ def check_quantizable(net: nn.Module, input_shape: tuple[int, ...], *, file: str
         ) from None
 
 
-def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256, backend: str = BACKEND) -> dict[str, torch.Tensor]:
     """Observer state (activation ranges) of ``net`` on calibration ``images``.
 
     A routed network calibrates each expert on the images its router sends there (all of them when
@@ -77,10 +86,10 @@ def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> di
         state: dict[str, torch.Tensor] = {}
         for i, expert in enumerate(net.experts):
             mine = images[choice == i]
-            for k, v in calibrate(expert, mine if len(mine) else images, batch_size).items():
+            for k, v in calibrate(expert, mine if len(mine) else images, batch_size, backend).items():
                 state[f"experts.{i}.{k}"] = v
         return state
-    prepared = _prepare(net, images[:1])
+    prepared = _prepare(net, images[:1], backend)
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             prepared(images[i : i + batch_size])
@@ -107,21 +116,21 @@ class Int8Network(nn.Module):
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
-    """The int8 network of float ``net`` with stored observer state (a routed network: each expert)."""
+def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.Tensor, backend: str = BACKEND) -> nn.Module:
+    """The int8 network of float ``net`` with stored observer state (a routed network: each expert), for ``backend``."""
     if isinstance(net, RoutedNetwork):
         prefixes = [f"experts.{i}." for i in range(len(net.experts))]
         stray = [k for k in observers if not k.startswith(tuple(prefixes))]
         if stray:
             raise ValueError(f"observer state does not fit this routed network: {stray[:3]}")
         experts = [
-            quantize(e, {k.removeprefix(pre): v for k, v in observers.items() if k.startswith(pre)}, example)
+            quantize(e, {k.removeprefix(pre): v for k, v in observers.items() if k.startswith(pre)}, example, backend)
             for e, pre in zip(net.experts, prefixes, strict=True)
         ]
         return RoutedNetwork(experts, net.router).eval()
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    prepared = _prepare(net, example)
+    prepared = _prepare(net, example, backend)
     result = prepared.load_state_dict(observers, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"observer state does not fit this network: {result.unexpected_keys[:3]}")
