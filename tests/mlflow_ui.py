@@ -174,3 +174,25 @@ def model_description(page: Page, url: str, model: str) -> str:
     """The registered model page's description as rendered text ("" when it has none)."""
     _open_model(page, url, model)
     return _read_description(page)
+
+
+def run_datasets(page: Page, url: str, experiment_id: str, run_id: str) -> dict[str, str]:
+    """A run page's datasets as the UI lists them: ``name (digest)`` -> context.
+
+    The run page's "Datasets" row shows the first input (``name (digest)`` and its context tag, then
+    ``+N``); clicking it opens the "Data details for <run>" drawer, which lists every input the same way.
+    """
+    _open(page, url, f"/experiments/{experiment_id}/runs/{run_id}", "Datasets")
+    row = page.get_by_role("heading", name="Datasets", exact=True).locator("xpath=..")
+    first = row.locator('[role="button"]').first
+    first.wait_for(timeout=UI_TIMEOUT_MS)
+    shown = _text(first)
+    first.click()
+    drawer = page.get_by_role("dialog").filter(has_text="Data details for")
+    drawer.wait_for(timeout=UI_TIMEOUT_MS)
+    entries = drawer.locator('[role="button"][aria-label]')
+    entries.first.wait_for(timeout=UI_TIMEOUT_MS)
+    listed = {str(entry.get_attribute("aria-label")): _text(entry.locator('[role="status"]')).lower() for entry in entries.all()}
+    if not any(shown.startswith(name) for name in listed):
+        raise AssertionError(f"the run page shows {shown!r}, which its drawer does not list: {listed}")
+    return listed

@@ -227,6 +227,35 @@ def test_mlflow_ui_in_chromium(stream: Stream, tmp_path: Path) -> None:
     assert sorted(p.name for p in shots.iterdir()) == ["blocked-run.png", "model.png", "version-2.png", "version-3.png", "version-4.png"]
 
 
+def _logged_datasets(client: Any, run_id: str) -> dict[str, str]:
+    """A run's dataset inputs as MLflow holds them: ``name (digest)`` -> context."""
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    return {f"{d.dataset.name} ({d.dataset.digest})": {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs}
+
+
+def test_run_pages_list_the_datasets_that_made_each_version(stream: Stream, tmp_path: Path) -> None:
+    """Issue 27: a version's run page lists its datasets (name, digest, context); the deletion changed the training digest."""
+    missing = missing_tools(browser=True)
+    if missing:
+        unavailable(f"the browser test needs: {'; '.join(missing)}")
+    client = _client(stream)
+    runs = {number: client.get_model_version(MODEL, str(number)).run_id for number in (2, 4)}  # the u3 learn, and the exact deletion
+    experiment_id = client.get_run(runs[2]).info.experiment_id
+    logged = {number: _logged_datasets(client, run_id) for number, run_id in runs.items()}
+    with chromium_page(tmp_path / "chromium-profile", timeout_ms=UI_TIMEOUT_MS) as page:
+        for number, run_id in runs.items():
+            shown = ui.run_datasets(page, stream.server.url, experiment_id, run_id)
+            assert shown == logged[number], f"v{number}'s run page lists {shown}, MLflow holds {logged[number]}"
+            page.screenshot(path=str(tmp_path / f"datasets-v{number}.png"), full_page=True)
+    by_name = {number: {label.split(" (")[0]: (label, context) for label, context in found.items()} for number, found in logged.items()}
+    for number in runs:
+        assert {n: c for n, (_, c) in by_name[number].items() if n != stream.request} == {
+            "u3": "training", "u3.replay": "replay", "test": "evaluation", "canary": "evaluation", "retain": "evaluation",
+        }, by_name[number]
+    assert by_name[4][stream.request][1] == "forget" and stream.request not in by_name[2]
+    assert by_name[4]["u3"][0] != by_name[2]["u3"][0]  # the owner's rows left u3: another training digest
+
+
 # ----------------------------------------------------------------- rolling back from the UI (issue 16)
 # The three tests below change the stream above, in this order: a refused alias move (v2 is revoked),
 # a `ume.drop` tag on the champion (v4 -> v5 = base), an alias moved to the base (v1). Each drives the

@@ -2,7 +2,8 @@
 
 Works with any tracking URI: ``sqlite:///mlflow.db`` by default, or an MLflow server backed by
 PostgreSQL. Versions carry the tags ``ume.step``, ``ume.manifest_hash``, ``ume.decision`` and a
-behaviour summary; runs carry behaviour metrics and the report artifacts. Only :mod:`pipeline.records.gate`
+behaviour summary; runs carry behaviour metrics, the report artifacts and their dataset inputs
+(:meth:`Registry.log_datasets`, :mod:`pipeline.records.datasets`). Only :mod:`pipeline.records.gate`
 moves the alias (through :meth:`Registry.set_champion`); a person may move it in the MLflow UI, and
 :mod:`pipeline.records.ui_requests` reads that move as a rollback request.
 """
@@ -12,12 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.config import RegistryConfig
 from pipeline.core.errors import RegistryError
+
+if TYPE_CHECKING:
+    from pipeline.records.datasets import DataInput
 
 CHAMPION = "champion"
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -176,6 +181,33 @@ class Registry:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
 
+    def log_datasets(self, run_id: str, inputs: Sequence[DataInput], *, source: str, tags: dict[str, str] | None = None) -> None:
+        """Log the run's data inputs (:mod:`pipeline.records.datasets`) as MLflow datasets, in one call.
+
+        Each is a :class:`mlflow.data.meta_dataset.MetaDataset` (no data: name, digest, source) whose
+        source is the local path ``source`` (the prepared data, DVC's ``store/data``), with its row count
+        as the profile; the input carries its context (``mlflow.data.context``) and ``tags``. MLflow keeps
+        one dataset per name and digest in an experiment and one input per dataset and run, so logging
+        the same inputs again changes nothing.
+        """
+        import json
+
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if not inputs:
+            return
+        where = LocalArtifactDatasetSource(source)
+        items = []
+        for item in inputs:
+            meta = MetaDataset(where, name=item.name, digest=item.digest).to_dict()
+            entity = Dataset(**meta, profile=json.dumps({"rows": item.rows}))
+            input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, item.context), *(InputTag(k, v) for k, v in sorted((tags or {}).items()))]
+            items.append(DatasetInput(entity, input_tags))
+        self.client.log_inputs(run_id, datasets=items)
+
     def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
         """Upload a directory of artifacts under ``artifact_path``."""
         self.client.log_artifacts(run_id, str(directory), artifact_path)
@@ -303,6 +335,9 @@ class FollowerRegistry(Registry):
 
     def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Rank 0 sets them."""
+
+    def log_datasets(self, run_id: str, inputs: Sequence[DataInput], *, source: str, tags: dict[str, str] | None = None) -> None:
+        """Rank 0 logs them."""
 
     def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
         """Rank 0 uploads them."""

@@ -19,6 +19,8 @@ from pipeline.core.faults import crash_point
 from pipeline.model.manifest import Manifest
 from pipeline.records import gate
 from pipeline.records.anchors import decision_tags
+from pipeline.records.datasets import EVALUATION_SPLITS, prepared_data_tag, slices_by_hashed_id, step_inputs
+from pipeline.records.deletion import DeletionLog
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import Candidate, StepContext, StepOutcome
 from pipeline.steps.record import finish, step_record
@@ -102,6 +104,31 @@ def _run_behaviours(ctx: StepContext, candidate: Candidate, attempt: int) -> tup
     return results, context, directory, step_info
 
 
+def _log_inputs(ctx: StepContext, candidate: Candidate, context: Any) -> None:
+    """The run's dataset inputs (:mod:`pipeline.records.datasets`): what this step trained, evaluated and forgot.
+
+    Training and replay come from the components this step made: those of the candidate that the
+    champion does not have (none for a rollback to an earlier version). Called once per run: a resumed
+    stage (``lifecycle._resume_decided``) finishes from the ledger without touching its run, and a
+    forget step's fallback logs into its own second run.
+    """
+    ws, manifest, data = ctx.ws, candidate.manifest, ctx.data
+    assert data is not None
+    champion = ctx.champion_manifest
+    have = set() if champion is None else {champion.base, *champion.overlays, *champion.transforms}
+    made = [] if candidate.existing_version is not None else [c for c in (manifest.base, *manifest.overlays, *manifest.transforms) if c not in have]
+    request = ctx.step.options.get("request") if ctx.step else None
+    forget = (str(request), DeletionLog.read(ws.ledger).hashed_ids([str(request)])) if request else None
+    inputs = step_inputs(
+        [ws.components.sidecar(c) for c in made],
+        slices_by_hashed_id(data.rows["sample_id"], data.rows["slice"]),
+        {name: context.splits[name].sample_ids for name in EVALUATION_SPLITS},
+        forget,
+    )
+    tags = {"ume.step": ctx.key, "ume.manifest_hash": manifest.hash, **prepared_data_tag(ws.data_dir)}
+    ws.registry.log_datasets(ctx.run_id, inputs, source=ws.data_dir.as_posix(), tags=tags)
+
+
 def _log_results(ctx: StepContext, results: list[BehaviorResult], directory: Path) -> dict[str, Any]:
     registry, run_id = ctx.ws.registry, ctx.run_id
     evidence = forget_evidence(results)
@@ -159,6 +186,7 @@ def evaluate_and_gate(ctx: StepContext, kind: StepKind, candidate: Candidate, *,
         comparison=_comparison(context),
     )
     metrics = metrics_of(results)
+    _log_inputs(ctx, candidate, context)
     evidence = _log_results(ctx, results, directory)
     version = _register(ctx, candidate, metrics)
     gate.apply_decision(
