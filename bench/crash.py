@@ -158,7 +158,22 @@ def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int | None 
     record = json.loads((dest / "store" / "steps" / f"{LEARN_STEP}.json").read_text())
     if record["decision"] != "promoted":
         raise RuntimeError(f"the template's {LEARN_STEP} was {record['decision']} by {record.get('failing')}: the scenarios need it served")
+    # The reference bank once, here: every forget case (and its crash-free reference) reuses it, purging the
+    # shadows that saw the deleted owner, instead of training 16 shadows with the learn recipe in its own gate
+    # (measured 2026-12-03: a forget case's recovery `dvc repro` then outran the 900 s timeout with two cases at once).
+    sh(dest, sys.executable, "-c", BUILD_BANK)
     return dest
+
+
+BUILD_BANK = """
+from behaviors.build import reference_bank
+from pipeline.data import open_data
+from pipeline.steps import open_workspace
+ws = open_workspace()
+manifest = ws.manifest_of(ws.registry.champion())
+bank, note = reference_bank(ws, open_data(ws.data_dir, ws.ledger, seed=ws.params.seed), manifest)
+print(f"reference bank: {len(bank) if bank else 0} shadows {note}")
+"""
 
 
 def copy_project(template: Path, dest: Path) -> Path:

@@ -130,9 +130,11 @@ BENCHES: dict[str, Bench] = {
 # list only shrinks); the README and docs mark their figures stale.
 RERUN_PENDING: dict[str, str] = {
     "reliability-crash": (
-        "measured 2026-12-01 on the data before the looks; two reruns on 2026-12-03 found the harness's own learn steps blocked by "
-        "the shipped gate (first the template's s01, then the learn scenario's step: learn:gate.promoted was never reached, while "
-        "the 14 other cases finished survived); bench.crash now gives its projects the tests' wide quality margins; not rerun since"
+        "measured 2026-12-01 on the data before the looks; rerun 2026-12-03 at 2a4ecd1 with the tests' wide quality margins: the "
+        "15 cases that reported all survived (the 13 learn cases, learn:gate.promoted among them, and forget.ingested/request_written), "
+        "then a forget case's recovery `dvc repro` outran the harness's 900 s timeout (each forget case trained the template's "
+        "16-shadow bank with the shipped learn recipe, two cases at once) and the run stopped; the template now builds the bank "
+        "once; not rerun since"
     ),
     "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
 }
