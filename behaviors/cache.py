@@ -42,12 +42,14 @@ class RowCache:
         self.root = Path(root)
         self.writable = writable  # a DDP follower reads the primary's cache and writes nothing
         self._tables: dict[tuple[str, str], tuple[dict[str, int], torch.Tensor | None]] = {}
-        self.hits = 0
-        self.misses = 0
+
+    def folder(self, model_key: str) -> Path:
+        """The folder of one model's files (``/`` in a key makes subfolders)."""
+        return self.root.joinpath(*(_SAFE.sub("_", part) for part in model_key.split("/")))
 
     def path(self, model_key: str, kind: str) -> Path:
         """The file of one model's rows of one kind."""
-        return self.root / "/".join(_SAFE.sub("_", part) for part in model_key.split("/")) / f"{_SAFE.sub('_', kind)}.safetensors"
+        return self.folder(model_key) / f"{_SAFE.sub('_', kind)}.safetensors"
 
     def rows(self, model_key: str, kind: str, samples: SampleSet, compute: Callable[[SampleSet], torch.Tensor]) -> torch.Tensor:
         """The rows of ``samples`` in order: read where known, ``compute`` (on the missing samples only) for the rest."""
@@ -56,8 +58,6 @@ class RowCache:
         index, values = self._table(model_key, kind)
         found = [index.get(sample_id) for sample_id in samples.sample_ids]
         missing = [i for i, row in enumerate(found) if row is None]
-        self.hits += len(found) - len(missing)
-        self.misses += len(missing)
         if not missing:
             assert values is not None
             return values[torch.tensor(found, dtype=torch.long)]
@@ -81,7 +81,7 @@ class RowCache:
     def drop(self, model_key: str) -> None:
         """Forget every row of one model, on disk and here (a bench measuring a candidate's first gate; erasure)."""
         self._tables = {key: table for key, table in self._tables.items() if key[0] != model_key}
-        folder = self.path(model_key, "x").parent
+        folder = self.folder(model_key)
         if self.writable and folder.exists():
             shutil.rmtree(folder)
 

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from behaviors.cache import RowCache
+from behaviors.context import ModelUnderTest
 from behaviors.limits import capped_subjects
 from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
 from pipeline.core.config import ReferenceConfig
@@ -115,7 +116,7 @@ class ReferenceBank:
         owner = getattr(forward, "__self__", None)
         if owner is None:
             return self.query(forward, samples)
-        if getattr(owner, "key", None) and getattr(owner, "cache", None) is not None and hasattr(owner, "rows"):
+        if isinstance(owner, ModelUnderTest) and owner.cache is not None and owner.key:  # kept across gates (behaviors/cache.py)
             return owner.rows(self._kind, samples, lambda s: torch.from_numpy(self.query(forward, s))).numpy()
         key = (id(owner), getattr(forward, "__name__", ""), _set_key(samples))
         hit = self._queries.get(key)
