@@ -55,6 +55,7 @@ PRELOAD = (
     "timm",
     "pytest",
     "behaviors.plugin",
+    "hypothesis",  # the property specs (behaviors/test_invariance.py): 2 s of a gate's imports, measured with cProfile
 )
 # How often the loop looks whether its socket still exists.
 SOCKET_CHECK_SECONDS = 5.0
