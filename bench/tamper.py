@@ -400,6 +400,10 @@ def finish_template(root: Path, owner: str) -> Path:
     private, public = generate_keypair(root / "keys")
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["ledger"] = {"signing_key": str(private.relative_to(root)), "public_key": str(public.relative_to(root))}
+    # The cases need the deletion served (its resolution, revocation and signed version): a quality margin the
+    # template's crash-harness thresholds leave at the shipped value must not decide that (measured 2026-12-03:
+    # the exact forget's calibration error rose by 0.0505 against 0.05, and the step was blocked).
+    raw["behaviors"]["thresholds"]["max_calibration_error_increase"] = 0.5
     stream = raw.pop("stream")
     raw["stream"] = stream  # `stream` stays the last section (ume forget appends to it)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -407,7 +411,10 @@ def finish_template(root: Path, owner: str) -> Path:
     sh(root, "dvc", "repro")
     _commit(root, "forget")
     request = yaml.safe_load((root / "params.yaml").read_text())["stream"]
-    request_id = next(v["request"] for v in request.values() if v.get("kind") == "forget")
+    key, request_id = next((k, v["request"]) for k, v in request.items() if v.get("kind") == "forget")
+    record = json.loads((root / "store" / "steps" / f"{key}.json").read_text())
+    if record["decision"] != "promoted":
+        raise RuntimeError(f"the template's deletion {key} was {record['decision']} ({record['reason']}): the tamper cases need it served")
     sh(root, "ume", "certificate", request_id, "--out", str(root / "held-by-subject"))
     return root / "held-by-subject" / f"{request_id}.md"
 
