@@ -374,7 +374,9 @@ def _cmd_certificate(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.params)
     md, html_path, intoto, signed = write_certificate(ws, args.request_id, Path(args.out))
     print(f"wrote {md} and {html_path}")
-    if signed:
+    if intoto is None:
+        print("no in-toto attestation: no version is served yet, so there are no weights to attest")
+    elif signed:
         print(f"wrote {intoto} (in-toto attestation: a DSSE envelope signed with ledger.signing_key; `ume audit --certificate {intoto}`)")
     else:
         print(f"wrote {intoto} (an unsigned in-toto Statement: no ledger.signing_key or UME_SIGNING_KEY is set)")

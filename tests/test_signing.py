@@ -95,6 +95,9 @@ def test_a_signed_version_directory_verifies_with_model_signing_and_a_swapped_fi
     clean = _version_dir(tmp_path / "v4")
     signing.sign_model(other_private, clean)
     assert "Key mismatch" in (signing.verify_model(public, clean) or ""), "a bundle of another key is refused"
+    rotated = tmp_path / "rotated.pub"  # the current key first, a retired one after it: its bundles still verify
+    rotated.write_bytes(public.read_bytes() + other_public.read_bytes())
+    assert signing.verify_model(rotated, clean) is None
 
 
 def test_signing_a_model_with_an_ed25519_key_names_the_field_and_keygen(tmp_path: Path) -> None:

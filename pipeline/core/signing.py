@@ -9,8 +9,8 @@ OpenSSF ``model_signing`` library signs models with (it takes EC P-256/384/521 k
 Anchors are signed with whichever key is loaded: ECDSA with SHA-256 (SHA-384/512 on P-384/521) for an EC
 key, Ed25519 (RFC 8032) for a key made by an older ``ume keygen``. A public key file may hold several PEM
 keys, the current one first: an anchor verifies when one of them verifies it, so anchors signed by a
-retired Ed25519 key still verify after the project moves to a P-256 key. Models are signed and verified
-with the first key only, as ``model_signing verify key --public_key FILE`` reads it.
+retired Ed25519 key still verify after the project moves to a P-256 key. A model bundle is verified with
+the EC key its key hint names (``model_signing verify key --public_key FILE`` reads the first key of a file).
 
 Everything goes through ``cryptography`` and ``model_signing``: no hand-written crypto. ``model_signing``
 (and Sigstore's libraries under it) is imported only inside the functions that sign or verify a model.
@@ -179,16 +179,40 @@ def sign_model(private_key_path: str | Path, model_dir: Path, *, field: str = "l
     return bundle
 
 
+def _pem(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def verify_model(public_key_path: str | Path, model_dir: Path) -> str | None:
-    """None when ``model_dir/model.sig`` verifies ``model_dir`` with the (first) public key, else why not (``model_signing``'s words)."""
+    """None when ``model_dir/model.sig`` verifies ``model_dir``, else why not (``model_signing``'s words).
+
+    The bundle is checked with the key of ``public_key_path`` whose SHA-256 it names (its key hint), so the
+    bundles of a retired EC key still verify; with no such key, with the first one (the library says it does
+    not match).
+    """
+    import hashlib
+    import json
+    import tempfile
+
     from model_signing import hashing, verifying
 
-    if not _is_ec(load_public_key(public_key_path)):
-        return f"the first key in {public_key_path} is an Ed25519 key; model signatures verify with an EC key only ({KEYGEN_HINT})"
+    keys = [k for k in load_public_keys(public_key_path) if _is_ec(k)]
+    if not keys:
+        return f"{public_key_path} holds no EC key; model signatures verify with an EC key only ({KEYGEN_HINT})"
     try:
-        config = verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key_path))
-        config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[MODEL_SIGNATURE]))
-        config.verify(model_dir, model_dir / MODEL_SIGNATURE)
-    except Exception as exc:  # noqa: BLE001 - the library raises ValueError, InvalidSignature, OSError, protobuf errors...
-        return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        hint = json.loads((model_dir / MODEL_SIGNATURE).read_text())["verificationMaterial"]["publicKey"]["hint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        hint = None
+    key = next((k for k in keys if hashlib.sha256(_pem(k)).hexdigest() == hint), keys[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        pem = Path(tmp) / "key.pub"
+        pem.write_bytes(_pem(key))
+        try:
+            config = verifying.Config().use_elliptic_key_verifier(public_key=pem)
+            config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[MODEL_SIGNATURE]))
+            config.verify(model_dir, model_dir / MODEL_SIGNATURE)
+        except Exception as exc:  # noqa: BLE001 - the library raises ValueError, InvalidSignature, OSError, protobuf errors...
+            return str(exc) or type(exc).__name__
     return None

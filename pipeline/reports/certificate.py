@@ -353,7 +353,7 @@ def certificate_markdown(ws: Workspace, request_id: str) -> str:
     return render_markdown(certificate_facts(ws, request_id))
 
 
-def attestation(ws: Workspace, facts: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def attestation(ws: Workspace, facts: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
     """The in-toto Statement of the facts, in a DSSE envelope signed with ``ledger.signing_key`` (else bare); and whether signed.
 
     Subjects: every weights file of the version that serves without the samples (the current champion
@@ -364,8 +364,8 @@ def attestation(ws: Workspace, facts: dict[str, Any]) -> tuple[dict[str, Any], b
     from pipeline.core import signing
 
     served = facts.get("served_version")
-    if served is None:
-        raise ConfigError("no version is served yet: nothing to attest", field="REQUEST_ID")
+    if served is None:  # no champion yet: no weights to make the subject of a Statement
+        return None, False
     body = intoto.statement([(w["name"], w["sha256"]) for w in served["weights"]], PREDICATE_TYPE, facts)
     key = ws.params.signing_key_path
     if key is None:
@@ -379,8 +379,9 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Path, Path, Path, bool]:
-    """Write ``<id>.md``, ``<id>.html`` and ``<id>.intoto.json`` into ``out_dir``; the paths, and whether the attestation is signed."""
+def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Path, Path, Path | None, bool]:
+    """Write ``<id>.md``, ``<id>.html`` and ``<id>.intoto.json`` (none while no version is served) into ``out_dir``;
+    the paths, and whether the attestation is signed."""
     facts = certificate_facts(ws, request_id)
     markdown = render_markdown(facts)
     document, signed = attestation(ws, facts)
@@ -390,5 +391,7 @@ def write_certificate(ws: Workspace, request_id: str, out_dir: Path) -> tuple[Pa
     anchors = next(line for line in markdown.splitlines() if line.startswith(f"<!-- {CERTIFICATE_MARK}"))
     body = markdown_to_html("\n".join(line for line in markdown.splitlines() if line != anchors), f"Deletion certificate {request_id}")
     html_path.write_text(body.replace("</body>", f"{anchors}\n</body>", 1) if "</body>" in body else f"{body}\n{anchors}\n")
+    if document is None:
+        return md_path, html_path, None, False
     _write(intoto_path, json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     return md_path, html_path, intoto_path, signed
