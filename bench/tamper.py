@@ -338,7 +338,7 @@ CASES: tuple[TamperCase, ...] = (
     TamperCase("certificate-vs-rewritten-ledger", "history rewritten; the data subject checks their certificate", drop_request, with_certificate=True),
     TamperCase(
         "served-weights-swapped",
-        "a weights file of the champion's signed served files (store/signed/v<N>/) swapped after signing for the overlay it replaced,"
+        "a weights file of the champion's signed served files (`store/signed/v<N>/`) swapped after signing for the overlay it replaced,"
         " which still carries the deleted samples (component store untouched)",
         swap_served_weights,
         outside=model_signing_verdict,
