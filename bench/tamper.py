@@ -6,13 +6,16 @@
 3. a deletion certificate, with ``dvc.lock`` committed to git after each stage.
 
 It then tampers with a copy per case, as an insider who owns the ledger file would, and runs the
-audit in-process. Every case but the first rewrites history *and recomputes every hash*, so the
-chain itself still verifies. Each later case also edits one more place that holds an anchor of the
-ledger: the registry tags, the MLflow run parameters (straight in the database, since MLflow never
-lets a logged parameter change), then the working tree's ``dvc.lock`` and the DVC cache. Results
-are merged into ``bench/results/reliability.json`` (``tamper_cases_tried``,
-``tamper_cases_caught``, ``tamper_cases``); ``tests/test_tamper.py`` runs the same cases on the test
-suite's project.
+audit in-process. The ledger cases rewrite history *and recompute every hash*, so the chain itself
+still verifies. Each later case also edits one more place that holds an anchor of the ledger: the
+registry tags, the MLflow run parameters (straight in the database, since MLflow never lets a logged
+parameter change), then the working tree's ``dvc.lock`` and the DVC cache. The last three tamper with
+the formats others verify (issue 27): the signed served files of the champion (OpenSSF model signing),
+and the data subject's in-toto attestation (its predicate edited; re-signed with another key). Each of
+those is also checked with the ecosystem's own tool, outside ume: ``model_signing verify`` or
+securesystemslib's DSSE verification. Results are merged into ``bench/results/reliability.json``
+(``tamper_cases_tried``, ``tamper_cases_caught``, ``tamper_cases``); ``tests/test_e2e.py`` runs the ledger
+cases on the test suite's project, ``tests/test_anchors.py`` the signed formats.
 """
 
 from __future__ import annotations
@@ -129,13 +132,13 @@ def rewrite_identity(root: Path) -> None:
 
 def sign_with_another_key(root: Path) -> None:
     """Replace every version's anchor signature with one made by a key that is not the operator's."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     from pipeline.core.signing import anchor_message, sign
 
     raw = yaml.safe_load((root / "params.yaml").read_text())
     model = raw["registry"]["model_name"]
-    key = Ed25519PrivateKey.generate()
+    key = ec.generate_private_key(ec.SECP256R1())
     with contextlib.closing(_registry_db(root)) as db, db:
         rows = db.execute("SELECT name, version, value FROM model_version_tags WHERE key = 'ume.ledger_entry'").fetchall()
         for name, version, value in rows:
@@ -146,17 +149,119 @@ def sign_with_another_key(root: Path) -> None:
             db.execute("UPDATE model_version_tags SET value = ? WHERE name = ? AND version = ? AND key = 'ume.ledger_sig'", (signature, name, version))
 
 
+# ------------------------------------------------------------------ the formats others verify (issue 27)
+
+
+def _public_key(root: Path) -> Path:
+    return root / yaml.safe_load((root / "params.yaml").read_text())["ledger"]["public_key"]
+
+
+def _champion_signed_dir(root: Path) -> Path:
+    """``store/signed/v<N>`` of the last version the ledger recorded as signed (the champion after the deletion)."""
+    signed = [e for e in read_entries(root) if e["type"] == "model_signed"]
+    if not signed:
+        raise RuntimeError(f"{root}: no promoted version was signed (is ledger.signing_key set?)")
+    return root / "store" / "signed" / f"v{signed[-1]['data']['version']}"
+
+
+def swap_served_weights(root: Path) -> None:
+    """Swap a weights file of the champion's signed served files for the overlay it replaced (which still carries the
+    deleted samples), under the new file's name; a byte flipped when there is none. The component store is untouched."""
+    directory = _champion_signed_dir(root)
+    entries = read_entries(root)
+    version = int(directory.name[1:])
+    promoted = next(e for e in entries if e["type"] == "decision" and e["data"]["version"] == version and e["data"].get("alias"))
+    before = promoted["data"]["alias"]["from"]
+    manifests = {e["data"]["version"]: e["data"]["manifest"] for e in entries if e["type"] == "candidate"}
+    old = set(manifests.get(before, {}).get("overlays", [])) - set(manifests[version].get("overlays", []))
+    served = sorted(directory.glob("*.safetensors"))
+    for target in reversed(served):
+        replaced = sorted(c for c in old if c.split("-")[0] == target.name.split("-")[0])
+        if replaced:
+            target.write_bytes((root / "store" / "components" / f"{replaced[0]}.safetensors").read_bytes())
+            return
+    blob = bytearray(served[-1].read_bytes())
+    blob[-1] ^= 1
+    served[-1].write_bytes(bytes(blob))
+
+
+def model_signing_verdict(root: Path) -> str:
+    """``model_signing verify key`` (the library's own command line) on the champion's signed served files."""
+    import subprocess
+    import sys
+
+    directory = _champion_signed_dir(root)
+    command = [sys.executable, "-m", "model_signing", "verify", "key", "--signature", str(directory / "model.sig")]
+    proc = subprocess.run([*command, "--public_key", str(_public_key(root)), str(directory)], capture_output=True, text=True, timeout=300)
+    said = " ".join((proc.stderr or proc.stdout).split())
+    return f"{'rejected' if proc.returncode else 'accepted'} by `model_signing verify`: {said}"
+
+
+def _held_attestations(root: Path) -> list[Path]:
+    return sorted([*root.glob("held-by-subject/*.intoto.json"), *root.glob("certificates/*.intoto.json")])
+
+
+def _edited_statement(path: Path) -> dict[str, Any]:
+    from pipeline.core.attestation import statement_of
+
+    body = statement_of(json.loads(path.read_text()))
+    body["predicate"]["request"]["samples"] = max(0, int(body["predicate"]["request"]["samples"]) - 1)
+    return body
+
+
+def edit_attestation(root: Path) -> None:
+    """Lower the sample count in the predicate of every held attestation; the envelope and its signature kept."""
+    import base64
+
+    from pipeline.core.attestation import payload_of
+
+    for path in _held_attestations(root):
+        envelope = json.loads(path.read_text())
+        envelope["payload"] = base64.b64encode(payload_of(_edited_statement(path))).decode()
+        path.write_text(json.dumps(envelope, indent=1))
+
+
+def resign_attestation(root: Path) -> None:
+    """Edit the predicate as above and sign the envelope again, with a key that is not the operator's."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pipeline.core.attestation import sign_envelope
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    for path in _held_attestations(root):
+        path.write_text(json.dumps(sign_envelope(key, _edited_statement(path)), indent=1))
+
+
+def dsse_verdict(root: Path) -> str:
+    """securesystemslib's DSSE verification (as docs/signing.md shows it) of every held attestation with the operator's public key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.signer import SSlibKey
+
+    key = SSlibKey.from_crypto(load_pem_public_key(_public_key(root).read_bytes()))
+    for path in _held_attestations(root):
+        try:
+            Envelope.from_dict(json.loads(path.read_text())).verify([key], 1)
+        except VerificationError as exc:
+            return f"rejected by securesystemslib's DSSE verify: {exc}"
+    return "accepted by securesystemslib's DSSE verify"
+
+
 # ------------------------------------------------------------------------------------------ cases
 
 
 @dataclass(frozen=True)
 class TamperCase:
-    """One way to tamper, and whether the audit is given the data subject's certificate."""
+    """One way to tamper, whether the audit is given the data subject's certificate (the Markdown, or the in-toto
+    attestation), and a check by the ecosystem's own tool outside ume (its verdict starts with ``rejected``)."""
 
     name: str
     what: str
     tamper: Callable[[Path], Any]
     with_certificate: bool = False
+    attestation: bool = False
+    outside: Callable[[Path], str] | None = None
 
 
 def _edit_entry(root: Path) -> None:
@@ -231,6 +336,29 @@ CASES: tuple[TamperCase, ...] = (
         _replace_from_first_entry,
     ),
     TamperCase("certificate-vs-rewritten-ledger", "history rewritten; the data subject checks their certificate", drop_request, with_certificate=True),
+    TamperCase(
+        "served-weights-swapped",
+        "a weights file of the champion's signed served files (`store/signed/v<N>/`) swapped after signing for the overlay it replaced,"
+        " which still carries the deleted samples (component store untouched)",
+        swap_served_weights,
+        outside=model_signing_verdict,
+    ),
+    TamperCase(
+        "attestation-predicate-edited",
+        "the data subject's in-toto attestation: the sample count in its predicate lowered, the DSSE signature kept",
+        edit_attestation,
+        with_certificate=True,
+        attestation=True,
+        outside=dsse_verdict,
+    ),
+    TamperCase(
+        "attestation-signed-by-another-key",
+        "the predicate edited as above and the envelope signed again with another P-256 key",
+        resign_attestation,
+        with_certificate=True,
+        attestation=True,
+        outside=dsse_verdict,
+    ),
 )
 
 
@@ -243,10 +371,14 @@ class TamperOutcome:
     caught: bool
     problems: list[str]
     seconds: float
+    outside: str | None = None  # the ecosystem tool's verdict, for the cases that have one
 
     def to_json(self) -> dict[str, Any]:
         """For ``reliability.json``."""
-        return {"name": self.name, "what": self.what, "caught": self.caught, "problems": [p[:400] for p in self.problems], "seconds": round(self.seconds, 2)}
+        out = {"name": self.name, "what": self.what, "caught": self.caught, "problems": [p[:400] for p in self.problems], "seconds": round(self.seconds, 2)}
+        if self.outside is not None:
+            out["outside"] = self.outside[:400]
+        return out
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -268,6 +400,10 @@ def finish_template(root: Path, owner: str) -> Path:
     private, public = generate_keypair(root / "keys")
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["ledger"] = {"signing_key": str(private.relative_to(root)), "public_key": str(public.relative_to(root))}
+    # The cases need the deletion served (its resolution, revocation and signed version): a quality margin the
+    # template's crash-harness thresholds leave at the shipped value must not decide that (measured 2026-12-03:
+    # the exact forget's calibration error rose by 0.0505 against 0.05, and the step was blocked).
+    raw["behaviors"]["thresholds"]["max_calibration_error_increase"] = 0.5
     stream = raw.pop("stream")
     raw["stream"] = stream  # `stream` stays the last section (ume forget appends to it)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -275,7 +411,10 @@ def finish_template(root: Path, owner: str) -> Path:
     sh(root, "dvc", "repro")
     _commit(root, "forget")
     request = yaml.safe_load((root / "params.yaml").read_text())["stream"]
-    request_id = next(v["request"] for v in request.values() if v.get("kind") == "forget")
+    key, request_id = next((k, v["request"]) for k, v in request.items() if v.get("kind") == "forget")
+    record = json.loads((root / "store" / "steps" / f"{key}.json").read_text())
+    if record["decision"] != "promoted":
+        raise RuntimeError(f"the template's deletion {key} was {record['decision']} ({record['reason']}): the tamper cases need it served")
     sh(root, "ume", "certificate", request_id, "--out", str(root / "held-by-subject"))
     return root / "held-by-subject" / f"{request_id}.md"
 
@@ -289,12 +428,18 @@ def run_case(case: TamperCase, template: Path, certificate: Path, workdir: Path)
     raw["registry"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"  # MLflow keeps one engine per URI per process
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     held = root / certificate.relative_to(template)
+    if case.attestation:
+        held = held.with_name(f"{held.name.removesuffix('.md')}.intoto.json")
     before = _audit_problems(root, held if case.with_certificate else None)
     if before:
         raise RuntimeError(f"{case.name}: the untouched copy does not pass the audit: {before}")
+    if case.outside is not None and not case.outside(root).startswith("accepted"):
+        raise RuntimeError(f"{case.name}: the untouched copy does not pass the check outside ume: {case.outside(root)}")
     case.tamper(root)
     problems = _audit_problems(root, held if case.with_certificate else None)
-    return TamperOutcome(case.name, case.what, bool(problems), problems, time.time() - started)
+    outside = case.outside(root) if case.outside is not None else None
+    caught = bool(problems) and (outside is None or outside.startswith("rejected"))
+    return TamperOutcome(case.name, case.what, caught, problems, time.time() - started, outside)
 
 
 def _audit_problems(root: Path, certificate: Path | None) -> list[str]:
@@ -328,13 +473,17 @@ def markdown(outcomes: list[TamperOutcome], seconds: float) -> str:
     lines = [
         f"`python -m bench.tamper`, {time.strftime('%Y-%m-%d')}, {seconds:.0f} s: {sum(o.caught for o in outcomes)} / {len(outcomes)} caught.",
         "",
-        "| case | what the insider did | the audit's first line |",
-        "|---|---|---|",
+        "| case | what the insider did | the audit's first line | outside ume |",
+        "|---|---|---|---|",
     ]
+
+    def cell(text: str, width: int) -> str:
+        text = text.replace("|", "/")
+        return text if len(text) <= width else text[:width] + "…"
+
     for o in outcomes:
-        first = (o.problems or ["-"])[0].replace("|", "/")
-        shown = first if len(first) <= 150 else first[:150] + "…"
-        lines.append(f"| `{o.name}` | {o.what} | {'caught' if o.caught else '**missed**'}: {shown} |")
+        first = cell((o.problems or ["-"])[0], 150)
+        lines.append(f"| `{o.name}` | {o.what} | {'caught' if o.caught else '**missed**'}: {first} | {cell(o.outside, 110) if o.outside else '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -164,8 +164,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from pipeline.core.signing import generate_keypair
 
     private, public = generate_keypair(args.out)
-    print(f"wrote {private} (private: keep it out of the repository; point UME_SIGNING_KEY or ledger.signing_key at it)")
-    print(f"wrote {public} (public: set ledger.public_key to it; anyone with it can check signed anchors)")
+    print(f"wrote {private} (EC P-256, private: keep it out of the repository; point UME_SIGNING_KEY or ledger.signing_key at it)")
+    print(f"wrote {public} (public: set ledger.public_key to it; anyone with it can check signed anchors, models and certificates)")
     return 0
 
 
@@ -372,8 +372,14 @@ def _cmd_certificate(args: argparse.Namespace) -> int:
     from pipeline.reports.certificate import write_certificate
 
     ws = Workspace.open(args.params)
-    md, html_path = write_certificate(ws, args.request_id, Path(args.out))
+    md, html_path, intoto, signed = write_certificate(ws, args.request_id, Path(args.out))
     print(f"wrote {md} and {html_path}")
+    if intoto is None:
+        print("no in-toto attestation: no version is served yet, so there are no weights to attest")
+    elif signed:
+        print(f"wrote {intoto} (in-toto attestation: a DSSE envelope signed with ledger.signing_key; `ume audit --certificate {intoto}`)")
+    else:
+        print(f"wrote {intoto} (an unsigned in-toto Statement: no ledger.signing_key or UME_SIGNING_KEY is set)")
     return 0
 
 
@@ -424,11 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a deletion certificate (.md or .html): check its ledger entries are still in the ledger, unchanged, in order (repeatable)",
+        help="a deletion certificate (.md, .html, or the .intoto.json attestation, whose DSSE signature is verified with ledger.public_key):"
+        " check its ledger entries are still in the ledger, unchanged, in order (repeatable)",
     )
-    p.add_argument("--require-signatures", action="store_true", help="fail on an anchor without a signature (with ledger.public_key set)")
+    p.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="fail on an anchor, a promoted version or an attestation without a signature (with ledger.public_key set)",
+    )
     p.set_defaults(fn=_cmd_audit)
-    p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing ledger anchors (ledger.signing_key / ledger.public_key)")
+    p = sub.add_parser(
+        "keygen",
+        help="write an EC P-256 key pair that signs ledger anchors, promoted models (OpenSSF model signing) and certificates"
+        " (ledger.signing_key / ledger.public_key)",
+    )
     p.add_argument("--out", default=".", help="directory for ume-ledger.key (private, mode 0600) and ume-ledger.pub")
     p.set_defaults(fn=_cmd_keygen)
     p = sub.add_parser(

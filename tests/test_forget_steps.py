@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import yaml
 
 from edits import OperatorEnv, get_method
 from pipeline.cli import append_stream_step, main
+from pipeline.core.attestation import statement_of
 from pipeline.core.errors import ConfigError
 from pipeline.data import open_data
 from pipeline.model.compose import compose
@@ -84,6 +86,9 @@ def test_exact_deletion_retrains_only_the_affected_overlay(trained_copy: Path) -
     assert cli("audit") == 1
     assert cli("certificate", log.pending[0] if log.pending else next(iter(log.requests))) == 0
     assert list(Path("certificates").glob("*.html"))
+    (attestation,) = Path("certificates").glob("*.intoto.json")  # no signing key: the bare Statement (issue 27)
+    body = statement_of(json.loads(attestation.read_text()))
+    assert body["predicate"]["resolution"]["exact"] and body["predicate"]["proof"]["exact_by_construction"]
 
 
 def test_approximate_deletion_is_pinned_until_a_retrain_pays_the_debt(trained_copy: Path) -> None:

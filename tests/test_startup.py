@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.projects import command_env
 
 TRAINING_STACK = ("lightning", "peft", "transformers", "torchmetrics")
+SIGNING_STACK = ("model_signing", "sigstore", "securesystemslib", "in_toto_attestation")  # only where a key is set (issue 27)
 
 RUN_AND_LIST = """
 import json, sys
@@ -40,11 +41,13 @@ def loaded_after(cwd: Path, *commands: list[str]) -> dict[str, set[str]]:
 
 
 def test_commands_that_do_not_train_import_no_training_stack(trained_copy: Path) -> None:
-    """``ume status`` then ``ume audit`` in one process: after each, nothing of the training stack is loaded."""
+    """``ume status`` then ``ume audit`` in one process: after each, nothing of the training stack is loaded (nor, with no
+    signing key, the model signing and in-toto libraries)."""
     loaded = loaded_after(trained_copy, ["status"], ["audit"])
     assert {"torch", "timm"} <= loaded["audit"]  # the audit composed the champion: the check looked at real work
     for command, modules in loaded.items():
         assert not modules & set(TRAINING_STACK), f"ume {command} imported {sorted(modules & set(TRAINING_STACK))}"
+        assert not modules & set(SIGNING_STACK), f"ume {command} imported {sorted(modules & set(SIGNING_STACK))} with no key set"
 
 
 def test_a_compose_only_step_path_imports_no_training_stack() -> None:

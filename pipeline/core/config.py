@@ -114,12 +114,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    """``ledger``: optional Ed25519 signing of the ledger heads ume writes outside the ledger (anchors).
+    """``ledger``: the operator's key (``ume keygen``: EC P-256), off by default.
 
-    ``signing_key`` is the path of the operator's private key (PEM; the environment variable
-    ``UME_SIGNING_KEY`` overrides it, so the key can stay out of the repository); every anchor is then
-    signed. ``public_key`` is the path of the matching public key: ``ume audit`` verifies every signed
-    anchor with it. Both relative to ``params.yaml``; both off by default.
+    ``signing_key`` is the path of the private key (PEM; the environment variable ``UME_SIGNING_KEY``
+    overrides it, so the key can stay out of the repository); every anchor, every promoted version's
+    served files (OpenSSF model signing) and every certificate's in-toto attestation is then signed.
+    ``public_key`` is the path of the matching public key (the current key first, then any retired
+    ones): ``ume audit`` verifies every signature with it. Both relative to ``params.yaml``.
     """
 
     signing_key: str | None = None

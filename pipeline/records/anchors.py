@@ -44,6 +44,7 @@ from pipeline.records.workspace import Workspace
 RUN_ANCHOR_PARAM = "ume.ledger_anchor"
 RUN_SIGNATURE_PARAM = "ume.ledger_anchor_sig"
 CERTIFICATE_MARK = "ume-ledger-anchors:"
+ATTESTATION_SUFFIX = ".intoto.json"  # a certificate's in-toto attestation (pipeline/reports/certificate.py)
 MAX_GIT_COMMITS = 500
 GRACE_SECONDS = 5  # a lock written this close before the first entry's (whole-second) time still counts
 
@@ -122,8 +123,8 @@ def anchor_run(ws: Workspace, run_id: str | None) -> None:
     ws.registry.log_params(run_id, params)
 
 
-def certificate_anchor_block(ws: Workspace, entries: list[Entry]) -> str:
-    """The machine-readable anchors a certificate carries (an HTML comment: invisible, and kept in both formats)."""
+def certificate_anchor_payload(ws: Workspace, entries: list[Entry]) -> dict[str, Any]:
+    """The anchors a certificate carries: its entries, the ledger head, and the head's signature (a signing key set)."""
     head = ws.ledger.verify()[-1]
     payload: dict[str, Any] = {
         "model": ws.params.registry.model_name,
@@ -133,16 +134,37 @@ def certificate_anchor_block(ws: Workspace, entries: list[Entry]) -> str:
     signature = signer(ws)(head.seq, head.hash)
     if signature:
         payload["head_signature"] = signature
+    return payload
+
+
+def certificate_anchor_block(payload: dict[str, Any]) -> str:
+    """The anchors as the Markdown and HTML carry them: an HTML comment, invisible, kept in both formats."""
     return f"<!-- {CERTIFICATE_MARK} {json.dumps(payload, separators=(',', ':'))} -->"
 
 
+def is_attestation(path: Path) -> bool:
+    """Whether a certificate file is the in-toto attestation (``<id>.intoto.json``) rather than Markdown or HTML."""
+    return path.name.endswith(".json")
+
+
 def certificate_anchors(path: Path) -> list[Anchor]:
-    """The anchors of one certificate file (Markdown or HTML); a :class:`ValueError` when it has none."""
+    """The anchors of one certificate file (Markdown, HTML, or the attestation's predicate); a :class:`ValueError` when it has none.
+
+    An attestation's signature is not checked here (``pipeline.reports.audit`` does that first).
+    """
     text = path.read_text(encoding="utf-8", errors="replace")
-    found = re.search(r"<!-- " + re.escape(CERTIFICATE_MARK) + r" (\{.*?\}) -->", text)
-    if found is None:
-        raise ValueError(f"{path} carries no ume ledger anchors (written before ume anchored certificates?)")
-    payload = json.loads(found.group(1))
+    if is_attestation(path):
+        from pipeline.core.attestation import statement_of
+
+        ledger = statement_of(json.loads(text))["predicate"].get("ledger")
+        if not isinstance(ledger, dict):
+            raise ValueError(f"{path}: its predicate has no ledger anchors")
+        payload = {**ledger, "entries": [[e["seq"], e["hash"]] for e in ledger["entries"]], "head": [ledger["head"]["seq"], ledger["head"]["hash"]]}
+    else:
+        found = re.search(r"<!-- " + re.escape(CERTIFICATE_MARK) + r" (\{.*?\}) -->", text)
+        if found is None:
+            raise ValueError(f"{path} carries no ume ledger anchors (written before ume anchored certificates?)")
+        payload = json.loads(found.group(1))
     out = [Anchor(f"certificate {path.name}: entry {seq}", int(seq), str(h)) for seq, h in payload["entries"]]
     seq, head = payload["head"]
     out.append(Anchor(f"certificate {path.name}: head", int(seq), str(head), payload.get("head_signature")))
@@ -350,7 +372,7 @@ def _check_signatures(ws: Workspace, anchors: list[Anchor], report: AnchorReport
     path = ws.params.public_key_path
     if path is None:
         return
-    key = signing.load_public_key(path)
+    key = signing.load_public_keys(path)  # the current key and any retired ones (an anchor verifies with one of them)
     model = ws.params.registry.model_name
     for anchor in anchors:
         if anchor.lines is not None or anchor.hash.startswith(("md5:", "identity:")):

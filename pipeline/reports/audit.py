@@ -6,14 +6,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core import signing
 from pipeline.core.errors import ComponentError, ConfigError, LedgerError
 from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
-from pipeline.records.anchors import Anchor, certificate_anchors, check_anchors, reachable_anchors
+from pipeline.records.anchors import ATTESTATION_SUFFIX, Anchor, certificate_anchors, check_anchors, is_attestation, reachable_anchors
 from pipeline.records.deletion import DeletionLog, uncovered_requests
 from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.records.ledger import Ledger
 from pipeline.records.registry import Registry
+from pipeline.records.served import sha256_file, signed_dir, signed_entries
 from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
 from pipeline.records.workspace import Workspace
 
@@ -194,11 +196,124 @@ def _check_identity_file(ws: Workspace, report: AuditReport) -> None:
         report.checked.append(f"ledger identity: {identity[:12]} (the hash of its first entry), as {path.name} records it")
 
 
+def _check_signed_versions(ws: Workspace, report: AuditReport, require_signatures: bool) -> None:
+    """Each promoted version's served files against their OpenSSF model signature (:mod:`pipeline.records.served`).
+
+    The bundle the ledger recorded (``model_signed``) must be in ``store/signed/v<N>/`` unchanged; with
+    ``ledger.public_key``, ``model_signing`` verifies every signed directory, and the champion's copy in
+    MLflow (the registered ``version/`` artifacts, what a server downloads) too.
+    """
+    entries = ws.ledger.verify()
+    promoted = sorted({e.data["version"] for e in entries if e.type == "decision" and e.data["decision"] == PROMOTED})
+    signed = signed_entries(ws.ledger)
+    if not signed and not (require_signatures and ws.params.public_key_path is not None and promoted):
+        return
+    public = ws.params.public_key_path
+    candidates = {e.data["version"]: e.data["manifest_hash"] for e in entries if e.type == "candidate"}
+    verified = 0
+    for version, entry in sorted(signed.items()):
+        directory = signed_dir(ws.store_dir, version)
+        bundle = directory / signing.MODEL_SIGNATURE
+        where = f"served model v{version}"
+        if not bundle.is_file():
+            report.problems.append(f"{where}: {bundle} is missing, but the ledger recorded it signed (entry {entry.seq})")
+            continue
+        if sha256_file(bundle) != entry.data["bundle_sha256"]:
+            report.problems.append(f"{where}: {bundle} is not the bundle the ledger recorded at entry {entry.seq} (replaced after signing)")
+            continue
+        if candidates.get(version) != entry.data["manifest_hash"]:
+            report.problems.append(f"{where}: signed as manifest {entry.data['manifest_hash'][:16]}, but the ledger's candidate v{version} is another")
+            continue
+        if public is None:
+            continue
+        why = signing.verify_model(public, directory)
+        if why:
+            report.problems.append(f"{where}: {directory} does not verify with {public} (model_signing): {why}")
+        else:
+            verified += 1
+    champion = ws.registry.champion()
+    if public is not None and champion in signed:
+        _check_mlflow_copy(ws, report, champion, public)
+    unsigned = [v for v in promoted if v not in signed]
+    if public is None:
+        report.checked.append(f"served models: {len(signed)} signed version(s), bundles as the ledger recorded them; not verified (no ledger.public_key)")
+    else:
+        report.checked.append(
+            f"served models: {verified} of {len(signed)} signed version(s) verify with {public} (model_signing); {len(unsigned)} promoted"
+            " before signing was on"
+        )
+        if require_signatures and unsigned:
+            report.problems.append(f"served models: promoted version(s) {', '.join(f'v{v}' for v in unsigned)} carry no model signature (--require-signatures)")
+
+
+def _check_mlflow_copy(ws: Workspace, report: AuditReport, version: int, public: Path) -> None:
+    """The champion's registered files in MLflow (``version/``, with ``model.sig``) verify as well."""
+    import mlflow.artifacts
+
+    source = ws.registry.version(version).source
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=ws.registry.tracking_uri))
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch is a finding, not a crash of the audit
+        report.problems.append(f"served model v{version}: cannot read its MLflow copy {source} ({type(exc).__name__}: {exc})")
+        return
+    if not (local / signing.MODEL_SIGNATURE).is_file():
+        report.problems.append(f"served model v{version}: its MLflow copy {source} has no {signing.MODEL_SIGNATURE}")
+        return
+    why = signing.verify_model(public, local)
+    if why:
+        report.problems.append(f"served model v{version}: its MLflow copy {source} does not verify with {public} (model_signing): {why}")
+    else:
+        report.checked.append(f"served model v{version} (champion): its MLflow copy verifies too")
+
+
+def _check_attestation(ws: Workspace, path: Path, report: AuditReport, require_signatures: bool) -> None:
+    """An in-toto attestation (``<id>.intoto.json``): its DSSE signature, its Statement, its subjects against the components."""
+    import json
+
+    from pipeline.core import attestation as intoto
+    from pipeline.reports.certificate import PREDICATE_TYPE
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        report.problems.append(f"certificate {path}: not JSON ({exc})")
+        return
+    public = ws.params.public_key_path
+    try:
+        if intoto.is_envelope(document):
+            body, _ = intoto.open_envelope(document, signing.load_public_keys(public) if public is not None else None)
+            how = f"its DSSE signature verifies with {public}" if public is not None else "signed (not verified: no ledger.public_key)"
+        else:
+            body = intoto.statement_of(document)
+            how = "an unsigned in-toto Statement (written without ledger.signing_key)"
+            if require_signatures and public is not None:
+                report.problems.append(f"certificate {path}: an unsigned in-toto Statement (--require-signatures)")
+    except intoto.AttestationError as exc:
+        report.problems.append(f"certificate {path}: {exc}")
+        return
+    if body["predicateType"] != PREDICATE_TYPE:
+        report.problems.append(f"certificate {path}: predicate type {body['predicateType']!r}, expected {PREDICATE_TYPE!r}")
+        return
+    for subject in body["subject"]:
+        component_id = str(subject.get("name", "")).removesuffix(".safetensors")
+        try:
+            sha = ws.components.sidecar(component_id).sha256
+        except ComponentError:
+            report.problems.append(f"certificate {path}: its subject {subject.get('name')} is no component of this project")
+            continue
+        if subject.get("digest", {}).get("sha256") != sha:
+            report.problems.append(f"certificate {path}: its subject {subject.get('name')} has another sha256 than the component's weights")
+    report.checked.append(f"certificate {path.name}: an in-toto Statement of {len(body['subject'])} weights file(s); {how}")
+
+
 def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require_signatures: bool = False) -> AuditReport:
     """:func:`audit`, then the ledger against every anchor ume can reach (:mod:`pipeline.records.anchors`).
 
-    ``certificates`` are files a data subject or an auditor holds; every ``certificates/*.md`` beside
-    ``params.yaml`` is checked too. ``require_signatures`` fails on an unsigned anchor (with
+    ``certificates`` are files a data subject or an auditor holds (Markdown, HTML, or the in-toto
+    attestation ``<id>.intoto.json``, whose signature and Statement are checked first); every
+    ``certificates/*.md`` and ``certificates/*.intoto.json`` beside ``params.yaml`` is checked too.
+    Every promoted version's OpenSSF model signature is checked (:func:`_check_signed_versions`).
+    ``require_signatures`` fails on an unsigned anchor, promoted version or attestation (with
     ``ledger.public_key`` set).
     """
     report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
@@ -209,8 +324,13 @@ def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require
         if not path.is_file():
             raise ConfigError(f"no such certificate file: {path}", field="--certificate")
     local_dir = Path(ws.params.file).parent / "certificates"
-    local = [p for p in sorted(local_dir.glob("*.md")) if p.resolve() not in {e.resolve() for e in explicit}]
+    found = sorted([*local_dir.glob("*.md"), *local_dir.glob(f"*{ATTESTATION_SUFFIX}")])
+    local = [p for p in found if p.resolve() not in {e.resolve() for e in explicit}]
     _check_identity_file(ws, report)
+    _check_signed_versions(ws, report, require_signatures)
+    for path in [*explicit, *local]:
+        if is_attestation(path):
+            _check_attestation(ws, path, report, require_signatures)
     set_aside: list[str] = []
     anchors: list[Anchor] = reachable_anchors(ws, set_aside=set_aside)
     if set_aside:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -16,11 +15,11 @@ from behaviors.report import write_report
 from behaviors.suite import BehaviorResult, run_suite
 from pipeline.core import ranks
 from pipeline.core.faults import crash_point
-from pipeline.model.manifest import Manifest
 from pipeline.records import gate
 from pipeline.records.anchors import decision_tags
 from pipeline.records.datasets import EVALUATION_SPLITS, prepared_data_tag, slices_by_hashed_id, step_inputs
 from pipeline.records.deletion import DeletionLog
+from pipeline.records.served import write_served_files
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import Candidate, StepContext, StepOutcome
 from pipeline.steps.record import finish, step_record
@@ -64,14 +63,6 @@ def _continual(context) -> dict[str, Any] | None:
         return None
     row = {name: round((context.candidate.predictions(s) == s.y).float().mean().item(), 6) for name, s in context.heldout.items()}
     return {"heldout_accuracy": row, "learned": list(context.learned), "slice": context.step.get("slice")}
-
-
-def _version_artifacts(ws: Workspace, manifest: Manifest, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
-    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
-        for src in (ws.components.weights_path(component_id), ws.components.sidecar_path(component_id)):
-            shutil.copy2(src, directory / src.name)
 
 
 def _run_behaviours(ctx: StepContext, candidate: Candidate, attempt: int) -> tuple[list[BehaviorResult], Any, Path, dict[str, Any]]:
@@ -149,7 +140,7 @@ def _register(ctx: StepContext, candidate: Candidate, metrics: dict[str, float])
         return candidate.existing_version
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in KEY_METRICS if k in metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        _version_artifacts(ws, manifest, Path(tmp))
+        write_served_files(ws, manifest, Path(tmp))  # the files a signed promotion signs (store/signed/v<N>/)
         ws.registry.log_artifacts(run_id, tmp, "version")
     tags = {
         "ume.step": ctx.key,

@@ -24,6 +24,7 @@ from pipeline.records import gate
 from pipeline.records.anchors import anchor_run
 from pipeline.records.debt import schedule_due_deletions
 from pipeline.records.revocation import revoke_unservable_versions
+from pipeline.records.served import sign_promoted
 from pipeline.records.story import publish_story
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import StepContext, StepOutcome, current_champion
@@ -38,10 +39,10 @@ def validate_params(params: Params) -> None:
     check_arch(params.model.arch, params.file)
     if params.checkpoint_path is not None:
         check_checkpoint(params.checkpoint_path, params.model.checkpoint_sha256, file=params.file)
-    if params.signing_key_path is not None:  # a bad key must stop the stage before it trains, not at the gate
-        signing.load_private_key(params.signing_key_path)
+    if params.signing_key_path is not None:  # a bad key (or one model_signing refuses) must stop the stage before it trains
+        signing.check_model_signing_key(params.signing_key_path)
     if params.public_key_path is not None:
-        signing.load_public_key(params.public_key_path)
+        signing.load_public_keys(params.public_key_path)
     for key, step in params.stream.items():
         step_kind(step.kind, file=params.file, where=f"stream.{key}.kind").validate(params, step)
 
@@ -115,9 +116,15 @@ def _run_phases(ctx: StepContext) -> StepOutcome:
     candidate = kind.operate(ctx)  # operate
     outcome = kind.after_gate(ctx, evaluate_and_gate(ctx, kind, candidate))  # evaluate and gate, then act on it
     if outcome.record["decision"] == gate.PROMOTED:
-        kind.promoted(ctx, outcome)
-        revoke_unservable_versions(ws)
+        _promoted(ctx, kind, outcome)
     return outcome
+
+
+def _promoted(ctx: StepContext, kind: StepKind, outcome: StepOutcome) -> None:
+    """Once the candidate is champion: the kind's bookkeeping, revocations, and its served files signed (a signing key set)."""
+    kind.promoted(ctx, outcome)
+    revoke_unservable_versions(ctx.ws)
+    sign_promoted(ctx.ws, outcome.record["version"], step=ctx.key)  # OpenSSF model signing (pipeline/records/served.py)
 
 
 def _resume_decided(ctx: StepContext, kind: StepKind) -> StepOutcome | None:
@@ -153,7 +160,6 @@ def _resume_decided(ctx: StepContext, kind: StepKind) -> StepOutcome | None:
     record["notes"] = candidates[-1].data.get("notes", {}) if candidates else {}
     outcome = StepOutcome(record, results)
     if decision["decision"] == gate.PROMOTED:
-        kind.promoted(ctx, outcome)
-        revoke_unservable_versions(ws)
+        _promoted(ctx, kind, outcome)
     finish(ws, step.key, record)
     return outcome
