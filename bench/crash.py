@@ -47,6 +47,8 @@ IGNORE = shutil.ignore_patterns(
 )
 LEARN_STEP = "s01-learn-u1"
 SCENARIOS = ("learn", "forget", "compress", "rollback", "ui-rollback", "prepare")
+# Scenarios whose crash points include ones after a promotion (the rollback is blocked by design on the small project).
+PROMOTED_SCENARIOS = ("learn", "forget", "compress")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,13 @@ def make_template(dest: Path, *, base_epochs: int = 8, learn_epochs: int | None 
         max_retained_accuracy_drop=0.3,
         max_class_recall_drop=0.8,
         min_brightness_agreement=0.6,
+        # The forget scenario's exact deletion must be served too, or its points after the promotion (gate.promoted,
+        # forget.resolved, revoke.ledger) are never reached: measured 2026-12-03, its calibration error rose by 0.0505
+        # against the shipped 0.05 and the step was blocked in the crash-free run and in every case.
+        max_calibration_error_increase=0.4,
+        min_canary_agreement=0.5,
+        min_perturbation_agreement=0.5,
+        forget_accuracy_tolerance=0.3,
     )
     raw["stream"] = {LEARN_STEP: {"kind": "learn", "parent": "base", "slice": "u1", **({"epochs": learn_epochs} if learn_epochs else {})}}
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -323,7 +332,13 @@ def reference_run(template: Path, scenario: str, workdir: Path) -> dict[str, Any
     failed, output = run_commands(root, _scenario_commands(root, scenario))
     if failed is not None:
         raise RuntimeError(f"the crash-free {scenario} scenario failed:\n{output}")
-    return final_state(root)
+    state = final_state(root)
+    last = list(state["steps"])[-1]
+    decision = (state["steps"][last] or {}).get("decision")
+    if scenario in PROMOTED_SCENARIOS and decision != "promoted":
+        # A blocked step never reaches the points after a promotion: every such case would report "not reached".
+        raise RuntimeError(f"the crash-free {scenario} scenario's step {last} was {decision}: its cases need it promoted (widen the template's margins)")
+    return state
 
 
 def run_case(case: CrashCase, template: Path, reference: dict[str, Any], workdir: Path) -> CrashOutcome:
