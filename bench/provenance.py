@@ -129,13 +129,6 @@ BENCHES: dict[str, Bench] = {
 # rerun yet: each says why. The test suite accepts exactly these (and fails once one is fresh, so the
 # list only shrinks); the README and docs mark their figures stale.
 RERUN_PENDING: dict[str, str] = {
-    "reliability-crash": (
-        "measured 2026-12-01 on the data before the looks; rerun 2026-12-03 at 2a4ecd1 with the tests' wide quality margins: the "
-        "15 cases that reported all survived (the 13 learn cases, learn:gate.promoted among them, and forget.ingested/request_written), "
-        "then a forget case's recovery `dvc repro` outran the harness's 900 s timeout (each forget case trained the template's "
-        "16-shadow bank with the shipped learn recipe, two cases at once) and the run stopped; the template now builds the bank "
-        "once; not rerun since"
-    ),
     "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
 }
 

@@ -1110,8 +1110,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    given = list(sys.argv[1:] if argv is None else argv)
+    # Each part's recorded command already says `--only <part>`: the other arguments follow it (not `--only` twice).
+    rest = [a for i, a in enumerate(given) if a != "--only" and (i == 0 or given[i - 1] != "--only") and not a.startswith("--only=")]
     for part in parts:  # a part run alone keeps the other parts' figures and their records
-        result[f"provenance_reliability-{part}"] = provenance.record(f"reliability-{part}", argv, configuration=CONFIGURATION[part])
+        result[f"provenance_reliability-{part}"] = provenance.record(f"reliability-{part}", rest, configuration=CONFIGURATION[part])
     ordered = {k: result.get(k) for k in ("crash_points_tried", "crash_points_survived", "bad_inputs_tried", "bad_inputs_clean",
                                           "state_machine_examples", "invariant_violations")}
     path.write_text(json.dumps({**ordered, **result}, indent=1) + "\n")

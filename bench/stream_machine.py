@@ -321,7 +321,9 @@ def run_machine(template: Path, workdir: Path, *, examples: int, steps: int, see
     try:
         run_state_machine_as_test(StreamMachine, settings=config)
     except Exception as exc:  # an invariant (AssertionError) or an operation that crashed: both are violations
-        violations.append(f"{type(exc).__name__}: {exc}"[:2000])
+        # hypothesis attaches the operations that led here as the exception's notes: keep them, or a violation cannot be replayed
+        steps = "\n".join(getattr(exc, "__notes__", ()))
+        violations.append(f"{type(exc).__name__}: {exc}"[:2000] + (f"\n{steps[-6000:]}" if steps else ""))
     stats = StreamMachine.stats
     per_example = sorted(stats.operations_per_example)
     spread = {"min": per_example[0], "median": per_example[len(per_example) // 2], "max": per_example[-1]} if per_example else {}
