@@ -274,3 +274,46 @@ def hash_sample_ids_of(rows: pd.DataFrame) -> list[str]:
     from pipeline.model.lineage import hash_sample_id
 
     return [hash_sample_id(s) for s in rows["sample_id"]]
+
+
+def test_an_exact_deletion_keeps_another_requests_approximate_overlay(trained_copy: Path) -> None:
+    """Found by the state machine (2026-12-04): a group deleted approximately (an SSD overlay over a base trained on
+    it), then one owner of that group deleted exactly. The exact step dropped the group's overlay as if it were the
+    owner's, served the base again, and the champion was revoked at once. The overlay still covers the group's other
+    samples, which the base carries: it stays, and no candidate may serve a resolved request's samples again."""
+    from pipeline.records.deletion import uncovered_requests
+    from pipeline.reports.audit import audit_workspace
+
+    params = trained_copy / "params.yaml"
+    forget_checks_off = {"forget_accuracy_tolerance": 1.0, "max_forget_member_share": 1.0, "max_mia_accuracy": 1.0, "max_forgotten_class_recall": 1.0}
+    permissive(params)
+    raw = yaml.safe_load(params.read_text())
+    raw["behaviors"]["thresholds"].update(forget_checks_off)  # plumbing, not quality: the gate must promote both steps
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv")
+    group = rows.loc[rows["slice"] == "base", "group"].value_counts().index[0]  # the base was trained on this group
+    owners = rows[rows["owner"].notna() & (rows["owner"] != "")].groupby("owner")
+    owner = next(o for o, r in owners if (r["group"] == group).all() and (r["slice"] != "base").all())
+    assert cli("forget", "--group", str(group), "--method", "ssd", "--defer-exact", "--reason", "GDPR art. 17") == 0
+    approximate = list(stream(params))[-1]
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"][approximate]["fallback"] = "none"  # the approximate overlay itself is what this test needs
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert run_step(open_workspace(), approximate).record["decision"] == "promoted"
+    assert cli("forget", "--owner", str(owner), "--method", "exact", "--reason", "GDPR art. 17") == 0
+    exact = list(stream(params))[-1]
+    ws = open_workspace()
+    record = run_step(ws, exact).record
+    assert record["decision"] == "promoted", record["failing"]
+    champion = ws.manifest_of(ws.registry.champion())
+    assert approximate in champion.overlay_steps, champion.describe()
+    log = DeletionLog.read(ws.ledger)
+    assert uncovered_requests(champion, ws.components, log, list(log.resolved)) == {}
+    assert audit_workspace(ws).problems == []
+    # And whatever an operator returns, a candidate that serves a resolved request's samples again is refused: v1 is the base alone.
+    from pipeline.core.errors import UmeError
+    from pipeline.steps.kinds.forget import check_covers, forget_plan
+
+    request = forget_plan(ws.params, ws.params.stream[exact]).request
+    with pytest.raises(UmeError, match="would serve again deleted samples of resolved requests"):
+        check_covers(ws, ws.manifest_of(1), request, "exact")

@@ -56,7 +56,11 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         change.notes.update({"reason": f"base affected: approximate {config.base_fallback}, deletion debt recorded", "debt": True})
         return change
     sidecars = [store.sidecar(cid) for cid in manifest.overlays]
-    approximate = [i for i, sc in enumerate(sidecars) if set(sc.meta.get("covers", [])) & forget and not sc.meta.get("exact")]
+    approximate = [
+        i
+        for i, sc in enumerate(sidecars)
+        if set(sc.meta.get("covers", [])) & forget and not sc.meta.get("exact") and not _still_covers_others(manifest, store, i, forget)
+    ]
     affected = [i for i, sc in enumerate(sidecars) if set(sc.lineage) & forget]
     if not affected and not approximate:
         return Change(notes={"reason": "no component of the champion was trained on these samples", "exact": True})
@@ -88,6 +92,15 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
     if approximate:
         notes["replaced_approximate"] = [manifest.overlay_steps[i] for i in approximate]
     return Change(drafts=drafts, drop_overlays=[*rebuild, *approximate], notes=notes)
+
+
+def _still_covers_others(manifest, store, position: int, forget: set[str]) -> bool:
+    """Whether the approximate overlay at ``position`` also covers samples of *other* requests that the rest of the
+    version still carries (e.g. a group's approximate deletion over a base trained on it, while this request is one
+    owner of that group): dropping it would serve those deleted samples again, so it stays (found by the state machine,
+    bench.stream_machine, 2026-12-04: a group's SSD overlay dropped by an owner's exact deletion, the champion revoked)."""
+    others = set(store.sidecar(manifest.overlays[position]).meta.get("covers", [])) - forget
+    return bool(others & version_lineage(manifest.without_positions([position]), store))
 
 
 def _parallel(sidecar) -> bool:

@@ -70,11 +70,21 @@ def forget_plan(params: Params, step: StepConfig) -> ForgetPlan:
 
 
 def check_covers(ws: Workspace, manifest: Manifest, request: DeletionRequest, method: str) -> None:
-    """Fail closed when an operator's candidate still carries uncovered influence of the request."""
-    carried = uncovered_requests(manifest, ws.components, DeletionLog.read(ws.ledger), [request.id])
+    """Fail closed when an operator's candidate still carries uncovered influence of the request, or carries again
+    that of a request already resolved (e.g. another request's approximate overlay dropped: its samples served again)."""
+    log = DeletionLog.read(ws.ledger)
+    carried = uncovered_requests(manifest, ws.components, log, [request.id])
     if carried:
         raise UmeError(
             f"method {method!r} produced a candidate that still carries {carried[request.id]} deleted sample(s) of {request.id}; "
+            "nothing was registered",
+            field="method",
+        )
+    exposed = uncovered_requests(manifest, ws.components, log, [rid for rid in log.resolved if rid != request.id])
+    if exposed:
+        listed = ", ".join(f"{n} of {rid}" for rid, n in sorted(exposed.items()))
+        raise UmeError(
+            f"method {method!r} produced a candidate that would serve again deleted samples of resolved requests ({listed}); "
             "nothing was registered",
             field="method",
         )
