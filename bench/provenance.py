@@ -128,9 +128,7 @@ BENCHES: dict[str, Bench] = {
 # Benchmarks whose results were measured before this record existed, or on older defaults, and are not
 # rerun yet: each says why. The test suite accepts exactly these (and fails once one is fresh, so the
 # list only shrinks); the README and docs mark their figures stale.
-RERUN_PENDING: dict[str, str] = {
-    "reliability-machine": "the 55-example run takes about 2 hours on this machine (7,039 s on 2026-12-01); not rerun",
-}
+RERUN_PENDING: dict[str, str] = {}
 
 
 def fingerprint(parts: Sequence[str], params_file: Path = ROOT / "params.yaml") -> dict[str, str]:
