@@ -6,7 +6,6 @@ that composing and evaluating a model never imports Lightning.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import timm
@@ -16,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from pipeline.core.canonical import file_sha256
 from pipeline.core.errors import ConfigError
 
 
@@ -40,15 +40,6 @@ def create_net(arch: str, num_classes: int, in_chans: int, image_size: int | Non
             if "img_size" not in str(exc):
                 raise
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_checkpoint(path: str | Path, expected_sha256: str | None, *, file: str = "params.yaml", field: str = "model.checkpoint") -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import signing
+from pipeline.core.canonical import file_sha256
 from pipeline.model.manifest import Manifest
 from pipeline.records.ledger import Entry, Ledger
 from pipeline.records.workspace import Workspace
@@ -57,15 +58,6 @@ def write_served_files(ws: Workspace, manifest: Manifest, directory: Path) -> li
     return sorted(set(names))
 
 
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def signed_entries(ledger: Ledger) -> dict[int, Entry]:
     """The last ``model_signed`` entry of each version."""
     return {int(e.data["version"]): e for e in ledger.of_type(SIGNED_ENTRY)}
@@ -92,7 +84,7 @@ def sign_promoted(ws: Workspace, version: int, *, step: str | None) -> Path | No
     final = signed_dir(ws.store_dir, version)
     bundle = final / signing.MODEL_SIGNATURE
     entry = signed_entries(ws.ledger).get(version)
-    if entry is not None and bundle.exists() and sha256_file(bundle) == entry.data["bundle_sha256"]:
+    if entry is not None and bundle.exists() and file_sha256(bundle) == entry.data["bundle_sha256"]:
         return final
     manifest = ws.manifest_of(version)
     for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
@@ -111,7 +103,7 @@ def sign_promoted(ws: Workspace, version: int, *, step: str | None) -> Path | No
         "version": version,
         "manifest_hash": manifest.hash,
         "bundle": f"{SIGNED_DIR}/{final.name}/{signing.MODEL_SIGNATURE}",
-        "bundle_sha256": sha256_file(bundle),
+        "bundle_sha256": file_sha256(bundle),
         "files": names,
         "public_key_sha256": public_key_sha256(key),
     }

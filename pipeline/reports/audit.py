@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import signing
+from pipeline.core.canonical import file_sha256
 from pipeline.core.errors import ComponentError, ConfigError, LedgerError
 from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
@@ -15,7 +16,7 @@ from pipeline.records.deletion import DeletionLog, uncovered_requests
 from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.records.ledger import Ledger
 from pipeline.records.registry import Registry
-from pipeline.records.served import sha256_file, signed_dir, signed_entries
+from pipeline.records.served import signed_dir, signed_entries
 from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
 from pipeline.records.workspace import Workspace
 
@@ -218,7 +219,7 @@ def _check_signed_versions(ws: Workspace, report: AuditReport, require_signature
         if not bundle.is_file():
             report.problems.append(f"{where}: {bundle} is missing, but the ledger recorded it signed (entry {entry.seq})")
             continue
-        if sha256_file(bundle) != entry.data["bundle_sha256"]:
+        if file_sha256(bundle) != entry.data["bundle_sha256"]:
             report.problems.append(f"{where}: {bundle} is not the bundle the ledger recorded at entry {entry.seq} (replaced after signing)")
             continue
         if candidates.get(version) != entry.data["manifest_hash"]:
