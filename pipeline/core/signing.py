@@ -185,6 +185,13 @@ def _pem(public_key: Any) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def public_key_sha256(public_key: Any) -> str:
+    """The SHA-256 of a public key's PEM: ``model_signing``'s key hint in a bundle."""
+    import hashlib
+
+    return hashlib.sha256(_pem(public_key)).hexdigest()
+
+
 def verify_model(public_key_path: str | Path, model_dir: Path) -> str | None:
     """None when ``model_dir/model.sig`` verifies ``model_dir``, else why not (``model_signing``'s words).
 
@@ -192,7 +199,6 @@ def verify_model(public_key_path: str | Path, model_dir: Path) -> str | None:
     bundles of a retired EC key still verify; with no such key, with the first one (the library says it does
     not match).
     """
-    import hashlib
     import json
     import tempfile
 
@@ -205,7 +211,7 @@ def verify_model(public_key_path: str | Path, model_dir: Path) -> str | None:
         hint = json.loads((model_dir / MODEL_SIGNATURE).read_text())["verificationMaterial"]["publicKey"]["hint"]
     except (OSError, ValueError, KeyError, TypeError):
         hint = None
-    key = next((k for k in keys if hashlib.sha256(_pem(k)).hexdigest() == hint), keys[0])
+    key = next((k for k in keys if public_key_sha256(k) == hint), keys[0])
     with tempfile.TemporaryDirectory() as tmp:
         pem = Path(tmp) / "key.pub"
         pem.write_bytes(_pem(key))

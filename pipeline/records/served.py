@@ -19,7 +19,6 @@ without the public key, and the anchors written after it vouch for the entry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -63,14 +62,6 @@ def signed_entries(ledger: Ledger) -> dict[int, Entry]:
     return {int(e.data["version"]): e for e in ledger.of_type(SIGNED_ENTRY)}
 
 
-def public_key_sha256(private_key_path: Path) -> str:
-    """The SHA-256 of the PEM public key (``model_signing``'s key hint in the bundle)."""
-    from cryptography.hazmat.primitives import serialization
-
-    public = signing.load_private_key(private_key_path).public_key()
-    return hashlib.sha256(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
-
-
 def sign_promoted(ws: Workspace, version: int, *, step: str | None) -> Path | None:
     """Sign the served files of ``version`` (just promoted) when a signing key is set; the signed directory, or None.
 
@@ -105,7 +96,7 @@ def sign_promoted(ws: Workspace, version: int, *, step: str | None) -> Path | No
         "bundle": f"{SIGNED_DIR}/{final.name}/{signing.MODEL_SIGNATURE}",
         "bundle_sha256": file_sha256(bundle),
         "files": names,
-        "public_key_sha256": public_key_sha256(key),
+        "public_key_sha256": signing.public_key_sha256(signing.load_private_key(key).public_key()),
     }
     ws.ledger.append(SIGNED_ENTRY, data, step=step)
     return final
