@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from behaviors.cache import RowCache
-from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
+from behaviors.context import BehaviorContext, EditCase, ErasedCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from behaviors.limits import limit_thresholds
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.errors import UmeError
@@ -20,6 +20,7 @@ from pipeline.model.compose import compose
 from pipeline.model.lineage import hash_sample_id, version_lineage
 from pipeline.model.manifest import Manifest
 from pipeline.records.deletion import DeletionLog
+from pipeline.records.erasure import ErasureLog
 from pipeline.records.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def build_context(
         learned=learned,
         champion_learned=champion_learned,
         clean_base=model_under_test(ws, "clean base", Manifest(base=candidate_manifest.base), None) if heldout else None,
+        erased=erased_cases(ws, candidate_lineage),
     )
 
 
@@ -217,7 +219,8 @@ def forget_cases(
     controls: dict[int, ModelUnderTest | None] = {}
     if current_champion[0] is not None and current_champion[1] is not None:
         controls[current_champion[0]] = current_champion[1]
-    wanted = [r for r in log.requests if r in log.resolved or r == current_request]
+    erased = ErasureLog.read(ws.ledger).done  # their pixels are gone: erased_cases() judges them by lineage
+    wanted = [r for r in log.requests if (r in log.resolved or r == current_request) and r not in erased]
     test = data.split("test")
     cases = []
     for rid in wanted:
@@ -250,6 +253,25 @@ def forget_cases(
             control = controls[version]
             note = "" if control is not None else note
         cases.append(ForgetCase(rid, entry["scope"], label, trained, unseen, current=rid == current_request, control=control, control_note=note))
+    return cases
+
+
+def erased_cases(ws: Workspace, candidate_lineage: set[str]) -> list[ErasedCase]:
+    """Every erased request, with the lineage proof: its samples in the candidate's lineage and in its control's."""
+    log, erasure = DeletionLog.read(ws.ledger), ErasureLog.read(ws.ledger)
+    cases = []
+    for rid, entry in erasure.done.items():
+        hashed = set(log.requests[rid].data["hashed_ids"])
+        version = served_version(ws, rid)
+        control = None
+        if version is not None:
+            try:
+                control = len(version_lineage(ws.manifest_of(version), ws.components) & hashed)
+            except (UmeError, KeyError, FileNotFoundError):
+                control = None
+        resolved = log.resolved.get(rid)
+        evidence = (resolved.data.get("note") or "") if resolved is not None else ""
+        cases.append(ErasedCase(rid, str(entry.data["erased_at"]), len(candidate_lineage & hashed), control, evidence))
     return cases
 
 

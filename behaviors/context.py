@@ -122,6 +122,19 @@ class ForgetCase:
 
 
 @dataclass
+class ErasedCase:
+    """A resolved request whose data was erased: its pixels cannot be read, so its checks rest on the evidence recorded
+    at resolution and on the lineage proof: how many of its samples the candidate's components were trained on
+    (``carried``, must be 0), against the un-forgotten version's (``control_carried``, from the sidecars that stay)."""
+
+    request_id: str
+    erased_at: str
+    carried: int
+    control_carried: int | None
+    evidence: str
+
+
+@dataclass
 class EditCase:
     """One edit the candidate carries: its cases, a held-out set of the same kind, the labels in scope.
 
@@ -158,6 +171,7 @@ class BehaviorContext:
     learned: tuple[str, ...] = ()  # the slices with a held-out split whose samples the candidate was trained on
     champion_learned: tuple[str, ...] = ()  # the same for the champion
     clean_base: ModelUnderTest | None = None  # the candidate's clean base alone: the learning guards' control
+    erased: list[ErasedCase] = field(default_factory=list)  # resolved requests whose pixels and weights were erased
 
 
 def merged_thresholds(overrides: dict[str, float]) -> dict[str, float]:

@@ -141,15 +141,15 @@ class BehaviorRecorder:
         self.checks: list[Check] = []
         self.report_dir = report_dir
 
-    def counterexample(self, original: torch.Tensor, perturbed: torch.Tensor, label: str = "") -> Path | None:
-        """Save an (original, perturbed) pair as a PNG in the report; hypothesis replays the shrunk
-        example last, so the file left behind is the minimal counterexample."""
+    def counterexample(self, original: torch.Tensor, perturbed: torch.Tensor, label: str = "", *, sample_id: str | None = None) -> Path | None:
+        """Save an (original, perturbed) pair as a PNG in the report, naming the sample it shows (erasure finds it by that);
+        hypothesis replays the shrunk example last, so the file left behind is the minimal counterexample."""
         if self.report_dir is None:
             return None
         from behaviors.perturbations import save_counterexample
 
         name = self.node.name + (f"-{label}" if label else "")
-        return save_counterexample(self.report_dir, name, original, perturbed)
+        return save_counterexample(self.report_dir, name, original, perturbed, sample_id=sample_id)
 
     def record(self, name: str, value: float, *, control: float | None = None) -> None:
         """Record a number for the report without a threshold (evidence, e.g. per-request values)."""

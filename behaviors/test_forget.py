@@ -149,3 +149,19 @@ def test_forgotten_samples_are_not_members(ume_context: BehaviorContext, candida
             behavior.note(f"{rid}: none of its samples has {bank.config.min_references} reference models without it (all in the clean base?)")
         _note_control(behavior, case)
     behavior.verify()
+
+
+@pytest.mark.blocking
+def test_erased_requests_stay_out_of_the_lineage(ume_context: BehaviorContext, behavior) -> None:
+    """Erased requests (their pixels' keys destroyed, their weights deleted): no check can read their samples any more,
+    so they rest on the evidence recorded at resolution and on the lineage proof: no component of the candidate was
+    trained on one of their samples. The control is the un-forgotten version's lineage (its sidecars stay)."""
+    if not ume_context.erased:
+        pytest.skip("no erased request")
+    for case in ume_context.erased:
+        control = case.control_carried
+        behavior.note(f"{case.request_id}: erased at {case.erased_at}; evidence recorded at resolution: {case.evidence or 'none'}")
+        if control is None:
+            behavior.note(f"{case.request_id}: no control (the un-forgotten version's manifest cannot be read)")
+        behavior.expect(f"erased_lineage[{case.request_id}]", float(case.carried), at_most=0.0, control=None if control is None else float(control))
+    behavior.verify()

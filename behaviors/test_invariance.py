@@ -44,7 +44,7 @@ def test_small_perturbations_keep_predictions(candidate: ModelUnderTest, splits:
     agree = (after == before).float().mean().item()
     if agree < thresholds["min_perturbation_agreement"]:
         first = int(torch.nonzero(after != before)[0])
-        behavior.counterexample(x[first], p.apply(x[first : first + 1])[0])
+        behavior.counterexample(x[first], p.apply(x[first : first + 1])[0], sample_id=splits.canary.sample_ids[first])
     assert agree >= thresholds["min_perturbation_agreement"], f"{p.describe()}: agreement {agree:.4f}"
 
 

@@ -130,7 +130,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         overdue = status["overdue_requests"]
         debt = status["deletion_debt"]
         unsynced = status["ui_requests"]["unsynced"]
-        if blocked or pending or requests or overdue or debt["over_sample_limit"] or unsynced:
+        unerased = status["overdue_erasures"]
+        if blocked or pending or requests or overdue or debt["over_sample_limit"] or unsynced or unerased:
             parts = (
                 f"blocked: {', '.join(blocked)}" if blocked else "",
                 f"pending: {', '.join(pending)}" if pending else "",
@@ -138,6 +139,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 f"deletion deadline passed (received + {debt['max_days']:g} days): {', '.join(overdue)}" if overdue else "",
                 f"deletion debt {debt['samples']} samples > deletion.max_debt_samples {debt['max_samples']}" if debt["over_sample_limit"] else "",
                 f"not synced from the MLflow UI: {'; '.join(unsynced)}" if unsynced else "",
+                f"erasure overdue (received + {status['max_erasure_days']:g} days; run `ume erase`): {', '.join(unerased)}" if unerased else "",
             )
             what = "; ".join(p for p in parts if p)
             print(f"ume status --check: {what}", file=sys.stderr)
@@ -158,6 +160,27 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print("audit passed" if report.ok else f"audit failed: {len(report.problems)} problem(s)")
     return 0 if report.ok else EXIT_CHECK_FAILED
 
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from pipeline.records.workspace import Workspace
+    from pipeline.steps.erase import erase_on_remote, run_erasure
+
+    ws = Workspace.open(args.params)
+    if not ws.primary:
+        return 0
+    for outcome in run_erasure(ws):
+        e = outcome.entry
+        print(
+            f"erased {', '.join(e['requests'])} at {e['erased_at']}: {e['rows_shredded']} row key(s) destroyed, "
+            f"{len(e['components'])} component(s)' weights in {len(e['versions'])} version(s), {len(e['reports'])} report image(s), "
+            f"{e['dvc_cache_objects_removed']} DVC cache object(s), {e['mlflow_artifacts_deleted']} MLflow artifact(s), "
+            f"{e['reference_shadows']} reference shadow(s), {e['cache_files']} row-cache file(s)"
+        )
+    if args.remote is not None:
+        name, removed, known = erase_on_remote(ws, args.remote or None)
+        print(f"DVC remote {name!r}: {removed} erased object(s) deleted ({known - removed} of the {known} the ledger lists were not there)")
+    return 0
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -452,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and the ledger, or refuse it (alias moved back, reason tagged on the version); exit 1 when refused",
     )
     p.set_defaults(fn=_cmd_sync)
+    p = sub.add_parser("erase", help="erase exact deletion requests' pixels and weights from every store (the DVC stage seal runs it)")
+    p.add_argument(
+        "--remote",
+        nargs="?",
+        const="",
+        help="also delete every erased object from this DVC remote (no name: the default remote); run after `dvc push` elsewhere",
+    )
+    p.set_defaults(fn=_cmd_erase)
     p = sub.add_parser("rollback", help="append a rollback step to the stream and run it now")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", type=int, help="an earlier promoted version to make champion again")

@@ -140,6 +140,7 @@ class DeletionConfig:
 
     max_debt_days: float = 30.0
     max_debt_samples: int = 100
+    max_erasure_days: float = 30.0  # an exact request's data is erased by received + this (docs/deletion.md, "Erasure")
 
 
 @dataclass(frozen=True)
@@ -528,6 +529,8 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     _validate_behaviors(parsed["behaviors"], file)
     if not parsed["deletion"].max_debt_days >= 0:
         raise ConfigError(f"expected a number of days >= 0, got {parsed['deletion'].max_debt_days}", file=file, field="deletion.max_debt_days")
+    if not parsed["deletion"].max_erasure_days >= 0:
+        raise ConfigError(f"expected a number of days >= 0, got {parsed['deletion'].max_erasure_days}", file=file, field="deletion.max_erasure_days")
     if parsed["deletion"].max_debt_samples < 0:
         raise ConfigError(f"expected a sample count >= 0, got {parsed['deletion'].max_debt_samples}", file=file, field="deletion.max_debt_samples")
     if parsed["model"].num_classes < 2:

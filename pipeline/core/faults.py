@@ -39,6 +39,13 @@ CRASH_POINTS: dict[str, str] = {
     "revoke.ledger": "the ledger revokes earlier versions; the registry tags are not set yet",
     "sync.recorded": "`ume sync`: a request made in the MLflow UI is in the ledger; the alias is not moved back, no step appended",
     "sync.before_run": "`ume sync`: the rollback step is in the stream, not run yet",
+    "erase.planned": "`ume erase`: the plan (erasure_started) is in the ledger, nothing erased yet",
+    "erase.components": "`ume erase`: the components' weights are deleted; signed copies, MLflow artifacts and tags not yet",
+    "erase.mlflow": "`ume erase`: the versions' MLflow artifacts are deleted and tagged; report images not yet",
+    "erase.reports": "`ume erase`: report images replaced; reference shadows and row caches not yet",
+    "erase.derived": "`ume erase`: derived stores purged; the DVC cache's objects not yet",
+    "erase.dvc_cache": "`ume erase`: the DVC cache's objects are deleted; the rows' keys not yet destroyed",
+    "erase.keys": "`ume erase`: the rows' keys are destroyed; the ledger does not record the erasure yet",
     "dvc.between_stages": "the `dvc repro` process itself is killed right after a stage finished (its record written), before DVC"
     " records that stage in dvc.lock and starts the next",
 }

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageWriter
+from pipeline.data.rowkeys import RowKeys
 from pipeline.data.table import EVAL_SLICES, NO_DOMAIN, NO_OWNER, ContentIds, SampleTable
 
 REQUIRED = ("path", "label")
@@ -60,7 +61,7 @@ def _check_inside(given: str, folder: Path, inside: Path, where: str, manifest: 
         raise DataError(f"{where}: path leads outside data.folder {folder}: {given} -> {target}", file=manifest, field="path")
 
 
-def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -> tuple[SampleTable, dict[str, object]]:
+def build_folder_table(config: DataConfig, seed: int, images_path: str | Path, keys: RowKeys | None = None) -> tuple[SampleTable, dict[str, object]]:
     """Read the manifest, then decode the images one by one into ``images_path`` (never all in memory);
     assign missing slices, owners and ids deterministically."""
     folder = Path(config.folder or "")
@@ -89,14 +90,16 @@ def build_folder_table(config: DataConfig, seed: int, images_path: str | Path) -
     labels = [rec["label"].strip() for rec in records]
     classes = sorted(set(labels))
     label_ids = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
-    writer = ImageWriter(images_path, len(records), (config.channels, config.image_size, config.image_size))
+    writer = ImageWriter(images_path, len(records), (config.channels, config.image_size, config.image_size), encrypted=True)
+    keys = keys or RowKeys.open(Path(images_path).parent)  # each row encrypted under its own key (pipeline/data/rowkeys.py)
     content = ContentIds()
     content_ids = []
     try:
         for line, (rec, label) in enumerate(zip(records, label_ids, strict=True), start=2):
             image = _read_image(folder / rec["path"], config.image_size, config.channels, f"line {line}", str(manifest))
-            writer.append(image)
             content_ids.append(content.add(image, int(label)))
+            writer.append(image, [keys.key_for(rec.get("sample_id") or content_ids[-1])])
+        keys.save()  # the keys before the file is complete: a crash leaves unused keys, never rows no key opens
     except BaseException:
         writer.abort()  # a bad image: no partial file is left behind
         raise

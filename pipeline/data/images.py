@@ -9,6 +9,10 @@ A step's memory is then the sample table plus a batch, whatever N (issue 17; mea
 never holds a folder's decoded images either. :class:`MemoryImages` is the same interface over a
 tensor already in memory (the embedded digits, tests).
 
+Each row is encrypted under a key of its own (:mod:`pipeline.data.rowkeys`, crypto-shredding): the file's
+metadata says so (``ume.cipher``), the keys are bound after opening (:meth:`ImageFile.bind_keys`), and an
+erased row (its key destroyed) can no longer be read by anyone, from any copy of the file.
+
 Fixed-size records give O(1) random access by row, which shuffled training, the deleted-set filter
 (a selection of rows) and subsampling need; a sequential shard format (a tar of samples) would not.
 """
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import DataError
+from pipeline.data.rowkeys import CIPHER, decrypt_rows, encrypt_rows
 
 TENSOR = "images"
 _DTYPES = {"U8": "uint8", "I8": "int8", "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I32": "int32", "I64": "int64"}
@@ -86,6 +91,8 @@ class ImageFile:
         self.path = Path(path)
         self._fd: int | None = None
         self._pid = -1
+        self.keys: list[bytes | None] | None = None
+        self.cipher: str | None = None
         try:
             with open(self.path, "rb") as fh:
                 (header_len,) = struct.unpack("<Q", fh.read(8))
@@ -93,6 +100,7 @@ class ImageFile:
                     raise ValueError(f"header of {header_len} bytes")
                 header = json.loads(fh.read(header_len))
             entry = header[TENSOR]
+            self.cipher = (header.get("__metadata__") or {}).get("ume.cipher")
             dtype, shape, (begin, end) = entry["dtype"], [int(n) for n in entry["shape"]], entry["data_offsets"]
         except FileNotFoundError:
             raise DataError("cannot read the prepared images (file not found); rerun `ume prepare`", file=str(self.path)) from None
@@ -116,6 +124,20 @@ class ImageFile:
     def __len__(self) -> int:
         return self._shape[0]
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the rows are encrypted per row (every file ``ume prepare`` writes; older projects' are not)."""
+        return self.cipher is not None
+
+    def bind_keys(self, keys: list[bytes | None]) -> ImageFile:
+        """The key of every row (None: erased), from :class:`~pipeline.data.rowkeys.RowKeys`."""
+        if self.cipher != CIPHER:
+            raise DataError(f"unknown row cipher {self.cipher!r} (expected {CIPHER!r})", file=str(self.path), field="ume.cipher")
+        if len(keys) != len(self):
+            raise DataError(f"{len(keys)} row keys for {len(self)} images; rerun `ume prepare`", file=str(self.path))
+        self.keys = keys
+        return self
+
     def _handle(self) -> int:
         """This process's file descriptor (a DataLoader worker opens its own)."""
         if self._fd is None or self._pid != os.getpid():
@@ -136,6 +158,10 @@ class ImageFile:
             if len(data) != want:
                 raise DataError(f"the prepared images were truncated (row {row}); rerun `ume prepare`", file=str(self.path))
             flat[at : at + count] = np.frombuffer(data, dtype=np.uint8).reshape(count, self.item_bytes)
+        if self.cipher is not None:
+            if self.keys is None:
+                raise DataError("the images are encrypted per row but no row keys were bound (open it with SampleTable.load)", file=str(self.path))
+            decrypt_rows(flat, self.keys, positions, file=str(self.path))
         return torch.from_numpy(out)
 
     def __getstate__(self) -> dict[str, object]:
@@ -153,19 +179,24 @@ class ImageFile:
 class ImageWriter:
     """Write ``images.safetensors`` one image at a time; ``count`` and the image shape are known up front."""
 
-    def __init__(self, path: str | Path, count: int, image_shape: tuple[int, int, int]) -> None:
+    def __init__(self, path: str | Path, count: int, image_shape: tuple[int, int, int], *, encrypted: bool = False) -> None:
         self.path = Path(path)
         self.count, self.image_shape = count, tuple(image_shape)
         self.written = 0
+        self.encrypted = encrypted
+        self.keys: list[bytes | None] = []
         nbytes = count * int(np.prod(image_shape))
-        header = json.dumps({TENSOR: {"dtype": "U8", "shape": [count, *image_shape], "data_offsets": [0, nbytes]}}, separators=(",", ":")).encode()
+        layout: dict[str, object] = {TENSOR: {"dtype": "U8", "shape": [count, *image_shape], "data_offsets": [0, nbytes]}}
+        if encrypted:
+            layout["__metadata__"] = {"ume.cipher": CIPHER}
+        header = json.dumps(layout, separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)  # the format's whitespace padding, to an 8-byte boundary
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "wb")  # noqa: SIM115 (closed by close())
         self._fh.write(struct.pack("<Q", len(header)) + header)
 
-    def append(self, images: np.ndarray | torch.Tensor) -> None:
-        """One image (C x H x W) or a batch (k x C x H x W), uint8."""
+    def append(self, images: np.ndarray | torch.Tensor, keys: list[bytes | None] | None = None) -> None:
+        """One image (C x H x W) or a batch (k x C x H x W), uint8; an encrypted file takes each row's key (None: erased)."""
         arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if arr.ndim == 3:
             arr = arr[None]
@@ -173,6 +204,11 @@ class ImageWriter:
             raise ValueError(f"expected uint8 images of {self.image_shape}, got {arr.dtype} {tuple(arr.shape[1:])}")
         if self.written + len(arr) > self.count:
             raise ValueError(f"more than the {self.count} images announced")
+        if self.encrypted:
+            if keys is None or len(keys) != len(arr):
+                raise ValueError(f"an encrypted images file needs one key per row ({len(arr)} rows)")
+            arr = encrypt_rows(np.ascontiguousarray(arr), keys)
+            self.keys.extend(keys)
         self._fh.write(np.ascontiguousarray(arr).tobytes())
         self.written += len(arr)
 
@@ -186,13 +222,15 @@ class ImageWriter:
         self._fh.close()
         if self.written != self.count:
             raise ValueError(f"{self.written} images written, {self.count} announced")
-        return ImageFile(self.path)
+        opened = ImageFile(self.path)
+        return opened.bind_keys(self.keys) if self.encrypted else opened
 
 
-def write_store(store: ImageStore, path: str | Path) -> ImageFile:
-    """Copy a whole store into ``path`` in chunks."""
+def write_store(store: ImageStore, path: str | Path, keys: list[bytes | None] | None = None) -> ImageFile:
+    """Copy a whole store into ``path`` in chunks, each row encrypted under its key when ``keys`` are given."""
     n, *image_shape = store.shape
-    writer = ImageWriter(path, n, tuple(image_shape))  # type: ignore[arg-type]
-    for chunk in iter_chunks(store):
-        writer.append(chunk)
+    writer = ImageWriter(path, n, tuple(image_shape), encrypted=keys is not None)  # type: ignore[arg-type]
+    chunk_rows = 4096
+    for start, chunk in zip(range(0, n, chunk_rows), iter_chunks(store, chunk_rows), strict=True):
+        writer.append(chunk, None if keys is None else keys[start : start + len(chunk)])
     return writer.close()

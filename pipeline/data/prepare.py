@@ -8,15 +8,17 @@ from pipeline.core.config import Params
 from pipeline.core.errors import DataError
 from pipeline.data.digits import build_digits_table
 from pipeline.data.folder import build_folder_table
+from pipeline.data.rowkeys import RowKeys
 from pipeline.data.table import EVAL_SLICES, NO_DOMAIN
 
 
-def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
-    """Build and save the table; returns ``dataset.json``'s content."""
+def prepare_data(params: Params, out_dir: str | Path, keys: RowKeys | None = None) -> dict[str, object]:
+    """Build and save the table, each image under its row key in ``keys`` (default: beside ``out_dir``); returns ``dataset.json``'s content."""
+    keys = keys or RowKeys.open(out_dir)
     if params.data.source == "digits":
         table, notes = build_digits_table(params.data, params.seed)
     else:
-        table, notes = build_folder_table(params.data, params.seed, Path(out_dir) / "images.safetensors")
+        table, notes = build_folder_table(params.data, params.seed, Path(out_dir) / "images.safetensors", keys)
     if len(table.classes) != params.model.num_classes:
         raise DataError(
             f"the data has {len(table.classes)} classes but model.num_classes is {params.model.num_classes}",
@@ -32,4 +34,4 @@ def prepare_data(params: Params, out_dir: str | Path) -> dict[str, object]:
     if unknown:
         where = params.data.manifest or params.file
         raise DataError(f"test or canary samples name domain {unknown[0]!r}, which no training slice has", file=where, field="domain")
-    return table.save(out_dir, extra=notes)
+    return table.save(out_dir, extra=notes, keys=keys)

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageFile, ImageStore, MemoryImages, iter_chunks, write_store
+from pipeline.data.rowkeys import RowKeys
 
 COLUMNS = ("sample_id", "label", "group", "owner", "slice", "domain")
 NO_OWNER = ""  # a sample with no data subject (licensed or public data): never subject to deletion by owner
@@ -111,14 +112,18 @@ class SampleTable:
             "samples_without_owner": int((self.rows["owner"] == NO_OWNER).sum()),
         }
 
-    def save(self, directory: str | Path, extra: dict[str, object] | None = None) -> dict[str, object]:
-        """Write the prepared directory; returns the ``dataset.json`` content."""
+    def save(self, directory: str | Path, extra: dict[str, object] | None = None, keys: RowKeys | None = None) -> dict[str, object]:
+        """Write the prepared directory, each image encrypted under its row key (``keys``: the key store of the
+        directory the data will live in; default: beside ``directory``); returns the ``dataset.json`` content."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.rows[list(COLUMNS)].to_csv(directory / "samples.csv", index=False)
         target = directory / "images.safetensors"
         if not (isinstance(self.images, ImageFile) and self.images.path.resolve() == target.resolve()):
-            write_store(self.images, target)  # a folder source already wrote its images there, one by one
+            keys = keys or RowKeys.open(directory)  # a folder source already wrote (and encrypted) its images there, one by one
+            row_keys = keys.assign(list(self.rows["sample_id"]))
+            keys.save()  # the keys first: a crash then leaves unused keys, never rows no key opens
+            write_store(self.images, target, row_keys)
         info = {**self.summary(), "content_hash": self.content_hash(), **(extra or {})}
         (directory / "dataset.json").write_text(json.dumps(info, indent=1, sort_keys=True))
         return info
@@ -136,6 +141,8 @@ class SampleTable:
             rows["domain"] = rows["domain"].fillna(NO_DOMAIN)
         images_path = directory / "images.safetensors"
         images = ImageFile(images_path)  # the header only: dtype and shape are checked, no image is read
+        if images.encrypted and len(images) == len(rows):
+            images.bind_keys(RowKeys.open(directory).bind(list(rows["sample_id"]), file=str(images_path)))
         info = json.loads((directory / "dataset.json").read_text())
         shape = "x".join(str(n) for n in images.shape[1:])
         expected = "x".join(str(n) for n in info.get("image_shape", images.shape[1:]))

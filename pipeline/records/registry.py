@@ -216,6 +216,26 @@ class Registry:
         """The run's artifact root URI."""
         return self.client.get_run(run_id).info.artifact_uri
 
+    def run_ids(self) -> list[str]:
+        """Every run of the experiment (erasure visits their artifacts)."""
+        runs = self.client.search_runs([self.experiment_id()], max_results=50000)
+        return [run.info.run_id for run in runs]
+
+    def artifact_files(self, run_id: str, path: str) -> list[str]:
+        """The file paths under ``path`` of a run's artifacts (empty when there is none)."""
+        return [f.path for f in self.client.list_artifacts(run_id, path) if not f.is_dir]
+
+    def download_artifact(self, run_id: str, path: str, directory: str | Path) -> Path:
+        """One artifact file, downloaded into ``directory``."""
+        return Path(self.client.download_artifacts(run_id, path, str(directory)))
+
+    def delete_artifact(self, run_id: str, path: str) -> None:
+        """Delete one artifact file of a run, in the artifact store itself (local files, or the tracking server's
+        proxied store): MLflow's artifact repository API, which local and ``mlflow-artifacts:`` stores implement."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        get_artifact_repository(self.artifact_uri(run_id)).delete_artifacts(path)
+
     def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
         """Register a model version whose files are the run's ``artifact_path``; returns its number."""
         from mlflow.exceptions import MlflowException
@@ -341,6 +361,9 @@ class FollowerRegistry(Registry):
 
     def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str) -> None:
         """Rank 0 uploads them."""
+
+    def delete_artifact(self, run_id: str, path: str) -> None:
+        """Rank 0 erases it."""
 
     def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
         """Rank 0 registers the version; a follower gets the placeholder 0."""

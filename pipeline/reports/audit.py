@@ -13,6 +13,7 @@ from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
 from pipeline.records.anchors import ATTESTATION_SUFFIX, Anchor, certificate_anchors, check_anchors, is_attestation, reachable_anchors
 from pipeline.records.deletion import DeletionLog, uncovered_requests
+from pipeline.records.erasure import ERASED_TAG, ErasureLog
 from pipeline.records.gate import ABANDONED, ABANDONED_ENTRY, PROMOTED, ledger_champion
 from pipeline.records.ledger import Ledger
 from pipeline.records.registry import Registry
@@ -110,8 +111,14 @@ def audit(
         refused = sum(1 for e in ui_requests if e.data["outcome"] == REFUSED)
         report.checked.append(f"MLflow UI requests: {len(ui_requests)} recorded ({len(ui_requests) - refused} rollback steps, {refused} refused)")
     unusable: set[int] = set()
+    erasure = ErasureLog.read(ledger)
+    for number in sorted(erasure.versions):
+        if number in versions and ERASED_TAG not in versions[number].tags:
+            report.problems.append(f"registry version {number}: its weights were erased in the ledger but it is not tagged {ERASED_TAG}")
     if store is not None and manifest_of is not None:
-        unusable = _check_components(report, sorted(v for v in versions if v in candidates), actual, store, manifest_of)
+        numbers = sorted(v for v in versions if v in candidates and v not in erasure.versions)
+        unusable = _check_components(report, numbers, actual, store, manifest_of)
+        _check_erased(report, erasure, store)
     if actual is not None and actual in versions and manifest_of is not None and actual not in unusable:
         log = DeletionLog.read(ledger)
         carried = uncovered_requests(manifest_of(actual), store, log, list(log.resolved)) if store is not None else {}
@@ -122,6 +129,17 @@ def audit(
         elif log.resolved:
             report.checked.append(f"champion carries no deleted sample of {len(log.resolved)} resolved request(s)")
     return report
+
+
+def _check_erased(report: AuditReport, erasure: ErasureLog, store: ComponentStore) -> None:
+    """Erased weights stay erased: a component the ledger erased must not be back (restored from a backup)."""
+    back = sorted(c for c in erasure.components if store.weights_path(c).exists())
+    for component_id in back:
+        report.problems.append(f"component {component_id}: the ledger erased its weights, but {store.weights_path(component_id)} exists again")
+    if erasure.done:
+        report.checked.append(
+            f"erasure: {len(erasure.done)} request(s) erased; weights of {len(erasure.components)} component(s), {len(erasure.versions)} version(s) stay erased"
+        )
 
 
 def _check_components(
@@ -206,7 +224,12 @@ def _check_signed_versions(ws: Workspace, report: AuditReport, require_signature
     """
     entries = ws.ledger.verify()
     promoted = sorted({e.data["version"] for e in entries if e.type == "decision" and e.data["decision"] == PROMOTED})
-    signed = signed_entries(ws.ledger)
+    erased = ErasureLog.read(ws.ledger).versions
+    signed = {v: e for v, e in signed_entries(ws.ledger).items() if v not in erased}  # an erased version's signed copy is gone on purpose
+    promoted = [v for v in promoted if v not in erased]
+    for version in sorted(erased):
+        if signed_dir(ws.store_dir, version).exists():
+            report.problems.append(f"served model v{version}: its weights were erased in the ledger, but {signed_dir(ws.store_dir, version)} exists again")
     if not signed and not (require_signatures and ws.params.public_key_path is not None and promoted):
         return
     public = ws.params.public_key_path

@@ -22,6 +22,7 @@ from pipeline.core.markdown import markdown_to_html
 from pipeline.records.anchors import ATTESTATION_SUFFIX, CERTIFICATE_MARK, certificate_anchor_block, certificate_anchor_payload
 from pipeline.records.debt import debts_of
 from pipeline.records.deletion import REPEAT_ENTRY, REVOKED_ENTRY, DeletionLog, load_request
+from pipeline.records.erasure import ErasureLog, erasure_state
 from pipeline.records.workspace import Workspace
 
 PREDICATE_TYPE = "https://ume.dev/deletion-certificate/v1"
@@ -172,6 +173,48 @@ def evidence_lines(evidence: dict[str, Any], resolved: dict[str, Any] | None) ->
     return lines
 
 
+def erasure_facts(ws: Workspace, request_id: str) -> dict[str, Any]:
+    """When the request's pixels and weights were erased and what went (or when erasure is due)."""
+    state = next(r for r in erasure_state(ws.ledger, ws.params.deletion.max_erasure_days) if r["request_id"] == request_id)
+    entry = ErasureLog.read(ws.ledger).done.get(request_id)
+    out: dict[str, Any] = {"state": state["state"], "deadline": state["deadline"], "erased_at": state["erased_at"]}
+    if entry is not None:
+        d = entry.data
+        out |= {
+            "rows_keys_destroyed": d["rows"],
+            "components": [c["id"] for c in d["components"]],
+            "versions": d["versions"],
+            "report_images": d["reports"],
+            "dvc_objects": d["dvc_objects"],
+            "ledger_entry": {"seq": entry.seq, "hash": entry.hash},
+        }
+    return out
+
+
+def erasure_lines(erasure: dict[str, Any]) -> list[str]:
+    """The certificate's "Erasure" section."""
+    lines = ["## Erasure", ""]
+    if erasure["state"] != "erased":
+        why = "the request is exact; `ume erase` (the DVC stage seal) erases it" if erasure["state"] == "due" else "erasure follows an exact deletion"
+        return lines + [f"Not erased yet ({why}); deadline {erasure['deadline']} (deletion.max_erasure_days).", ""]
+    lines += [
+        f"**Erased at {erasure['erased_at']}** (ledger entry {erasure['ledger_entry']['seq']}, `{erasure['ledger_entry']['hash'][:16]}`):",
+        "",
+        f"- the pixels of {erasure['rows_keys_destroyed']} sample(s): their row keys destroyed (crypto-shredding), so no copy of"
+        " store/data (workspace, DVC cache, DVC remote, backups) can be read for them;",
+        f"- the weights of {len(erasure['components'])} component(s) trained on them"
+        + (f" ({', '.join(f'`{c}`' for c in erasure['components'])})" if erasure["components"] else "")
+        + f", removed from store/components, store/signed, the MLflow artifacts of version(s) {', '.join(f'v{v}' for v in erasure['versions']) or 'none'}"
+        f" and {len(erasure['dvc_objects'])} DVC cache object(s); the sidecars (hashes, lineage) stay for the audit;",
+        f"- {len(erasure['report_images'])} report image(s) that showed them, replaced.",
+        "",
+        "Forget checks of an erased request cannot read its samples: they rest on the evidence above and on the lineage proof"
+        " (`erased_lineage`, run at every later gate).",
+        "",
+    ]
+    return lines
+
+
 def certificate_facts(ws: Workspace, request_id: str) -> dict[str, Any]:
     """Everything a certificate states, as JSON-ready data: what the Markdown shows and the attestation's predicate holds."""
     log = DeletionLog.read(ws.ledger)
@@ -225,6 +268,7 @@ def certificate_facts(ws: Workspace, request_id: str) -> dict[str, Any]:
     facts["components_affected"] = _affected_components(ws, hashed)
     revoked = [e for e in ws.ledger.of_type(REVOKED_ENTRY) if any(request_id in v for v in e.data["by_request"].values())]
     facts["versions_revoked"] = sorted({int(v) for e in revoked for v, reqs in e.data["by_request"].items() if request_id in reqs})
+    facts["erasure"] = erasure_facts(ws, request_id)
     facts["evidence"] = None
     evidence = ws.reports_dir / (step_key or "") / "results.json"
     second = ws.reports_dir / f"{step_key}-attempt2" / "results.json"
@@ -240,7 +284,7 @@ def certificate_facts(ws: Workspace, request_id: str) -> dict[str, Any]:
     listed, rows = [], []
     entries = ws.ledger.verify()
     for e in entries:
-        related = e.data.get("request_id") == request_id or (e.step in steps) or e in revoked
+        related = e.data.get("request_id") == request_id or (e.step in steps) or e in revoked or request_id in e.data.get("requests", ())
         if related or (e.type == REPEAT_ENTRY and e.data.get("request_id") == request_id):
             rows.append({"seq": e.seq, "type": e.type, "step": e.step, "hash": e.hash})
             listed.append(e)
@@ -310,6 +354,7 @@ def render_markdown(facts: dict[str, Any]) -> str:
     lines += ["## Components affected", "", "| component | kind | influenced by | covers | made by |", "|---|---|---|---|---|"]
     lines += [f"| `{c['id']}` | {c['kind']} | {c['influenced_by']} | {c['covers']} | {c['method']} |" for c in facts["components_affected"]]
     lines += ["", "## Versions revoked", "", ", ".join(f"v{v}" for v in facts["versions_revoked"]) or "none", ""]
+    lines += erasure_lines(facts["erasure"])
     lines += ["## Evidence", ""]
     evidence = facts["evidence"]
     if evidence is not None:

@@ -10,6 +10,7 @@ from pipeline.records.continual import ContinualSummary, summarize
 from pipeline.records.continual import render as render_continual
 from pipeline.records.debt import request_debts
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
+from pipeline.records.erasure import erasure_state
 from pipeline.records.ui_requests import alias_move, drop_tags, ui_history
 from pipeline.records.workspace import Workspace
 
@@ -59,6 +60,9 @@ def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]
         )
     debts = {d.request_id: d for d in request_debts(log, debt, ws.params.deletion, now)}
     requests = {rid: _request_status(e.data, log.resolved.get(rid)) | _deadline(debts[rid]) for rid, e in log.requests.items()}
+    erasure = {row["request_id"]: row for row in erasure_state(ws.ledger, ws.params.deletion.max_erasure_days, now)}
+    for rid, request in requests.items():
+        request["erasure"] = {k: erasure[rid][k] for k in ("state", "erased_at", "deadline", "overdue")}
     continual = summarize(done)
     return {
         "as_of": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -69,6 +73,8 @@ def collect_status(ws: Workspace, now: datetime | None = None) -> dict[str, Any]
         "requests": requests,
         "pending_requests": log.pending,
         "overdue_requests": [rid for rid, r in requests.items() if r["state"] == "overdue"],
+        "overdue_erasures": [rid for rid, r in requests.items() if r["erasure"]["overdue"]],
+        "max_erasure_days": ws.params.deletion.max_erasure_days,
         "deletion_debt": {
             "samples": sum(debt.values()),
             "by_request": debt,
@@ -124,6 +130,15 @@ def _evidence(request: dict[str, Any]) -> str:
     return f"{evidence['conclusive']}/{checks} checks conclusive{shown}"
 
 
+def _erasure(erasure: dict[str, Any]) -> str:
+    """``erased 2026-12-04``, ``due by 2027-01-03`` (exact, erasure pending), ``waits 2027-01-03`` (not exact yet), ``OVERDUE``."""
+    if erasure["state"] == "erased":
+        return f"erased {erasure['erased_at'][:10]}"
+    if erasure["overdue"]:
+        return f"OVERDUE {erasure['deadline'][:10]}"
+    return f"{'due by' if erasure['state'] == 'due' else 'waits'} {erasure['deadline'][:10]}"
+
+
 def _num(metrics: dict[str, float], name: str) -> str:
     return f"{metrics[name]:.4f}" if name in metrics else "-"
 
@@ -145,6 +160,10 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"NOT SYNCED (MLflow UI): {line}")
     if status["overdue_requests"]:
         lines.append(f"OVERDUE (past received + {debt['max_days']:g} days as of {status['as_of']}): {', '.join(status['overdue_requests'])}")
+    if status["overdue_erasures"]:
+        lines.append(
+            f"ERASURE OVERDUE (not erased by received + {status['max_erasure_days']:g} days as of {status['as_of']}): {', '.join(status['overdue_erasures'])}"
+        )
     lines.append("")
     width = max([18, *(len(s["id"]) for s in status["steps"])])
     header = f"{'step':<{width}} {'kind':<9} {'decision':<9} {'ver':>4} {'champ':>5} {'test_acc':>8} {'retained':>8} {'canary':>7} {'secs':>6}  failing"
@@ -170,11 +189,12 @@ def render_status(status: dict[str, Any]) -> str:
         )
         lines += ["  " + line for line in render_continual(summary)]
     if status["requests"]:
-        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'state':<8} {'age':>6} {'deadline':<11}  evidence"]
+        lines += ["", f"{'request':<18} {'scope':<8} {'samples':>7} {'method':<8} {'state':<8} {'age':>6} {'deadline':<11} {'erasure':<18}  evidence"]
         for rid, r in status["requests"].items():
             deadline = "-" if r["state"] == "exact" else r["deadline"][:10]
             lines.append(
-                f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {r['state']:<8} {r['age_days']:>5.1f}d {deadline:<11}  {_evidence(r)}"
+                f"{rid:<18} {r['scope']:<8} {r['samples']:>7} {r.get('method', '-'):<8} {r['state']:<8} {r['age_days']:>5.1f}d {deadline:<11} "
+                f"{_erasure(r['erasure']):<18}  {_evidence(r)}"
             )
     recorded = status["ui_requests"]["recorded"]
     if recorded:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.core.faults import crash_point
 from pipeline.data import prepare_data
+from pipeline.data.rowkeys import RowKeys
 from pipeline.records.workspace import Workspace
 
 
@@ -17,7 +18,7 @@ def run_prepare(ws: Workspace) -> dict[str, Any]:
     if staging.exists():
         shutil.rmtree(staging)
     try:
-        info = prepare_data(ws.params, staging)  # a folder's images are written there one by one
+        info = prepare_data(ws.params, staging, RowKeys.open(ws.data_dir))  # a folder's images are written there one by one
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a bad image or manifest row: nothing half-written is left
         raise

@@ -14,6 +14,7 @@ from pipeline.model.compose import compose
 from pipeline.model.manifest import Manifest
 from pipeline.records import gate
 from pipeline.records.deletion import DeletionLog, uncovered_requests
+from pipeline.records.erasure import ErasureLog
 from pipeline.records.workspace import Workspace
 from pipeline.steps.context import Candidate, StepContext, current_champion
 from pipeline.steps.kind import StepKind, register_kind
@@ -58,6 +59,14 @@ def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
         raise ConfigError(
             f"version {target} was never promoted through the gate; only earlier champions can be rolled back to"
             f" (promoted: {', '.join(map(str, sorted(promoted))) or 'none'})",
+            file=ws.params.file,
+            field=field,
+        )
+    erasure = ErasureLog.read(ws.ledger)
+    if target in erasure.versions:
+        by = sorted(rid for rid, e in erasure.done.items() if target in e.data["versions"])
+        raise ConfigError(
+            f"version {target}'s weights were erased with the data of request(s) {', '.join(by)} (`ume status`); it cannot be served again",
             file=ws.params.file,
             field=field,
         )
