@@ -77,6 +77,11 @@ CASES: tuple[CrashCase, ...] = (
         CrashCase("forget", p)
         for p in ("forget.ingested", "forget.request_written", "step.ingested", "train.batch", "gate.promoted", "forget.resolved", "revoke.ledger")
     ),
+    # The exact deletion's erasure (`ume erase` in the seal stage): killed after each of its actions.
+    *(
+        CrashCase("forget", p)
+        for p in ("erase.planned", "erase.components", "erase.mlflow", "erase.reports", "erase.derived", "erase.dvc_cache", "erase.keys")
+    ),
     *(CrashCase("compress", p) for p in ("component.saved", "gate.promoted")),
     # On the small project the rollback is blocked by the gate, so its last point is the decision.
     *(CrashCase("rollback", p) for p in ("registry.registered", "gate.decided")),
@@ -91,7 +96,7 @@ CASES: tuple[CrashCase, ...] = (
 # `python -m bench.reliability` runs every case of CASES.
 # learn:dvc.between_stages left CI for time on 2026-12-03 and came back with the warm process the same day (it is also the
 # case that finds `dvc` through the warm process's child: pipeline.core.warm.logical_parent_pid).
-CI_CASES: tuple[str, ...] = ("learn:gate.decided", "learn:dvc.between_stages", "forget:forget.ingested", "prepare:prepare.staged")
+CI_CASES: tuple[str, ...] = ("learn:gate.decided", "learn:dvc.between_stages", "forget:forget.ingested", "forget:erase.keys", "prepare:prepare.staged")
 
 
 @dataclass
@@ -259,6 +264,7 @@ def run_commands(root: Path, commands: list[tuple[str, ...]], extra: dict[str, s
 def final_state(root: Path) -> dict[str, Any]:
     """What a run ended with: champion manifest, each step's decision and manifest, requests."""
     from pipeline.records.deletion import DeletionLog
+    from pipeline.records.erasure import ErasureLog
     from pipeline.records.workspace import Workspace
 
     with contextlib.chdir(root):  # a project's paths (store, sqlite) are relative to its directory
@@ -269,8 +275,11 @@ def final_state(root: Path) -> dict[str, Any]:
             record = ws.step_record(key)
             steps[key] = None if record is None else {"decision": record["decision"], "manifest_hash": record["manifest_hash"]}
         log = DeletionLog.read(ws.ledger)
+        erasure = ErasureLog.read(ws.ledger)
         champion_manifest = ws.manifest_of(champion).hash if champion is not None else None
     return {
+        "erased": sorted(erasure.done),
+        "erasing": sorted(erasure.unfinished),
         "champion_manifest": champion_manifest,
         "steps": steps,
         "requests": sorted(log.requests),
@@ -283,6 +292,7 @@ def invariant_problems(root: Path, reference: dict[str, Any]) -> list[str]:
     from pipeline.core.errors import UmeError
     from pipeline.model.components import ComponentStore
     from pipeline.model.manifest import Manifest
+    from pipeline.records.erasure import ErasureLog
     from pipeline.records.workspace import Workspace
     from pipeline.reports.audit import audit
 
@@ -291,6 +301,7 @@ def invariant_problems(root: Path, reference: dict[str, Any]) -> list[str]:
         with contextlib.chdir(root):  # what `ume audit` checks, in-process (one interpreter start less per case)
             ws = Workspace.open("params.yaml")
             report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
+            erased = ErasureLog.read(ws.ledger).components  # their weights are gone on purpose (audit checks they stay gone)
         problems.extend(f"audit: {line}" for line in report.problems)
         state = final_state(root)
     except UmeError as exc:
@@ -306,8 +317,13 @@ def invariant_problems(root: Path, reference: dict[str, Any]) -> list[str]:
     unresolved = sorted(set(reference["resolved"]) - set(state["resolved"]))
     if unresolved:
         problems.append(f"deletion request(s) not resolved: {', '.join(unresolved)}")
+    unerased = sorted(set(reference.get("erased", [])) - set(state["erased"]))
+    if unerased or state["erasing"]:
+        problems.append(f"erasure not finished: {', '.join(unerased or state['erasing'])}")
     store = ComponentStore(root / "store" / "components")
     for sidecar in sorted((root / "store" / "components").glob("*.json")):
+        if sidecar.stem in erased:
+            continue
         try:
             store.verify(sidecar.stem)
         except UmeError as exc:

@@ -30,7 +30,7 @@ import pytest
 import torch
 from torch import nn
 
-from behaviors.context import BehaviorContext, EditCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
+from behaviors.context import BehaviorContext, EditCase, ErasedCase, ForgetCase, ModelUnderTest, Splits, merged_thresholds
 from behaviors.plugin import ContextInjector
 from behaviors.references import ReferenceBank, Shadow
 from behaviors.suite import run_suite
@@ -157,6 +157,11 @@ def _membership_context(candidate: nn.Module, control: nn.Module) -> BehaviorCon
     return context
 
 
+def _erased_context(carried: int) -> BehaviorContext:
+    """An erased request (pixels gone): the candidate's lineage holds ``carried`` of its 20 samples, its control's all 20."""
+    return _context(Crafted(), erased=[ErasedCase("del-e1", "2026-12-04T00:00:00Z", carried, 20, "exact")])
+
+
 MEMORISES = Crafted(confidence=lambda label, group, marker, probe: torch.where(marker == FORGOTTEN, 12.0, 2.0))
 TYPICAL = Crafted(confidence=2.0)
 
@@ -195,6 +200,7 @@ CRAFTED: dict[str, tuple[str, Callable[[], BehaviorContext], Callable[[], Behavi
         lambda: _membership_context(MEMORISES, MEMORISES),
         lambda: _membership_context(TYPICAL, MEMORISES),
     ),
+    "test_erased_requests_stay_out_of_the_lineage": ("test_forget.py", lambda: _erased_context(3), lambda: _erased_context(0)),
     "test_per_class_recall_drop": ("test_per_class.py", lambda: _context(Crafted(relabel={3: 4})), lambda: _context(Crafted())),
     "test_logits_are_finite": ("test_properties.py", lambda: _context(Crafted(nan=True)), lambda: _context(Crafted())),
     "test_brightness_stability": (
