@@ -174,6 +174,20 @@ def _reliability(d: dict[str, Any]) -> list[Row]:
     )
 
 
+def _erasure(d: dict[str, Any]) -> list[Row]:
+    parts = []
+    for r in d["erasures"]:
+        ratio = f" ({r['erasure_seconds'] / r['step_seconds']:.2f}× its deletion step, {r['step_seconds']:.0f} s)" if r["step_seconds"] else ""
+        parts.append(f"{', '.join(r['requests'])}: {r['erasure_seconds']:.1f} s{ratio}")
+    search = d["search"]
+    return _one(
+        "erasure after an exact deletion (`ume bench erasure`, the demo)",
+        f"{'; '.join(parts)}; `dvc gc -w -f` {d['collect']['gc_seconds']:.1f} s; decrypting on read {d['reads']['per_row_us']:.1f} µs per row; "
+        f"content search of {search['files']} files: {len(search['hits'])} hold an erased row or weights; not erased (not exact): "
+        f"{', '.join(d['not_erased']) or 'none'}",
+    )
+
+
 def _ci(d: dict[str, Any]) -> list[Row]:
     return _one(
         "`bash .ci/run` on a clean clone (install included)",
@@ -190,6 +204,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("overlays.json", _overlays),
     ("scale.json", _scale),
     ("startup.json", _startup),
+    ("erasure.json", _erasure),
     ("reliability.json", _reliability),
     ("ci.json", _ci),
 ]

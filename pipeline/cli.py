@@ -417,6 +417,7 @@ BENCH_MODULES = {
     "gpu-demo": "bench.gpu_demo",
     "lifelong": "bench.lifelong",
     "startup": "bench.startup",
+    "erasure": "bench.erasure",
 }
 
 

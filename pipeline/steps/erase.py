@@ -24,6 +24,7 @@ import configparser
 import hashlib
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -283,8 +284,9 @@ def _shred_rows(ws: Workspace, hashed: set[str], when: str) -> int:
     return len(newly)
 
 
-def execute(ws: Workspace, plan: ErasurePlan) -> ErasureOutcome:
-    """Carry out a plan (idempotent: a resumed plan redoes what is left) and record it."""
+def execute(ws: Workspace, plan: ErasurePlan, *, started: float | None = None) -> ErasureOutcome:
+    """Carry out a plan (idempotent: a resumed plan redoes what is left) and record it, with the seconds it took."""
+    started = time.perf_counter() if started is None else started
     log = DeletionLog.read(ws.ledger)
     hashed = log.hashed_ids(plan.requests)
     deleted = _erase_weights(ws, plan)
@@ -307,6 +309,7 @@ def execute(ws: Workspace, plan: ErasurePlan) -> ErasureOutcome:
         "dvc_objects": md5s,
         "dvc_cache_objects_removed": objects,
         **derived,
+        "seconds": round(time.perf_counter() - started, 3),
     }
     ws.ledger.append(ERASED_ENTRY, entry)
     return ErasureOutcome(plan, entry)
@@ -326,10 +329,11 @@ def run_erasure(ws: Workspace, *, now: datetime | None = None) -> list[ErasureOu
     log, erasure = DeletionLog.read(ws.ledger), ErasureLog.read(ws.ledger)
     due = [r for r in due_requests(log, erasure) if r not in erasure.started]
     if due:
+        started = time.perf_counter()
         plan = plan_erasure(ws, due, log, erasure, now)
         ws.ledger.append(STARTED_ENTRY, plan.to_json())
         crash_point("erase.planned")
-        outcomes.append(execute(ws, plan))
+        outcomes.append(execute(ws, plan, started=started))
     return outcomes
 
 
