@@ -175,10 +175,16 @@ def swap_served_weights(root: Path) -> None:
     manifests = {e["data"]["version"]: e["data"]["manifest"] for e in entries if e["type"] == "candidate"}
     old = set(manifests.get(before, {}).get("overlays", [])) - set(manifests[version].get("overlays", []))
     served = sorted(directory.glob("*.safetensors"))
+    components = root / "store" / "components"
     for target in reversed(served):
         replaced = sorted(c for c in old if c.split("-")[0] == target.name.split("-")[0])
-        if replaced:
-            target.write_bytes((root / "store" / "components" / f"{replaced[0]}.safetensors").read_bytes())
+        if replaced and (components / f"{replaced[0]}.safetensors").exists():
+            target.write_bytes((components / f"{replaced[0]}.safetensors").read_bytes())
+            return
+        # An exact deletion's erasure deleted the replaced overlay's weights everywhere: swap in another component of the same kind.
+        others = sorted(p for p in components.glob(f"{target.name.split('-')[0]}-*.safetensors") if p.name != target.name)
+        if others:
+            target.write_bytes(others[0].read_bytes())
             return
     blob = bytearray(served[-1].read_bytes())
     blob[-1] ^= 1
@@ -338,8 +344,8 @@ CASES: tuple[TamperCase, ...] = (
     TamperCase("certificate-vs-rewritten-ledger", "history rewritten; the data subject checks their certificate", drop_request, with_certificate=True),
     TamperCase(
         "served-weights-swapped",
-        "a weights file of the champion's signed served files (`store/signed/v<N>/`) swapped after signing for the overlay it replaced,"
-        " which still carries the deleted samples (component store untouched)",
+        "a weights file of the champion's signed served files (`store/signed/v<N>/`) swapped after signing for the overlay it replaced"
+        " (or, once an erasure deleted that one, another component of the same kind; component store untouched)",
         swap_served_weights,
         outside=model_signing_verdict,
     ),
