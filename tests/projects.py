@@ -195,7 +195,7 @@ def keep_prepared_data(project: Path) -> Path:
     (project / "mlflow.db").unlink(missing_ok=True)
     shutil.rmtree(project / "mlruns", ignore_errors=True)
     for path in (project / "store").iterdir():
-        if path.name != "data":
+        if path.name not in ("data", "data-keys"):  # the prepared table and its row keys
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return project
 

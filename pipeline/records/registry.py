@@ -234,7 +234,7 @@ class Registry:
         proxied store): MLflow's artifact repository API, which local and ``mlflow-artifacts:`` stores implement."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        get_artifact_repository(self.artifact_uri(run_id)).delete_artifacts(path)
+        get_artifact_repository(self.artifact_uri(run_id), tracking_uri=self.tracking_uri).delete_artifacts(path)
 
     def register(self, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
         """Register a model version whose files are the run's ``artifact_path``; returns its number."""
