@@ -2,7 +2,7 @@
 
 Runs in one process on the current project's champion (after ``make demo``): an fp32 baseline, int8
 quantization, and a sparsity sweep of global magnitude pruning, unstructured, structured (masked
-dense) and structured with the channels removed (``remove_channels``: dependency-aware groups, the
+dense) and structured with the channels removed (``structured: channels``: dependency-aware groups, the
 network served smaller), the last also followed by int8, each through the same ``compress`` methods
 the stream uses. For every row: bytes of the served weights, latency at batch 1 and 64 on one torch
 thread (the minimum of interleaved repeats, as the budget behaviour times), test accuracy, accuracy per group on the
@@ -34,9 +34,7 @@ FINETUNE_STEPS = 150
 
 def _prune(sparsity: float, structured: bool, finetune: bool, removed: bool = False, then_int8: bool = False) -> dict[str, Any]:
     kind = "structured" if structured else "unstructured"
-    options: dict[str, Any] = {"sparsity": sparsity, "structured": structured}
-    if removed:
-        options["remove_channels"] = True
+    options: dict[str, Any] = {"sparsity": sparsity, "structured": "channels" if removed else structured}
     if finetune:
         options["finetune_steps"] = FINETUNE_STEPS
     setting = (

@@ -91,12 +91,12 @@ def test_removed_network_is_smaller_and_computes_the_masked_dense_network(sparsi
 
 def test_channel_transform_composes_deterministically_and_quantizes_after() -> None:
     net = tiny_net()
-    tensors, meta = prune(copy.deepcopy(net), sparsity=0.3, structured=True, remove_channels=True)
-    assert meta["remove_channels"] is True and meta["config"]["remove_channels"] is True
+    tensors, meta = prune(copy.deepcopy(net), sparsity=0.3, structured="channels")
+    assert meta["remove_channels"] is True and meta["config"]["structured"] == "channels"
     a = transform_network(copy.deepcopy(net), tensors, meta, where="t.json")
     b = transform_network(copy.deepcopy(net), tensors, meta, where="t.json")
     assert weights_hash(a) == weights_hash(b) and model_bytes(a) < model_bytes(net)
-    again, _ = prune(copy.deepcopy(net), sparsity=0.3, structured=True, remove_channels=True)
+    again, _ = prune(copy.deepcopy(net), sparsity=0.3, structured="channels")
     assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
     x = images(64)
     int8 = quantize(a, calibrate(a, x), x[:1])  # a quantize step after the prune step calibrates the smaller network
@@ -127,12 +127,12 @@ def test_transforms_without_remove_channels_still_run_dense() -> None:
 
 
 def test_bad_options_are_refused_naming_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"stream\.s07\.remove_channels.*structured: true"):
+    with pytest.raises(ConfigError, match=r"stream\.s07\.structured.*expected true, false or 'channels', got 'channel'"):
+        prune(tiny_net(), sparsity=0.3, structured="channel")
+    with pytest.raises(ConfigError, match=r"stream\.s07\.remove_channels\b.*unknown key"):
         prune(tiny_net(), sparsity=0.3, remove_channels=True)
-    with pytest.raises(ConfigError, match=r"stream\.s07\.remove_channel\b.*unknown key"):
-        prune(tiny_net(), sparsity=0.3, structured=True, remove_channel=True)
-    with pytest.raises(ConfigError, match=r"stream\.s07\.remove_channels"):
-        prune(tiny_net(), sparsity=0.3, structured=True, remove_channels="yes")
+    with pytest.raises(ConfigError, match=r"stream\.s07\.structured.*expected bool or str"):
+        prune(tiny_net(), sparsity=0.3, structured=1)
 
     class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self) -> None:
@@ -142,13 +142,13 @@ def test_bad_options_are_refused_naming_the_field() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
-    with pytest.raises(ConfigError, match=r"params\.yaml.*stream\.s07\.remove_channels.*cannot remove channels of Branchy"):
-        prune(Branchy(), sparsity=0.3, structured=True, remove_channels=True)
+    with pytest.raises(ConfigError, match=r"params\.yaml.*stream\.s07\.structured.*cannot remove channels of Branchy"):
+        prune(Branchy(), sparsity=0.3, structured="channels")
 
 
 def test_masks_that_leave_a_removed_channel_live_are_refused_naming_the_file() -> None:
     net = tiny_net()
-    tensors, meta = prune(copy.deepcopy(net), sparsity=0.3, structured=True, remove_channels=True)
+    tensors, meta = prune(copy.deepcopy(net), sparsity=0.3, structured="channels")
     norm = next(k for k in tensors if k.endswith("bn1.weight") and not bool(tensors[k].all()))
     broken = dict(tensors) | {norm: torch.ones_like(tensors[norm])}
     with pytest.raises(ComponentError, match=r"t\.json.*keeps a channel its group removes"):

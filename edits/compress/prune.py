@@ -2,7 +2,7 @@
 
 Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks" (NeurIPS);
 structured channel pruning after Li et al. 2017, "Pruning Filters for Efficient ConvNets" (ICLR).
-With ``remove_channels``, the channels are ranked by dependency-aware groups (DepGraph, Fang et al.
+With ``structured: channels``, the channels are ranked by dependency-aware groups (DepGraph, Fang et al.
 2023, CVPR; :mod:`pipeline.model.shrink`) and composing removes them, so the served network is smaller
 and faster; without it the masks run dense, as transforms made before did.
 Compressed models lose accuracy unevenly, mostly on small groups (Hooker et al. 2019, "What Do
@@ -27,17 +27,18 @@ from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.prune import apply_masks, global_masks, prunable, sparsity_of
 from pipeline.model.shrink import channel_masks
 
+CHANNELS = "channels"  # ``structured: channels``: remove the pruned channels (pipeline/model/shrink.py)
+
 
 @dataclass(frozen=True)
 class PruneConfig:
     """Share of weights (or channels, when ``structured``) to remove, and optional fine-tune steps.
 
-    ``remove_channels`` (with ``structured``): prune coupled channel groups and serve the network
-    with those channels removed (smaller, faster) instead of masked dense."""
+    ``structured``: ``false`` (single weights), ``true`` (whole output channels, masked dense) or
+    ``"channels"`` (coupled channel groups, removed from the served network: smaller and faster)."""
 
     sparsity: float = 0.5
-    structured: bool = False
-    remove_channels: bool = False
+    structured: bool | str = False
     finetune_steps: int = 0
     lr: float = 0.01
     batch_size: int = 64
@@ -83,18 +84,18 @@ def compress_prune(net: nn.Module, data: UmeData, config: PruneConfig, env: Oper
         tensors=tensors,
         lineage=lineage,
         meta={"method": "compress/prune", "transform": "prune", "config": asdict(config), "sparsity": round(sparsity_of(masks), 6)}
-        | ({"remove_channels": True} if config.remove_channels else {}),
+        | ({"remove_channels": True} if config.structured == CHANNELS else {}),
     )
     return Change(transform=draft)
 
 
 def _masks(net: nn.Module, config: PruneConfig, env: OperatorEnv) -> dict[str, torch.Tensor]:
-    """Keep-masks for ``config``: dependency-aware channel groups when ``remove_channels``, else global magnitude."""
-    if not config.remove_channels:
+    """Keep-masks for ``config``: dependency-aware channel groups for ``structured: channels``, else global magnitude."""
+    field = f"stream.{env.step}.structured"
+    if isinstance(config.structured, bool):
         return global_masks(net, config.sparsity, structured=config.structured)
-    field = f"stream.{env.step}.remove_channels"
-    if not config.structured:
-        raise ConfigError("removing channels needs `structured: true` (whole output channels)", file="params.yaml", field=field)
+    if config.structured != CHANNELS:
+        raise ConfigError(f"expected true, false or {CHANNELS!r}, got {config.structured!r}", file="params.yaml", field=field)
     try:
         return channel_masks(net, config.sparsity)
     except (ValueError, TypeError, NotImplementedError) as exc:  # torch.fx's TraceError is a ValueError
