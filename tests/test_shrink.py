@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -10,13 +11,15 @@ import torch
 from torch import nn
 
 from edits import OperatorEnv, get_method
+from pipeline.cli import append_stream_step
 from pipeline.core.errors import ComponentError, ConfigError
 from pipeline.model.channel_groups import channel_groups
-from pipeline.model.compose import transform_network, weights_hash
+from pipeline.model.compose import compose, transform_network, weights_hash
 from pipeline.model.prune import apply_masks, global_masks
 from pipeline.model.quantize import Int8Network, calibrate, model_bytes, quantize
 from pipeline.model.routing import Detector, RoutedNetwork, Router
 from pipeline.model.shrink import channel_masks, remove_channels
+from pipeline.steps import open_workspace, run_step
 
 
 def tiny_net(seed: int = 0) -> nn.Module:
@@ -166,3 +169,25 @@ def test_int8_forward_runs_a_trace_that_matches_the_graph() -> None:
     assert all(not k.startswith("_fast") for k in int8.state_dict())  # the trace is a cache, not weights
     twin = copy.deepcopy(int8)
     assert weights_hash(twin) == weights_hash(int8) and torch.equal(twin(x), int8(x))
+
+
+def test_a_channel_pruned_champion_is_served_smaller_and_stays_so_through_a_learn_step(trained_copy: Path) -> None:
+    """Plumbing through the stream (wide test thresholds): prune with structured: channels, quantize after it,
+    then a learn step re-derives both transforms on its float shadow."""
+    params = trained_copy / "params.yaml"
+    append_stream_step(params, "prune", {"kind": "compress", "parent": "s01", "method": "prune", "structured": "channels", "sparsity": 0.1})
+    append_stream_step(params, "quant", {"kind": "compress", "parent": "prune", "method": "quantize", "calibration_samples": 64})
+    append_stream_step(params, "s03x", {"kind": "learn", "parent": "quant", "slice": "u3", "epochs": 1})
+    ws = open_workspace()
+    for key in ("s01", "prune"):
+        record = run_step(ws, key).record
+        assert record["decision"] == "promoted", (key, record["failing"])
+    pruned = ws.manifest_of(ws.registry.champion())
+    served, shadow = compose(pruned, ws.components), compose(pruned.float_shadow(), ws.components)
+    assert sum(p.numel() for p in served.parameters()) < sum(p.numel() for p in shadow.parameters())
+    assert weights_hash(served) == weights_hash(compose(pruned, ws.components))
+    assert run_step(ws, "quant").record["decision"] == "promoted"
+    record = run_step(ws, "s03x").record
+    learned = ws.versions.load(record["manifest_hash"])
+    assert learned.transform_steps == ("prune", "quant") and record["notes"]["reapplied_transforms"] == ["prune", "quant"]
+    assert model_bytes(compose(learned, ws.components)) < model_bytes(compose(learned.float_shadow(), ws.components)) / 4
