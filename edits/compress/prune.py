@@ -2,6 +2,9 @@
 
 Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks" (NeurIPS);
 structured channel pruning after Li et al. 2017, "Pruning Filters for Efficient ConvNets" (ICLR).
+With ``structured: channels``, the channels are ranked by dependency-aware groups (DepGraph, Fang et al.
+2023, CVPR; :mod:`pipeline.model.shrink`) and composing removes them, so the served network is smaller
+and faster; without it the masks run dense, as transforms made before did.
 Compressed models lose accuracy unevenly, mostly on small groups (Hooker et al. 2019, "What Do
 Compressed Deep Neural Networks Forget?"): the fairness behaviours gate exactly that. The
 fine-tune uses retained samples only (the data layer), with the masks enforced after every step.
@@ -22,14 +25,20 @@ from pipeline.model.components import ComponentDraft
 from pipeline.model.delta import snapshot
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.prune import apply_masks, global_masks, prunable, sparsity_of
+from pipeline.model.shrink import channel_masks
+
+CHANNELS = "channels"  # ``structured: channels``: remove the pruned channels (pipeline/model/shrink.py)
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Share of weights (or channels, when ``structured``) to remove, and optional fine-tune steps."""
+    """Share of weights (or channels, when ``structured``) to remove, and optional fine-tune steps.
+
+    ``structured``: ``false`` (single weights), ``true`` (whole output channels, masked dense) or
+    ``"channels"`` (coupled channel groups, removed from the served network: smaller and faster)."""
 
     sparsity: float = 0.5
-    structured: bool = False
+    structured: bool | str = False
     finetune_steps: int = 0
     lr: float = 0.01
     batch_size: int = 64
@@ -52,7 +61,7 @@ def compress_prune(net: nn.Module, data: UmeData, config: PruneConfig, env: Oper
     """Mask the smallest weights globally; optionally fine-tune the rest on retained samples."""
     if not 0.0 < config.sparsity < 1.0:
         raise ConfigError(f"expected a fraction in (0, 1), got {config.sparsity}", file="params.yaml", field=f"stream.{env.step}.sparsity")
-    masks = global_masks(net, config.sparsity, structured=config.structured)
+    masks = _masks(net, config, env)
     before = snapshot(net)
     apply_masks(net, masks)
     lineage: list[str] = []
@@ -61,17 +70,34 @@ def compress_prune(net: nn.Module, data: UmeData, config: PruneConfig, env: Oper
         retained = data.select("retain", hashed_ids=env.champion_lineage)
         for p in net.parameters():
             p.requires_grad_(False)
-        for p in prunable(net).values():
+        trained = prunable(net)
+        for p in trained.values():
             p.requires_grad_(True)
         fit_steps(_MaskedSteps(net, masks, lr=config.lr), retained, steps=config.finetune_steps, batch_size=config.batch_size, env=env)
         after = snapshot(apply_masks(net, masks))
-        delta = {k: after[k] - before[k] for k in masks if not torch.equal(after[k], before[k] * masks[k].to(after[k].dtype))}
+        masked = {k: before[k] * masks[k].to(before[k].dtype) if k in masks else before[k] for k in sorted(set(masks) | set(trained))}
+        delta = {k: after[k] - before[k] for k, v in masked.items() if not torch.equal(after[k], v)}
         lineage = hash_sample_ids(retained.sample_ids)
     tensors = {f"mask/{k}": v for k, v in masks.items()} | {f"delta/{k}": v.contiguous() for k, v in delta.items()}
     draft = ComponentDraft(
         kind="transform",
         tensors=tensors,
         lineage=lineage,
-        meta={"method": "compress/prune", "transform": "prune", "config": asdict(config), "sparsity": round(sparsity_of(masks), 6)},
+        meta={"method": "compress/prune", "transform": "prune", "config": asdict(config), "sparsity": round(sparsity_of(masks), 6)}
+        | ({"remove_channels": True} if config.structured == CHANNELS else {}),
     )
     return Change(transform=draft)
+
+
+def _masks(net: nn.Module, config: PruneConfig, env: OperatorEnv) -> dict[str, torch.Tensor]:
+    """Keep-masks for ``config``: dependency-aware channel groups for ``structured: channels``, else global magnitude."""
+    field = f"stream.{env.step}.structured"
+    if isinstance(config.structured, bool):
+        return global_masks(net, config.sparsity, structured=config.structured)
+    if config.structured != CHANNELS:
+        raise ConfigError(f"expected true, false or {CHANNELS!r}, got {config.structured!r}", file="params.yaml", field=field)
+    try:
+        return channel_masks(net, config.sparsity)
+    except (ValueError, TypeError, NotImplementedError) as exc:  # torch.fx's TraceError is a ValueError
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot remove channels of {type(net).__name__}: {first}", file="params.yaml", field=field) from None

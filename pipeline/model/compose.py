@@ -25,6 +25,7 @@ from pipeline.model.net import create_net
 from pipeline.model.prune import apply_masks
 from pipeline.model.quantize import quantize
 from pipeline.model.routing import Detector, RoutedNetwork, Router, split_router_tensors
+from pipeline.model.shrink import remove_channels
 
 
 def build_base(store: ComponentStore, base_id: str) -> nn.Module:
@@ -101,13 +102,17 @@ def apply_transform(net: nn.Module, store: ComponentStore, component_id: str) ->
 
 
 def transform_network(net: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, *, where: str) -> nn.Module:
-    """Apply a transform given its tensors and sidecar meta (also for an unsaved draft)."""
+    """Apply a transform given its tensors and sidecar meta (also for an unsaved draft).
+
+    A prune transform with ``meta.remove_channels`` serves the network with the channels its masks
+    remove sliced out (``pipeline/model/shrink.py``); without it (every transform made before), masked dense."""
     kind = meta.get("transform")
     try:
         if kind == "prune":
             masks = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
             delta = {k.removeprefix("delta/"): v for k, v in tensors.items() if k.startswith("delta/")}
-            return apply_masks(net, masks, delta)
+            net = apply_masks(net, masks, delta)
+            return remove_channels(net, masks) if meta.get("remove_channels") is True else net
         if kind == "quantize":
             shape = meta["input_shape"]
             return quantize(net, tensors, torch.zeros(1, *shape), meta.get("backend", "x86"))

@@ -5,7 +5,8 @@ Neural Networks", NeurIPS): one threshold on ``|w|`` across every Conv2d and Lin
 Structured: whole output channels ranked globally by their L1 norm per weight (Li et al. 2017,
 "Pruning Filters for Efficient ConvNets", ICLR), never a whole layer. The component stores the
 masks (uint8) and, when the step fine-tuned, the weight delta; composing applies
-``w <- (w + delta) * mask``, so the same manifest gives the same weights.
+``w <- (w + delta) * mask``, so the same manifest gives the same weights. These masks run dense;
+structured pruning that removes the channels it prunes is :mod:`pipeline.model.shrink`.
 """
 
 from __future__ import annotations

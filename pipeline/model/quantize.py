@@ -97,23 +97,50 @@ def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int = 256, backe
 
 
 class Int8Network(nn.Module):
-    """The converted int8 graph. Its kernels allocate outputs with an op PyTorch flags as
-    non-deterministic (``quantized_resize_cpu_``), which a Lightning ``deterministic=True`` run
-    earlier in the process would turn into an error; the result does not depend on it, so the
-    flag is lifted for the forward pass only."""
+    """The converted int8 graph, served through a frozen TorchScript trace of it.
 
-    def __init__(self, graph: nn.Module) -> None:
+    The FX graph (``graph``) holds the state dict (what ``weights_hash`` and ``model_bytes`` read). At
+    batch 1 its Python dispatch (about forty module calls) costs several times the int8 kernels
+    themselves, so the forward runs a frozen TorchScript trace of the same graph: the same kernels in
+    the same order, checked at construction to give bit-identical outputs on two batch sizes, else the
+    graph runs as it is. The trace is a cache of the graph, not part of the recipe: it is rebuilt on
+    every composition and never stored.
+
+    Its kernels allocate outputs with an op PyTorch flags as non-deterministic (``quantized_resize_cpu_``),
+    which a Lightning ``deterministic=True`` run earlier in the process would turn into an error; the
+    result does not depend on it, so the flag is lifted for the forward pass only."""
+
+    def __init__(self, graph: nn.Module, example: torch.Tensor | None = None) -> None:
         super().__init__()
         self.graph = graph
+        self._fast: tuple[nn.Module, ...] = () if example is None else _traced(graph, example)  # a tuple: not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Int8 inference on float input (quantize in, dequantize out)."""
         enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
         torch.use_deterministic_algorithms(False)
         try:
-            return self.graph(x)
+            return self._fast[0](x) if self._fast else self.graph(x)
         finally:
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _traced(graph: nn.Module, example: torch.Tensor) -> tuple[nn.Module, ...]:
+    """``(frozen trace,)`` of ``graph`` when it reproduces the graph bit for bit at batch 1 and 3, else ``()``."""
+    probe = torch.linspace(-1.0, 1.0, 3 * example[:1].numel()).reshape(3, *example.shape[1:])
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit warns that it is deprecated in favour of torch.compile, which has no int8 CPU convolutions
+            traced = torch.jit.freeze(torch.jit.trace(graph.eval(), probe[:1], check_trace=False).eval())
+            if all(torch.equal(traced(batch), graph(batch)) for batch in (probe[:1], probe)):
+                return (traced,)
+    except (RuntimeError, TypeError, ValueError, AssertionError):
+        pass
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    return ()
 
 
 def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.Tensor, backend: str = BACKEND) -> nn.Module:
@@ -134,7 +161,7 @@ def quantize(net: nn.Module, observers: dict[str, torch.Tensor], example: torch.
     result = prepared.load_state_dict(observers, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"observer state does not fit this network: {result.unexpected_keys[:3]}")
-    return Int8Network(convert_fx(prepared)).eval()
+    return Int8Network(convert_fx(prepared), example).eval()
 
 
 def model_bytes(net: nn.Module) -> int:
