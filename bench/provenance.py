@@ -117,7 +117,7 @@ BENCHES: dict[str, Bench] = {
     "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors"), ("families.md",)),
     "scale": Bench("ume bench scale", ("scale.json",), (*_TRAINING, "behaviors", "deletion"), ("scale.md",)),
     "startup": Bench("ume bench startup", ("startup.json",), _TRAINING, ("startup.md",)),
-    "erasure": Bench("make demo, then ume bench erasure --project DIR", ("erasure.json",), tuple(PARTS), ("erasure.md",)),
+    "erasure": Bench("make demo, then ume bench erasure", ("erasure.json",), tuple(PARTS), ("erasure.md",)),
     **{
         f"reliability-{part}": Bench(f"python -m bench.reliability --only {part}", ("reliability.json",), _RELIABILITY)
         for part in ("bad-inputs", "crash", "machine")
