@@ -231,3 +231,18 @@ def test_status_audit_certificate_and_rollback_after_erasure(story: dict[str, An
     refused = sh(repo, "ume", "rollback", "--to", "2", check=False)
     assert refused.returncode == 2 and "erased" in refused.stderr
     assert "Running stage" not in sh(repo, "dvc", "repro").stdout  # the erasure left DVC's state clean: nothing reruns
+
+
+def test_a_counterexample_names_its_sample_and_erasure_replaces_it(tmp_path: Path) -> None:
+    """Report images: the PNG carries the hashed id of the sample it shows; the placeholder carries when it was erased."""
+    from behaviors.perturbations import save_counterexample
+    from pipeline.steps.erase import ERASED_TEXT_KEY, SAMPLE_TEXT_KEY, _placeholder, _png_text
+
+    image = torch.zeros(1, 8, 8)
+    path = save_counterexample(tmp_path, "test_x", image, image + 0.1, sample_id="abc123")
+    assert _png_text(path)[SAMPLE_TEXT_KEY] == hash_sample_id("abc123")  # the hashed id, never the raw one
+    assert "abc123" not in path.read_bytes().decode("latin-1")
+    before = path.read_bytes()
+    _placeholder(path, "2026-12-04T00:00:00Z")
+    text = _png_text(path)
+    assert text.get(ERASED_TEXT_KEY) == "2026-12-04T00:00:00Z" and SAMPLE_TEXT_KEY not in text and path.read_bytes() != before
