@@ -156,10 +156,11 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert trained, "the learn step trained on the owner"
     weights = {f"weights:{c}": _payload(repo / "store" / "components" / f"{c}.safetensors") for c in trained}
     row_keys = {f"key:{s}": keys.keys[s].hex().encode() for s in ids} | {f"rawkey:{s}": keys.keys[s] for s in ids}
-    with opened(repo) as ws:  # a cloned project's runs keep the template's artifact root (an absolute path in mlflow.db)
-        source = Path(ws.registry.version(2).source.removeprefix("file://"))
-    artifacts = next(p for p in source.parents if p.name == "mlruns")
-    before = _where(weights | row_keys, repo, remote, artifacts)
+    # A cloned project's runs keep the template's artifact root (an absolute path in mlflow.db), which other tests' clones
+    # share: search this project's runs (every run its registry lists), not the other projects' identical weights.
+    with opened(repo) as ws:
+        artifacts = [Path(ws.registry.artifact_uri(r).removeprefix("file://")) for r in ws.registry.run_ids()]
+    before = _where(weights | row_keys, repo, remote, *artifacts)
 
     filed = sh(repo, "ume", "forget", "--owner", owner, "--reason", "GDPR art. 17").stdout
     request_id = re.search(r"deletion request (del-[0-9a-f]+)", filed).group(1)
@@ -172,7 +173,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     remote_pass = sh(repo, "ume", "erase", "--remote").stdout
     sh(repo, "ume", "certificate", request_id)
     return {
-        "repo": repo, "remote": remote, "artifacts": artifacts, "request": request_id, "owner": owner, "ids": ids, "positions": positions, "pixels": pixels,
+        "repo": repo, "remote": remote, "request": request_id, "owner": owner, "ids": ids, "positions": positions, "pixels": pixels,
         "patterns": weights | row_keys, "before": before, "overdue": overdue, "waiting": waiting, "remote_pass": remote_pass,
     }  # fmt: skip
 
@@ -187,7 +188,9 @@ def test_no_copy_of_the_erased_weights_or_row_keys_is_left_anywhere(story: dict[
         where = " ".join(before.get(key, []))
         assert "store/components" in where and "mlruns" in where and ".dvc/cache" in where and str(story["remote"]) in where, where
     assert all(k in before for k in patterns if k.startswith("key:")), "the row keys were in the key store before"
-    after = _where(patterns, story["repo"], story["remote"], story["artifacts"])
+    with opened(story["repo"]) as ws:  # the runs of this project, the forget step's included
+        artifacts = [Path(ws.registry.artifact_uri(r).removeprefix("file://")) for r in ws.registry.run_ids()]
+    after = _where(patterns, story["repo"], story["remote"], *artifacts)
     assert after == {}, after
     assert "erased object(s) deleted" in story["remote_pass"], story["remote_pass"]
 
