@@ -85,6 +85,23 @@ class RowCache:
         if self.writable and folder.exists():
             shutil.rmtree(folder)
 
+    def drop_samples(self, erased: Callable[[str], bool]) -> int:
+        """Remove the rows of every sample ``erased`` names from every file, on disk and here (erasure); the number
+        of files rewritten (an unreadable one is removed: it is a miss anyway)."""
+        self._tables.clear()
+        changed = 0
+        for path in sorted(self.root.rglob("*.safetensors")) if self.writable and self.root.is_dir() else []:
+            index, values = self._load(path)
+            if values is None:
+                path.unlink(missing_ok=True)
+                changed += 1
+                continue
+            kept = sorted(((row, sample_id) for sample_id, row in index.items() if not erased(sample_id)))
+            if len(kept) < len(index):
+                self._write(path, {sample_id: k for k, (_, sample_id) in enumerate(kept)}, values[[row for row, _ in kept]])
+                changed += 1
+        return changed
+
     def _table(self, model_key: str, kind: str) -> tuple[dict[str, int], torch.Tensor | None]:
         key = (model_key, kind)
         if key not in self._tables:
@@ -107,9 +124,12 @@ class RowCache:
             return {}, None
 
     def _save(self, model_key: str, kind: str, index: dict[str, int], values: torch.Tensor) -> None:
-        if not self.writable:
-            return
-        path = self.path(model_key, kind)
+        if self.writable:
+            self._write(self.path(model_key, kind), index, values)
+
+    @staticmethod
+    def _write(path: Path, index: dict[str, int], values: torch.Tensor) -> None:
+        """One file, atomically: ``values`` with the sample id of each row in the metadata."""
         path.parent.mkdir(parents=True, exist_ok=True)
         ids = sorted(index, key=index.__getitem__)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

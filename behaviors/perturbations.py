@@ -89,16 +89,13 @@ def perturbations() -> st.SearchStrategy[Perturbation]:
     return st.one_of(brightness(0.03), contrast(0.9, 1.1), shift(1), noise(0.03), occlusion(2))
 
 
-SAMPLE_TEXT_KEY = "ume.sample_id"  # the PNG text chunk naming the (hashed) sample a counterexample shows
-
-
 def save_counterexample(directory: Path, name: str, original: torch.Tensor, perturbed: torch.Tensor, *, sample_id: str | None = None) -> Path:
     """Write ``counterexample-<name>.png``: original (left) and perturbed (right), upscaled; the hashed id of the
     sample it shows goes in its ``ume.sample_id`` text chunk, so an erasure finds and removes it."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from pipeline.model.lineage import hash_sample_id
+    from pipeline.model.lineage import PNG_SAMPLE_KEY, hash_sample_id
 
     def to_image(x: torch.Tensor) -> Image.Image:
         arr = ((x[0] if x.dim() == 3 else x).clamp(-1, 1).add(1).mul(127.5)).round().to(torch.uint8).numpy()
@@ -113,6 +110,6 @@ def save_counterexample(directory: Path, name: str, original: torch.Tensor, pert
     path = directory / f"counterexample-{safe}.png"
     info = PngInfo()
     if sample_id is not None:
-        info.add_text(SAMPLE_TEXT_KEY, hash_sample_id(sample_id))
+        info.add_text(PNG_SAMPLE_KEY, hash_sample_id(sample_id))
     canvas.save(path, pnginfo=info)
     return path

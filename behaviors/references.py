@@ -268,10 +268,7 @@ def open_bank(
         weights = sidecar.with_suffix(".safetensors")
         lineage = frozenset(meta["lineage"])
         if lineage & deleted or not weights.exists():
-            if cache is not None:
-                cache.drop(_shadow_key(root, sidecar))
-            weights.unlink(missing_ok=True)
-            sidecar.unlink()
+            purge_shadow(sidecar, cache)
             purged += 1
             continue
         net = fold_lora(copy.deepcopy(base), load_file(str(weights)), LoraSettings.from_json(meta["lora"])).eval()
@@ -297,6 +294,24 @@ def open_bank(
     return ReferenceBank(
         root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache
     )
+
+
+def purge_shadow(sidecar: Path, cache: RowCache | None) -> None:
+    """Delete one shadow: its weights, its sidecar and its cached rows."""
+    if cache is not None:
+        cache.drop(_shadow_key(sidecar.parent, sidecar))
+    sidecar.with_suffix(".safetensors").unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+
+
+def purge_trained_on(references: Path, hashed: set[str], cache: RowCache | None) -> int:
+    """Delete every shadow of every bank under ``references`` that trained on one of ``hashed`` (erasure); how many."""
+    purged = 0
+    for sidecar in sorted(references.rglob("shadow-*.json")) if references.is_dir() else []:
+        if set(json.loads(sidecar.read_text()).get("lineage", [])) & hashed:
+            purge_shadow(sidecar, cache)
+            purged += 1
+    return purged
 
 
 def _shadow_key(root: Path, sidecar: Path) -> str:

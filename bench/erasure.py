@@ -67,12 +67,13 @@ def content_search(root: Path, pixels: list[bytes], sha256s: set[str]) -> dict[s
     """Files holding an erased pixel row, or whose bytes are an erased component's."""
     hits: list[str] = []
     searched = 0
-    for path in _files(root):
+    files = _files(root)
+    for path in files:
         blob = path.read_bytes()
         searched += len(blob)
         if hashlib.sha256(blob).hexdigest() in sha256s or any(row in blob for row in pixels):
             hits.append(str(path.relative_to(root)))
-    return {"files": len(_files(root)), "bytes": searched, "pixel_rows": len(pixels), "components": len(sha256s), "hits": hits}
+    return {"files": len(files), "bytes": searched, "pixel_rows": len(pixels), "components": len(sha256s), "hits": hits}
 
 
 def read_cost(ws: Any, repeats: int) -> dict[str, float]:

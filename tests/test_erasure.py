@@ -239,13 +239,27 @@ def test_status_audit_certificate_and_rollback_after_erasure(story: dict[str, An
 def test_a_counterexample_names_its_sample_and_erasure_replaces_it(tmp_path: Path) -> None:
     """Report images: the PNG carries the hashed id of the sample it shows; the placeholder carries when it was erased."""
     from behaviors.perturbations import save_counterexample
-    from pipeline.steps.erase import ERASED_TEXT_KEY, SAMPLE_TEXT_KEY, _placeholder, _png_text
+    from pipeline.model.lineage import PNG_SAMPLE_KEY
+    from pipeline.steps.erase import ERASED_TEXT_KEY, _placeholder, _png_text
 
     image = torch.zeros(1, 8, 8)
     path = save_counterexample(tmp_path, "test_x", image, image + 0.1, sample_id="abc123")
-    assert _png_text(path)[SAMPLE_TEXT_KEY] == hash_sample_id("abc123")  # the hashed id, never the raw one
+    assert _png_text(path)[PNG_SAMPLE_KEY] == hash_sample_id("abc123")  # the hashed id, never the raw one
     assert "abc123" not in path.read_bytes().decode("latin-1")
     before = path.read_bytes()
     _placeholder(path, "2026-12-04T00:00:00Z")
     text = _png_text(path)
-    assert text.get(ERASED_TEXT_KEY) == "2026-12-04T00:00:00Z" and SAMPLE_TEXT_KEY not in text and path.read_bytes() != before
+    assert text.get(ERASED_TEXT_KEY) == "2026-12-04T00:00:00Z" and PNG_SAMPLE_KEY not in text and path.read_bytes() != before
+
+
+def test_erasure_purges_every_shadow_trained_on_an_erased_sample(tmp_path: Path) -> None:
+    from behaviors.references import purge_trained_on
+
+    bank = tmp_path / "references" / "base-x" / "recipe"
+    bank.mkdir(parents=True)
+    for name, lineage in (("shadow-000001", ["h1", "h2"]), ("shadow-000002", ["h3"])):
+        (bank / f"{name}.json").write_text(json.dumps({"lineage": lineage}))
+        (bank / f"{name}.safetensors").write_bytes(b"weights")
+    assert purge_trained_on(tmp_path / "references", {"h2"}, None) == 1
+    assert sorted(p.name for p in bank.iterdir()) == ["shadow-000002.json", "shadow-000002.safetensors"]
+    assert purge_trained_on(tmp_path / "references", {"h9"}, None) == 0  # nothing trained on it: nothing goes

@@ -118,3 +118,21 @@ def test_a_shadow_statistic_is_computed_once_across_banks(tmp_path: Path) -> Non
     cache.drop("references/b/r/shadow-0-h")
     bank().statistics(samples)
     assert [n.seen for n in nets] == [20, 10], "a dropped shadow's rows are computed again, the other's are read"
+
+
+def test_erasure_drops_the_erased_samples_rows_and_keeps_the_others(tmp_path: Path) -> None:
+    ids = [f"{i:04x}" for i in range(12)]
+    erased = set(ids[2:5])
+    for key in ("manifest-a", "manifest-b"):
+        ModelUnderTest(key, 1, Counting(), key=key, cache=RowCache(tmp_path)).logits(sample_set(ids))
+    (tmp_path / "manifest-c").mkdir()
+    (tmp_path / "manifest-c" / "logits.safetensors").write_bytes(b"not a cache file")
+    assert RowCache(tmp_path).drop_samples(lambda s: s in erased) == 3  # two rewritten, the unreadable one removed
+    kept = [s for s in ids if s not in erased]
+    reader = Counting()
+    again = ModelUnderTest("manifest-a", 1, reader, key="manifest-a", cache=RowCache(tmp_path)).logits(sample_set(kept))
+    assert reader.seen == 0 and torch.allclose(again, Counting()(sample_set(kept).x), atol=1e-6)  # the others stay cached, correct
+    asked = Counting()
+    ModelUnderTest("manifest-b", 1, asked, key="manifest-b", cache=RowCache(tmp_path)).logits(sample_set(sorted(erased)))
+    assert asked.seen == len(erased)  # the erased rows are gone: asking for them computes again
+    assert not (tmp_path / "manifest-c" / "logits.safetensors").exists()

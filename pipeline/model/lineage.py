@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
 
+PNG_SAMPLE_KEY = "ume.sample_id"  # the PNG text chunk naming the (hashed) sample a report image shows, so erasure finds it
+
 
 def hash_sample_id(sample_id: str) -> str:
     """The hashed form of a sample id, as stored in lineage and certificates."""
@@ -26,6 +28,6 @@ def hash_sample_ids(sample_ids: Iterable[str]) -> list[str]:
 def version_lineage(manifest: Manifest, store: ComponentStore) -> set[str]:
     """Union of the hashed lineage of every component of ``manifest``."""
     out: set[str] = set()
-    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+    for component_id in manifest.component_ids:
         out.update(store.sidecar(component_id).lineage)
     return out

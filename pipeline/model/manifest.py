@@ -36,6 +36,11 @@ class Manifest:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
 
     @property
+    def component_ids(self) -> tuple[str, ...]:
+        """Every component of the version: the base, its overlays, its transforms."""
+        return (self.base, *self.overlays, *self.transforms)
+
+    @property
     def hash(self) -> str:
         """SHA-256 of the canonical JSON: the version's identity."""
         return hashlib.sha256(canonical_json(self.to_json()).encode()).hexdigest()

@@ -50,7 +50,7 @@ def write_served_files(ws: Workspace, manifest: Manifest, directory: Path) -> li
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
     names = ["manifest.json"]
-    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+    for component_id in manifest.component_ids:
         for src in (ws.components.weights_path(component_id), ws.components.sidecar_path(component_id)):
             shutil.copy2(src, directory / src.name)
             names.append(src.name)
@@ -78,7 +78,7 @@ def sign_promoted(ws: Workspace, version: int, *, step: str | None) -> Path | No
     if entry is not None and bundle.exists() and file_sha256(bundle) == entry.data["bundle_sha256"]:
         return final
     manifest = ws.manifest_of(version)
-    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+    for component_id in manifest.component_ids:
         ws.components.verify(component_id)  # sign only weights that match their sidecars
     staging = final.parent / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)

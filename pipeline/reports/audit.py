@@ -161,7 +161,7 @@ def _check_components(
             report.problems.append(f"registry version {number}: {exc}")
             unusable.add(number)
             continue
-        for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+        for component_id in manifest.component_ids:
             if component_id in checked:
                 continue
             checked.add(component_id)
@@ -170,7 +170,7 @@ def _check_components(
             except ComponentError as exc:
                 broken[component_id] = str(exc)
                 report.problems.append(f"component {component_id} of version {number}: {exc}")
-        if any(c in broken for c in (manifest.base, *manifest.overlays, *manifest.transforms)):
+        if any(c in broken for c in manifest.component_ids):
             unusable.add(number)
             continue
         if number != champion:

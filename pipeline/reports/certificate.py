@@ -44,7 +44,7 @@ def lineage_rows(ws: Workspace, version: int, hashed: set[str]) -> list[dict[str
     """Each component a version composes: id, kind, the sha256 of its weights, and how many of ``hashed`` its lineage holds."""
     manifest = ws.manifest_of(version)
     rows = []
-    for component_id in (manifest.base, *manifest.overlays, *manifest.transforms):
+    for component_id in manifest.component_ids:
         sidecar = ws.components.sidecar(component_id)
         rows.append({"id": sidecar.id, "kind": sidecar.kind, "sha256": sidecar.sha256, "held": len(hashed & set(sidecar.lineage))})
     return rows

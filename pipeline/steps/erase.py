@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.canonical import file_digest
 from pipeline.core.errors import UmeError
 from pipeline.core.faults import crash_point
 from pipeline.data.rowkeys import RowKeys, key_store_dir
 from pipeline.data.table import SampleTable
-from pipeline.model.lineage import hash_sample_id
-from pipeline.model.manifest import Manifest
+from pipeline.model.lineage import PNG_SAMPLE_KEY, hash_sample_id
 from pipeline.records.debt import TIME_FORMAT
 from pipeline.records.deletion import DeletionLog
 from pipeline.records.erasure import ERASED_ENTRY, ERASED_REASON_TAG, ERASED_TAG, STARTED_ENTRY, ErasureLog, due_requests
@@ -43,7 +43,6 @@ from pipeline.records.served import signed_dir
 from pipeline.records.workspace import Workspace
 
 COUNTEREXAMPLES = "counterexample-*.png"
-SAMPLE_TEXT_KEY = "ume.sample_id"  # behaviors.perturbations writes it
 ERASED_TEXT_KEY = "ume.erased"
 
 
@@ -78,11 +77,8 @@ class ErasureOutcome:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """A file's name in DVC's cache."""
+    return file_digest(path, "md5")
 
 
 def project_root(ws: Workspace) -> Path:
@@ -128,16 +124,12 @@ def _placeholder(path: Path, erased_at: str) -> None:
     tmp.replace(path)
 
 
-def _components(manifest: Manifest) -> tuple[str, ...]:
-    return (manifest.base, *manifest.overlays, *manifest.transforms)
-
-
 def plan_erasure(ws: Workspace, requests: list[str], log: DeletionLog, erasure: ErasureLog, now: datetime) -> ErasurePlan:
     """What erasing ``requests`` removes. Refuses when the champion still serves a component trained on them."""
     hashed = log.hashed_ids(requests)
     plan = ErasurePlan(requests=list(requests), erased_at=now.strftime(TIME_FORMAT), rows=len(hashed))
     champion = ws.registry.champion()
-    served = set(_components(ws.manifest_of(champion))) if champion is not None else set()
+    served = set(ws.manifest_of(champion).component_ids) if champion is not None else set()
     already = erasure.components
     for sidecar in sorted(ws.components.root.glob("*.json")):
         component = ws.components.sidecar(sidecar.stem)
@@ -155,17 +147,17 @@ def plan_erasure(ws: Workspace, requests: list[str], log: DeletionLog, erasure: 
         plan.components.append({"id": component.id, "kind": component.kind, "sha256": component.sha256, "md5": md5})
     erased_ids = {c["id"] for c in plan.components}
     for info in ws.registry.versions():
-        if info.manifest_hash and set(_components(ws.versions.load(info.manifest_hash))) & erased_ids:
+        if info.manifest_hash and set(ws.versions.load(info.manifest_hash).component_ids) & erased_ids:
             plan.versions.append(info.version)
     for png in sorted(ws.reports_dir.rglob(COUNTEREXAMPLES)):
-        if _png_text(png).get(SAMPLE_TEXT_KEY) in hashed:
+        if _png_text(png).get(PNG_SAMPLE_KEY) in hashed:
             plan.reports.append({"path": png.relative_to(ws.store_dir).as_posix(), "md5": _md5(png)})
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in ws.registry.run_ids():
             for path in ws.registry.artifact_files(run_id, "behaviors"):
                 if Path(path).match(COUNTEREXAMPLES):
                     local = ws.registry.download_artifact(run_id, path, Path(tmp) / run_id)
-                    if _png_text(local).get(SAMPLE_TEXT_KEY) in hashed:
+                    if _png_text(local).get(PNG_SAMPLE_KEY) in hashed:
                         plan.mlflow_reports.append({"run_id": run_id, "path": path})
     return plan
 
@@ -216,41 +208,14 @@ def _erase_reports(ws: Workspace, plan: ErasurePlan) -> None:
     crash_point("erase.reports")
 
 
-def _erase_derived(ws: Workspace, hashed: set[str], plan: ErasurePlan) -> dict[str, int]:
-    """Reference shadows trained on the samples, and row-cache files holding their rows or an erased model's."""
-    import json
+def _erase_derived(ws: Workspace, hashed: set[str]) -> dict[str, int]:
+    """Reference shadows trained on the samples, and the samples' rows in every row-cache file."""
+    from behaviors.cache import RowCache
+    from behaviors.references import purge_trained_on
 
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    shadows = 0
-    references = ws.store_dir / "references"
-    for sidecar in sorted(references.rglob("shadow-*.json")) if references.is_dir() else []:
-        if set(json.loads(sidecar.read_text()).get("lineage", [])) & hashed:
-            cache_folder = ws.store_dir / "cache" / "references" / sidecar.parent.parent.name / sidecar.parent.name
-            for folder in cache_folder.glob(f"{sidecar.stem}-*") if cache_folder.is_dir() else []:
-                shutil.rmtree(folder, ignore_errors=True)
-            sidecar.with_suffix(".safetensors").unlink(missing_ok=True)
-            sidecar.unlink(missing_ok=True)
-            shadows += 1
-    cache_files = 0
-    cache = ws.store_dir / "cache"
-    for path in sorted(cache.rglob("*.safetensors")) if cache.is_dir() else []:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                ids = json.loads(metadata["ids"])
-                values = handle.get_tensor("values")
-        except Exception:  # noqa: BLE001 - an unreadable cache file is a miss anyway: remove it
-            path.unlink(missing_ok=True)
-            cache_files += 1
-            continue
-        keep = [i for i, s in enumerate(ids) if hash_sample_id(s) not in hashed]
-        if len(keep) < len(ids):  # the file again without the erased samples' rows (the other rows stay cached)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"values": values[keep].contiguous()}, str(tmp), metadata={**metadata, "ids": json.dumps([ids[i] for i in keep])})
-            tmp.replace(path)
-            cache_files += 1
+    cache = RowCache(ws.store_dir / "cache")
+    shadows = purge_trained_on(ws.store_dir / "references", hashed, cache)
+    cache_files = cache.drop_samples(lambda sample_id: hash_sample_id(sample_id) in hashed)
     crash_point("erase.derived")
     return {"reference_shadows": shadows, "cache_files": cache_files}
 
@@ -292,7 +257,7 @@ def execute(ws: Workspace, plan: ErasurePlan, *, started: float | None = None) -
     deleted = _erase_weights(ws, plan)
     swept = _sweep_local_artifacts(project_root(ws) / "mlruns", plan) if ws.registry.tracking_uri.startswith("sqlite") else 0
     _erase_reports(ws, plan)
-    derived = _erase_derived(ws, hashed, plan)
+    derived = _erase_derived(ws, hashed)
     md5s = sorted({c["md5"] for c in plan.components if c.get("md5")} | {r["md5"] for r in plan.reports})
     objects = _erase_dvc_cache(ws, md5s)
     shredded = _shred_rows(ws, hashed, plan.erased_at)

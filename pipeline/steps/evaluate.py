@@ -107,7 +107,7 @@ def _log_inputs(ctx: StepContext, candidate: Candidate, context: Any) -> None:
     assert data is not None
     champion = ctx.champion_manifest
     have = set() if champion is None else {champion.base, *champion.overlays, *champion.transforms}
-    made = [] if candidate.existing_version is not None else [c for c in (manifest.base, *manifest.overlays, *manifest.transforms) if c not in have]
+    made = [] if candidate.existing_version is not None else [c for c in manifest.component_ids if c not in have]
     request = ctx.step.options.get("request") if ctx.step else None
     forget = (str(request), DeletionLog.read(ws.ledger).hashed_ids([str(request)])) if request else None
     inputs = step_inputs(
