@@ -32,6 +32,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "max_forget_member_share": 0.15,
     "max_group_accuracy_gap": 0.10,
     "max_group_gap_increase": 0.05,
+    "min_group_loss_p_value": 0.05,
     "max_size_ratio": 1.05,
     "max_latency_ratio": 1.5,
     "min_perturbation_agreement": 0.90,

@@ -349,3 +349,31 @@ def test_the_spec_fails_a_crafted_bad_candidate_and_passes_a_healthy_one(spec: s
     _, bad, good = {**CRAFTED, **ADVISORY}[spec]
     assert _outcome(spec, bad()) == "failed"
     assert _outcome(spec, good()) == "passed"
+
+
+def _gap_context(candidate_wrong_on: set[int], champion_wrong_on: set[int]) -> BehaviorContext:
+    """Candidate and champion wrong on the ``scanner``-b samples of the given labels (12 of group b's 60 per label)."""
+
+    def wrong_on(labels: set[int]) -> Callable[..., torch.Tensor]:
+        return lambda label, group, *a: (group == 1) & torch.isin(label, torch.tensor(sorted(labels), dtype=torch.long))
+
+    return _context(Crafted(wrong_on(candidate_wrong_on)), Crafted(wrong_on(champion_wrong_on)))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "recall"])
+def test_a_gap_that_grows_by_noise_passes_and_one_a_group_paid_for_blocks(metric: str) -> None:
+    """Beyond the tolerance the paired test decides: the same 12-sample growth of the gap (0.2 > 0.05) passes when group b
+    lost 36 and gained 24 (one-sided exact McNemar p = 0.078) and blocks when it lost 12 and gained none (p = 0.0002)."""
+    spec = f"test_group_gap_does_not_grow[{metric}]"
+    assert _outcome(spec, _gap_context({5, 7, 9}, {1, 3})) == "passed"
+    assert _outcome(spec, _gap_context({1}, set())) == "failed"
+    assert _outcome(spec, _gap_context({1, 3}, {1, 3})) == "passed"  # the same mistakes: no growth at all
+
+
+def test_paired_loss_counts_disagreements_only() -> None:
+    from behaviors.test_fairness import paired_loss
+
+    right = torch.tensor([True, True, False, False, True])
+    assert paired_loss(right, right) == (0, 0, 1.0)
+    losses, gains, p = paired_loss(torch.tensor([False, False, False, True, True]), right)
+    assert (losses, gains) == (2, 1) and p == pytest.approx(0.5)
