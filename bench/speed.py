@@ -209,6 +209,7 @@ def run_demo(project: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
 def step_rows(project: Path, walls: dict[str, float]) -> list[dict[str, Any]]:
     """Every step record of the finished demo, in stream order, with its method, request and stage wall."""
     from bench.demo import step_records
+    from edits.registry import DEFAULT_METHOD
     from pipeline.core.config import load_params
 
     params = load_params(project / "params.yaml")
@@ -216,8 +217,8 @@ def step_rows(project: Path, walls: dict[str, float]) -> list[dict[str, Any]]:
     rows = []
     for rec in sorted(step_records(project), key=lambda r: order.index(r["step"]) if r["step"] in order else len(order)):
         step = params.stream.get(rec["step"])
-        method = step.method if step is not None else None
         kind = rec.get("kind") or (step.kind if step is not None else "base")
+        method = (step.method if step is not None else None) or DEFAULT_METHOD.get(kind)  # a step without one runs its kind's default
         notes = rec.get("notes") or {}
         stage = "base" if rec["step"] == "base" else f"step@{rec['step']}"
         rows.append(
