@@ -118,6 +118,7 @@ BENCHES: dict[str, Bench] = {
     "scale": Bench("ume bench scale", ("scale.json",), (*_TRAINING, "behaviors", "deletion"), ("scale.md",)),
     "startup": Bench("ume bench startup", ("startup.json",), _TRAINING, ("startup.md",)),
     "erasure": Bench("make demo, then ume bench erasure", ("erasure.json",), tuple(PARTS), ("erasure.md",)),
+    "speed": Bench("ume bench speed", ("speed.json",), tuple(PARTS), ("speed.md",)),  # the demo stream decides it: every part
     **{
         f"reliability-{part}": Bench(f"python -m bench.reliability --only {part}", ("reliability.json",), _RELIABILITY)
         for part in ("bad-inputs", "crash", "machine")

@@ -74,8 +74,8 @@ def own_seconds(project: Path, step: str) -> float:
     return float(json.loads(record.read_text())["seconds"]) if record.exists() else 0.0
 
 
-def one_repeat(work: Path, mode: str, env: dict[str, str]) -> dict[str, Any]:
-    """Every timed command of one mode in one fresh project."""
+def one_repeat(work: Path, mode: str, env: dict[str, str], *, repro: bool = True) -> dict[str, Any]:
+    """Every timed command of one mode in one fresh project (``repro``: also a whole ``dvc repro`` of another)."""
     project = make_project(work / f"{mode}-{time.monotonic_ns()}")
     row: dict[str, Any] = {"mode": mode, "stages": {}, "light": {}}
     for name, args in STAGES:
@@ -84,10 +84,11 @@ def one_repeat(work: Path, mode: str, env: dict[str, str]) -> dict[str, Any]:
         row["stages"][name] = {"wall": round(wall, 3), "own": round(own, 3), "startup": round(wall - own, 3)}
     for name, args in LIGHT:
         row["light"][name] = round(timed(project, ["ume", *args], env), 3)
-    fresh = make_project(work / f"{mode}-repro-{time.monotonic_ns()}")
-    row["dvc_repro"] = round(timed(fresh, ["dvc", "repro"], env), 3)
     shutil.rmtree(project, ignore_errors=True)
-    shutil.rmtree(fresh, ignore_errors=True)
+    if repro:
+        fresh = make_project(work / f"{mode}-repro-{time.monotonic_ns()}")
+        row["dvc_repro"] = round(timed(fresh, ["dvc", "repro"], env), 3)
+        shutil.rmtree(fresh, ignore_errors=True)
     return row
 
 

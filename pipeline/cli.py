@@ -161,7 +161,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_CHECK_FAILED
 
 
-
 def _cmd_erase(args: argparse.Namespace) -> int:
     from pipeline.records.workspace import Workspace
     from pipeline.steps.erase import erase_on_remote, run_erasure
@@ -418,6 +417,7 @@ BENCH_MODULES = {
     "lifelong": "bench.lifelong",
     "startup": "bench.startup",
     "erasure": "bench.erasure",
+    "speed": "bench.speed",
 }
 
 
@@ -510,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
         "overlays (serving latency), compress (quantize and prune the champion), families (every step kind per timm family), "
         "scale (step time and memory against data size and history length, the gate against the forward floor), "
         "gpu-demo (the demo stream with resnet18 on a GPU in bf16-mixed, timed per stage), lifelong (compositions on "
-        "streams that bring something new) or startup (commands cold against the warm process)",
+        "streams that bring something new), startup (commands cold against the warm process), erasure (after make demo) or speed "
+        "(issue 31 in one run: the demo pipeline, one all-at-once training as the reference, deletion and learn steps against it, "
+        "start-up, compression)",
     )
     p.add_argument("suite", choices=list(BENCH_MODULES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help of each)")
