@@ -31,4 +31,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf store mlruns mlflow.db .dvc/tmp dvc.lock
+	rm -rf store mlruns mlflow.db .dvc/tmp dvc.lock certificates

@@ -57,6 +57,16 @@ def _demo(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _speed(d: dict[str, Any]) -> list[Row]:
+    ref, champ = d["reference"], d["champion"]
+    goals = [g for g in d["goals"] if "all-at-once" in g["goal"]]
+    measured = "; ".join(f"{g['goal'].replace('the all-at-once training', 'it')}: {g['measured']} ({g['met']})" for g in goals)
+    return _one(
+        "steps against one all-at-once retrain on all promoted data (`ume bench speed`, same run, end to end)",
+        f"the retrain {d['reference_end_to_end']:.1f} s, test accuracy {_pct(ref['test_accuracy'])} (the champion {_pct(champ['test_accuracy'])}); {measured}",
+    )
+
+
 def _forget_exact(d: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     by_method: dict[str, list[dict[str, Any]]] = {}
@@ -197,6 +207,7 @@ def _ci(d: dict[str, Any]) -> list[Row]:
 
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("demo.json", _demo),
+    ("speed.json", _speed),
     ("forget_exact.json", _forget_exact),
     ("forget.json", _forget),
     ("forget_evidence.json", _forget_evidence),
