@@ -66,3 +66,34 @@ def test_a_command_killed_in_the_warm_process_dies_of_the_same_signal(project: P
         monkeypatch.delenv(name)
     done = subprocess.run(["ume", "prepare"], cwd=project, env=command_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "prepared" in done.stdout, done.stderr
+
+
+def test_a_command_waits_for_a_warm_process_that_is_still_importing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's second stage used to import cold beside the warm process the first had started: now it waits for it."""
+    import fcntl
+    import socket
+    import threading
+    import time
+
+    monkeypatch.setenv(warm.DIR_ENV, str(tmp_path))
+    path = warm.socket_path()
+    assert not warm.starting(path) and warm.wait_for(path, timeout=30) is None  # nothing starting: no wait
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def listen_later() -> None:
+        time.sleep(0.5)  # the imports
+        listener.bind(str(path))
+        listener.listen(1)
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held as a starting server holds it
+        assert warm.starting(path)
+        later = threading.Thread(target=listen_later)
+        started = time.monotonic()
+        later.start()
+        sock = warm.wait_for(path, timeout=30)
+        later.join()
+        assert sock is not None and time.monotonic() - started >= 0.5
+        sock.close()
+    listener.close()
+    assert not warm.starting(path)  # the lock is free again: a probe never keeps it

@@ -18,6 +18,7 @@ time after which it exits (seconds, default 600); ``UME_WARM_DIR`` is where its 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -139,6 +140,45 @@ def connect(path: Path | None = None, timeout: float | None = None) -> socket.so
         sock.close()
         return None
     return sock
+
+
+def starting(path: Path | None = None) -> bool:
+    """Whether a warm process for this code holds its lock but does not listen yet (it is still importing).
+
+    Probes the lock with a shared, non-blocking ``flock`` released at once: a server starting in that same
+    instant finds the lock taken and exits, and the next command starts one again.
+    """
+    lock_path = (path or socket_path()).with_suffix(".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def wait_for(path: Path | None = None, timeout: float = 60.0) -> socket.socket | None:
+    """A connection to the warm process once it listens, while it is still :func:`starting`; None after
+    ``timeout`` seconds or once it stops starting without listening."""
+    path = path or socket_path()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock = connect(path, timeout=5.0)
+        if sock is not None:
+            return sock
+        if not starting(path):
+            return connect(path, timeout=5.0)
+        time.sleep(0.05)
+    return None
 
 
 def start(wait: bool = False, timeout: float = 120.0) -> bool:

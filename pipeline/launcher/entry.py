@@ -2,7 +2,8 @@
 
 Standard library only until it runs cold, so a warm command's own start-up is the interpreter's (about
 30 ms) plus one fork. A command that finds no warm process runs cold and starts one in the background
-for the next command (``UME_WARM=0``: never). See :mod:`pipeline.core.warm`.
+for the next command (``UME_WARM=0``: never); one that finds it still importing waits for it. See
+:mod:`pipeline.core.warm`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pipeline.core import warm
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Commands that never use the warm process (``warm`` controls it; help needs no import).
 COLD_ONLY = frozenset({"warm", "-h", "--help", "keygen"})
+# How long a command waits for a warm process that is still importing before it runs cold itself.
+STARTING_WAIT_SECONDS = 60.0
 
 
 def main() -> None:
@@ -70,12 +73,16 @@ def run_warm(argv: list[str]) -> int | None:
 
     None when no warm process listens (one is started for the next command), when this process's standard
     file descriptors cannot be passed, or when the warm process refuses; never once the command has started.
+    A warm process that is still importing (started by the command before, e.g. the previous DVC stage) is
+    waited for, up to ``STARTING_WAIT_SECONDS``: importing here as well would compete with it for the same cores.
     """
     try:
         path = warm.socket_path()
     except OSError:
         return None
     sock = warm.connect(path, timeout=5.0)
+    if sock is None and warm.starting(path):
+        sock = warm.wait_for(path, timeout=STARTING_WAIT_SECONDS)  # it imports already: importing here too would only compete
     if sock is None:
         try:
             warm.start()
