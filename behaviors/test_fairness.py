@@ -33,11 +33,6 @@ from behaviors.context import ModelUnderTest, Splits
 pytestmark = pytest.mark.blocking
 
 
-def fairness_set(splits: Splits):
-    """Test and canary samples together."""
-    return splits.test.concat(splits.canary, name="fairness")
-
-
 def metrics_by_group(predicted: torch.Tensor, labels: torch.Tensor, groups, num_classes: int) -> dict[str, dict[str, float]]:
     """``{group: {"accuracy": ..., "recall": ...}}`` for every group in ``groups`` (aligned with the predictions)."""
     groups = np.asarray(groups, dtype=object)

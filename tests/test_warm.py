@@ -89,11 +89,10 @@ def test_a_command_waits_for_a_warm_process_that_is_still_importing(tmp_path: Pa
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held as a starting server holds it
         assert warm.starting(path)
         later = threading.Thread(target=listen_later)
-        started = time.monotonic()
         later.start()
-        sock = warm.wait_for(path, timeout=30)
+        sock = warm.wait_for(path, timeout=30)  # the socket does not exist until the thread binds it: a connection means it waited
         later.join()
-        assert sock is not None and time.monotonic() - started >= 0.5
+        assert sock is not None
         sock.close()
     listener.close()
     assert not warm.starting(path)  # the lock is free again: a probe never keeps it
