@@ -19,6 +19,14 @@ references: conservative, measured in ``bench/forget_evidence``. The member thre
 so the test calibrates itself to the model under test; a second, held-out half of the
 non-members reports the false-positive rate actually reached.
 
+RMIA (Zarifzadeh et al. 2024, "Low-Cost High-Power Membership Inference Attacks", ICML) is the
+second score, for small banks: the likelihood ratio ``p(x|model) / p(x)`` of the sample, where
+``p(x)`` is what the references give it (offline: ``((1 + a) p_OUT(x) + 1 - a) / 2``, their
+approximation of the IN side), compared with the same ratio of every population sample ``z``
+(known non-members); the score is the share of ``z`` the sample beats by a factor ``gamma``. It
+needs no variance, so one or two references are enough; ``behaviors.references.score`` chooses,
+by the measurement in ``bench/forget_evidence`` (its reference sweep).
+
 Per request: the share of forgotten samples flagged as members, a one-sided exact binomial test of
 that share against the false-positive rate (scipy), and the lower end of its one-sided 95%
 Clopper-Pearson interval, which is what the blocking check compares with its threshold: with very
@@ -86,6 +94,69 @@ def member_scores(target_phi: np.ndarray, reference_phi: np.ndarray, out_mask: n
     return scores
 
 
+def _expit(phi: np.ndarray) -> np.ndarray:
+    """``p_y`` from ``phi = log(p_y / (1 - p_y))``."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(phi, dtype=np.float64)))
+
+
+def rmia_scores(
+    target_phi: np.ndarray,
+    reference_phi: np.ndarray,
+    out_mask: np.ndarray,
+    population_target_phi: np.ndarray,
+    population_reference_phi: np.ndarray,
+    *,
+    offline_a: float,
+    gamma: float,
+    min_references: int,
+) -> np.ndarray:
+    """Offline RMIA per sample: the share of population samples ``z`` with ``LR(x) / LR(z) > gamma``.
+
+    ``LR(x) = p(x|model) / p(x)`` with ``p(x) = ((1 + a) mean_OUT p + 1 - a) / 2`` over the sample's OUT
+    references (Zarifzadeh et al. 2024, sec. 3 and the offline approximation of their appendix);
+    ``population_*`` are known non-members, OUT for every reference. NaN with fewer than
+    ``min_references`` OUT references.
+    """
+    counts = out_mask.sum(axis=0)
+    p_out = np.where(out_mask, _expit(reference_phi), 0.0).sum(axis=0) / np.maximum(counts, 1)
+    ratio_x = _expit(target_phi) / (0.5 * ((1 + offline_a) * p_out + 1 - offline_a))
+    p_pop = _expit(population_reference_phi).mean(axis=0)
+    ratio_z = np.sort(_expit(population_target_phi) / (0.5 * ((1 + offline_a) * p_pop + 1 - offline_a)))
+    scores = np.searchsorted(ratio_z, ratio_x / gamma, side="left") / max(len(ratio_z), 1)
+    scores = scores.astype(np.float64)
+    scores[counts < min_references] = np.nan
+    return scores
+
+
+def score_samples(
+    method: str,
+    target_phi: np.ndarray,
+    reference_phi: np.ndarray,
+    out_mask: np.ndarray,
+    calibration_target_phi: np.ndarray,
+    calibration_reference_phi: np.ndarray,
+    *,
+    min_references: int,
+    offline_a: float = 0.3,
+    gamma: float = 1.0,
+) -> np.ndarray:
+    """Member scores of ``method`` (``lira`` or ``rmia``) per sample, higher = more likely a member."""
+    if method == "lira":
+        return member_scores(target_phi, reference_phi, out_mask, global_sigma(calibration_reference_phi), min_references)
+    if method == "rmia":
+        return rmia_scores(
+            target_phi,
+            reference_phi,
+            out_mask,
+            calibration_target_phi,
+            calibration_reference_phi,
+            offline_a=offline_a,
+            gamma=gamma,
+            min_references=min_references,
+        )
+    raise ValueError(f"unknown membership score {method!r} (expected lira or rmia)")
+
+
 def membership_test(
     target_phi: np.ndarray,
     reference_phi: np.ndarray,
@@ -96,20 +167,28 @@ def membership_test(
     *,
     false_positive_rate: float = 0.05,
     min_references: int = 4,
+    method: str = "lira",
+    offline_a: float = 0.3,
+    gamma: float = 1.0,
 ) -> MembershipResult:
-    """Offline LiRA on one request.
+    """Offline LiRA (or RMIA: ``method``) on one request.
 
     ``target_phi`` (n,) is the model's statistic on the forgotten samples; ``reference_phi`` (K, n)
     the references' and ``out_mask`` (K, n) which references did not train on each sample.
     ``calibration_*`` are the same for known non-members (OUT for every reference).
     """
-    sigma = global_sigma(calibration_reference_phi)
+    options = {"offline_a": offline_a, "gamma": gamma}
     calib_out = np.ones(calibration_reference_phi.shape, dtype=bool)
-    calib_scores = member_scores(calibration_target_phi, calibration_reference_phi, calib_out, sigma, 2)
+    calib_scores = score_samples(
+        method, calibration_target_phi, calibration_reference_phi, calib_out, calibration_target_phi, calibration_reference_phi, min_references=1, **options
+    )
+    usable = method == "rmia" or not math.isnan(global_sigma(calibration_reference_phi))
     held = _heldout(calibration_ids)
-    threshold = float(np.quantile(calib_scores[~held], 1 - false_positive_rate)) if (~held).any() and not math.isnan(sigma) else float("nan")
+    threshold = float(np.quantile(calib_scores[~held], 1 - false_positive_rate)) if (~held).any() and usable else float("nan")
     heldout_rate = float((calib_scores[held] > threshold).mean()) if held.any() else float("nan")
-    scores = member_scores(target_phi, reference_phi, out_mask, sigma, min_references)
+    scores = score_samples(
+        method, target_phi, reference_phi, out_mask, calibration_target_phi, calibration_reference_phi, min_references=min_references, **options
+    )
     scored = ~np.isnan(scores)
     n = int(scored.sum())
     if n == 0 or math.isnan(threshold):

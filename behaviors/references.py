@@ -42,7 +42,7 @@ from torch import nn
 from behaviors.cache import RowCache
 from behaviors.context import ModelUnderTest
 from behaviors.limits import capped_subjects
-from behaviors.membership import MembershipResult, global_sigma, logit_confidence, member_scores, membership_test
+from behaviors.membership import MembershipResult, logit_confidence, membership_test, score_samples
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.seeding import seed_everything
 from pipeline.data import SampleSet, UmeData
@@ -155,11 +155,23 @@ class ReferenceBank:
     def scores(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> np.ndarray:
         """Per-sample member scores of one model (NaN where too few shadows are OUT)."""
         phi, out = self.statistics(samples)
-        _, calib_phi = self._calibration(non_members)
-        return member_scores(self._query_once(forward, samples), phi, out, global_sigma(calib_phi), self.config.min_references)
+        calibration, calib_phi = self._calibration(non_members)
+        c = self.config
+        return score_samples(
+            c.score,
+            self._query_once(forward, samples),
+            phi,
+            out,
+            self._query_once(forward, calibration),
+            calib_phi,
+            min_references=c.min_references,
+            offline_a=c.offline_a,
+            gamma=c.gamma,
+        )
 
     def test(self, forward: Callable[[torch.Tensor], torch.Tensor], samples: SampleSet, non_members: SampleSet) -> MembershipResult:
-        """Offline LiRA of one model (``forward``: inputs -> logits) on ``samples``, calibrated on ``non_members``."""
+        """The per-sample test of one model (``forward``: inputs -> logits) on ``samples``, calibrated on ``non_members``
+        (offline LiRA or RMIA: ``config.score``)."""
         phi, out = self.statistics(samples)
         calibration, calib_phi = self._calibration(non_members)
         return membership_test(
@@ -171,6 +183,9 @@ class ReferenceBank:
             calibration.sample_ids,
             false_positive_rate=self.config.false_positive_rate,
             min_references=self.config.min_references,
+            method=self.config.score,
+            offline_a=self.config.offline_a,
+            gamma=self.config.gamma,
         )
 
 
@@ -291,9 +306,7 @@ def open_bank(
             trained += 1
             next_seed += 1
             log.info("reference bank: shadow %d/%d trained in %.1f s", len(shadows), config.shadows, time.time() - t0)
-    return ReferenceBank(
-        root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache
-    )
+    return ReferenceBank(root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache)
 
 
 def purge_shadow(sidecar: Path, cache: RowCache | None) -> None:

@@ -57,6 +57,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
 from behaviors.context import DEFAULT_THRESHOLDS
+from behaviors.membership import membership_test
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
 from behaviors.references import ReferenceBank, open_bank, reference_pool
 from bench import provenance
@@ -96,6 +97,10 @@ THRESHOLD_OF = {
 }
 FULL_COUNTS = {"owner_vulnerable": 6, "owner_typical": 6, "random": 3, "worst_case": 3, "class": 1}
 QUICK_COUNTS = {"owner_vulnerable": 2, "owner_typical": 1, "random": 1, "worst_case": 1, "class": 1}
+# The reference sweep: the per-sample test with only K references OUT per sample (the first K of the bank that
+# never trained on it, as a bank of K shadows trained after the request would be) and each score of the product.
+SWEEP_REFERENCES = (1, 2, 4, 6)
+SWEEP_SCORES = (("lira", 0.0), ("rmia", 0.3), ("rmia", 0.6), ("rmia", 1.0))  # (score, offline_a; LiRA has none)
 GOAL_POWER = 0.90
 GOAL_FPR = 0.05
 GOAL_COST_RATIO = 1.0
@@ -393,6 +398,65 @@ def evaluate_check(check: str, net: nn.Module, case: Case, bank: ReferenceBank) 
     raise ValueError(f"unknown check {check!r}")
 
 
+def first_out(out: np.ndarray, k: int) -> np.ndarray:
+    """``out`` with only the first ``k`` OUT references of each sample kept (a bank of ``k`` shadows, all OUT)."""
+    return out & (np.cumsum(out, axis=0) <= k)
+
+
+def sweep_request(net: nn.Module, case: Case, bank: ReferenceBank) -> list[dict[str, Any]]:
+    """The per-sample test of ``net`` for every (score, offline_a, K) of the sweep; the model is queried once."""
+    f, config = case.forgotten, bank.config
+    phi, out = bank.statistics(f)
+    calibration, calib_phi = bank._calibration(case.non_members)
+    target = bank.query(lambda x: predict_logits(net, x), f)
+    calib_target = bank.query(lambda x: predict_logits(net, x), calibration)
+    rows = []
+    for score, offline_a in SWEEP_SCORES:
+        for k in SWEEP_REFERENCES:
+            if score == "lira" and k < 2:
+                continue  # no spread from one reference
+            result = membership_test(
+                target,
+                phi,
+                first_out(out, k),
+                calib_target,
+                calib_phi[:k],
+                calibration.sample_ids,
+                false_positive_rate=config.false_positive_rate,
+                min_references=k,
+                method=score,
+                offline_a=offline_a,
+                gamma=config.gamma,
+            )
+            rows.append(
+                {"score": score, "offline_a": offline_a, "references": k, "value": result.lower_bound, "samples": result.samples, "unscored": result.unscored}
+            )
+    return rows
+
+
+def summarize_sweep(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (score, offline_a, K): power on vulnerable owners and worst-case sets, FPR over all sample and owner requests."""
+    out = []
+    threshold = THRESHOLDS[THRESHOLD_OF["per_sample"]]
+    for score, offline_a in SWEEP_SCORES:
+        for k in SWEEP_REFERENCES:
+            group = [r for r in rows if r["score"] == score and r["offline_a"] == offline_a and r["references"] == k]
+            if not group:
+                continue
+            entry: dict[str, Any] = {"score": score, "offline_a": offline_a, "references": k}
+            for kind in ("owner_vulnerable", "worst_case", "owner_typical", "random"):
+                g = [r for r in group if r["request_kind"] == kind]
+                entry[f"power_{kind}"] = _mean([float(fails(r["unforgotten"]["value"], "per_sample", THRESHOLDS)) for r in g])
+            sample_requests = [r for r in group if r["request_kind"] != "class"]
+            entry["false_positive_rate"] = _mean([float(fails(r["retrain"]["value"], "per_sample", THRESHOLDS)) for r in sample_requests])
+            scored = sum(r["unforgotten"]["samples"] for r in sample_requests)
+            total = scored + sum(r["unforgotten"]["unscored"] for r in sample_requests)
+            entry["scored_share"] = scored / total if total else math.nan
+            entry["threshold"] = threshold
+            out.append(entry)
+    return out
+
+
 def checks_for(kind: str) -> tuple[str, ...]:
     """The checks that apply to a request kind (accuracy gap for samples/owners, class recall for a class)."""
     first = "class_recall" if kind == "class" else "accuracy_gap"
@@ -404,10 +468,17 @@ def fails(value: float, check: str, thresholds: dict[str, float]) -> bool:
     return not math.isnan(value) and value > thresholds[THRESHOLD_OF[check]]
 
 
-def bench_request(setup: Setup, request: Request, requests_of_seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Rows of one request: every applicable check on the champion and on the exact retrain."""
+def bench_request(
+    setup: Setup, request: Request, requests_of_seed: int, log: Callable[[str], None], sweep: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of one request: every applicable check on the champion and on the exact retrain (and, into
+    ``sweep``, the reference sweep of the per-sample test on both)."""
     retrained, step_seconds, what = exact_retrain(setup, request)
     case = make_case(setup, request)
+    if sweep is not None and request.kind != "class":
+        for u, r in zip(sweep_request(setup.champion.net, case, setup.bank), sweep_request(retrained, case, setup.bank), strict=True):
+            key = {k: u[k] for k in ("score", "offline_a", "references")}
+            sweep.append({**key, "request_kind": request.kind, "request": request.index, "seed": setup.seed, "unforgotten": u, "retrain": r})
     rows = []
     for check in checks_for(request.kind):
         started = time.perf_counter()
@@ -570,6 +641,29 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], met
         "(non-members: the test split without class 7). The class-7 samples of the clean base are IN for every shadow and are not scored:",
         f"{_fmt(_mean(scored), '.0f')} of {_fmt(_mean(class_samples), '.0f')} class-7 training samples were scored on average (those of u1..u3).",
     ]
+    sweep = meta.get("sweep") or []
+    if sweep:
+        bank = _mean(list(meta["bank_seconds"].values()))
+        shadows = meta["reference_config"]["shadows"]
+        lines += [
+            "",
+            "## Reference sweep: how many references the per-sample test needs",
+            "",
+            "The same requests, models and thresholds; each sample scored against only its first K references that never trained on it",
+            "(what a bank of K shadows trained after the request gives: every shadow OUT), calibrated on the first K shadows.",
+            f"LiRA: offline, sigma as above; RMIA: offline (Zarifzadeh et al. 2024) with its `offline_a`, gamma {meta['reference_config']['gamma']}.",
+            f"Bank cost: K shadows at the measured {bank / shadows:.1f} s each (this run's bank: {shadows} shadows, {bank:.0f} s per seed).",
+            "",
+            "| score | offline_a | K | power owner_vulnerable | power worst_case | power owner_typical | power random | FPR (sample/owner) | scored | bank s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in sweep:
+            pct = [_fmt(e[f"power_{k}"] * 100, ".0f") + "%" for k in ("owner_vulnerable", "worst_case", "owner_typical", "random")]
+            a = "-" if e["score"] == "lira" else f"{e['offline_a']:g}"
+            lines.append(
+                f"| {e['score']} | {a} | {e['references']} | " + " | ".join(pct) + f" | {_fmt(e['false_positive_rate'] * 100, '.0f')}% | "
+                f"{_fmt(e['scored_share'] * 100, '.0f')}% | {bank / shadows * e['references']:.0f} |"
+            )
     if meta.get("observations"):
         lines += ["", "## Observations", ""] + [f"- {o}" for o in meta["observations"]]
     return "\n".join(lines) + "\n"
@@ -628,6 +722,7 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
 
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    sweep_rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"bank_seconds": {}, "champion_seconds": {}, "champion_test_accuracy": {}, "vulnerable_owners": {}}
 
     def write(complete: bool) -> dict[str, Any]:
@@ -645,9 +740,10 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
             complete=complete,
             wall_seconds=time.perf_counter() - start,
             observations=observations(summary),
+            sweep=summarize_sweep(sweep_rows),
         )
         prov = provenance.record("forget-evidence", configuration=CONFIGURATION)
-        result = {"rows": rows, "summary": summary, "goals": goal_rows, "meta": meta, "provenance": prov}
+        result = {"rows": rows, "sweep_rows": sweep_rows, "summary": summary, "goals": goal_rows, "meta": meta, "provenance": prov}
         (out_dir / "forget_evidence.json").write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
         (out_dir / "forget_evidence.md").write_text(markdown(summary, goal_rows, meta, rows))
         if summary:
@@ -663,7 +759,7 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
             meta["vulnerable_owners"][str(seed)] = setup.notes["key_maps"] or list(setup.vulnerable)
             requests = make_requests(setup, counts)
             for request in requests:
-                rows.extend(bench_request(setup, request, len(requests), log))
+                rows.extend(bench_request(setup, request, len(requests), log, sweep_rows))
         write(complete=False)
     result = write(complete=True)
     log(f"done in {meta['wall_seconds']:.0f}s; wrote {out_dir}/forget_evidence.json, .md, .png")

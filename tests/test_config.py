@@ -35,6 +35,8 @@ def test_repo_params_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         (lambda r: r["stream"]["s02"].update(parent="nope"), "stream.s02.parent", "unknown parent"),
         (lambda r: r["stream"]["s01"].update(kind="teleport"), "stream.s01.kind", "expected one of"),
         (lambda r: r["stream"].update({"base": {"kind": "learn", "parent": "base"}}), "stream.base", "not 'base'"),
+        (lambda r: r.setdefault("behaviors", {}).setdefault("references", {}).update(score="tarot"), "behaviors.references.score", "lira, rmia"),
+        (lambda r: r.setdefault("behaviors", {}).setdefault("references", {}).update(offline_a=2.0), "behaviors.references.offline_a", "[0, 1]"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, mutate, field: str, words: str) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from behaviors.evidence import forget_evidence, split_name
-from behaviors.membership import logit_confidence, membership_test
+from behaviors.membership import logit_confidence, membership_test, rmia_scores, score_samples
 from behaviors.plugin import Check, verdict
 from behaviors.suite import BehaviorResult
 from pipeline.cli import main
@@ -110,6 +110,54 @@ def test_samples_without_out_references_are_not_scored() -> None:
     assert (result.samples, result.unscored) == (4, 6)
     out[:] = False
     assert math.isnan(membership_test(target, reference, out, ct, cr, ids).lower_bound)
+
+
+def _unsaturated(members: int, shift: float, seed: int = 0) -> tuple:
+    """As :func:`_constructed`, with probabilities away from 0 and 1 (difficulty around logit 0): RMIA's ratio of
+    probabilities sees a shift there; on saturated samples it does not, which is what the reference sweep measures."""
+    rng = np.random.default_rng(seed)
+    k, n, m = 12, members, 400
+    difficulty, calib_difficulty = rng.normal(0.0, 1.0, n), rng.normal(0.0, 1.0, m)
+    reference, calib_reference = difficulty + rng.normal(0, 1, (k, n)), calib_difficulty + rng.normal(0, 1, (k, m))
+    target, calib_target = difficulty + rng.normal(0, 1, n) + shift, calib_difficulty + rng.normal(0, 1, m)
+    return target, reference, np.ones((k, n), dtype=bool), calib_target, calib_reference, [f"s{i}" for i in range(m)]
+
+
+@pytest.mark.parametrize("references", [2, 12])
+def test_rmia_flags_members(references: int) -> None:
+    """Offline RMIA (Zarifzadeh et al. 2024) separates members from non-members with two references or twelve."""
+    target, reference, out, ct, cr, ids = _unsaturated(40, shift=3.0)
+    members = membership_test(target, reference[:references], out[:references], ct, cr[:references], ids, min_references=references, method="rmia")
+    t0, r0, o0, ct0, cr0, ids0 = _unsaturated(40, shift=0.0, seed=1)
+    non_members = membership_test(t0, r0[:references], o0[:references], ct0, cr0[:references], ids0, min_references=references, method="rmia")
+    assert members.member_share > 0.4 and members.lower_bound > 0.3 and members.p_value < 1e-6
+    assert non_members.member_share < 0.2 and non_members.lower_bound < 0.1
+
+
+def test_one_reference_scores_with_rmia_only() -> None:
+    """LiRA needs a spread (two references at least); RMIA scores against one."""
+    target, reference, out, ct, cr, ids = _unsaturated(40, shift=3.0)
+    assert math.isnan(membership_test(target, reference[:1], out[:1], ct, cr[:1], ids, min_references=1).lower_bound)
+    rmia = membership_test(target, reference[:1], out[:1], ct, cr[:1], ids, min_references=1, method="rmia")
+    assert rmia.samples == 40 and rmia.member_share > 0.3
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.floats(0, 1), bump=st.floats(0.1, 5.0), index=st.integers(0, 9))
+def test_rmia_score_rises_with_the_models_confidence(a: float, bump: float, index: int) -> None:
+    """The score is a share of the population beaten: in [0, 1], and never lower for a more confident model."""
+    target, reference, out, ct, cr, _ = _constructed(10, shift=0.0)
+    before = rmia_scores(target, reference, out, ct, cr, offline_a=a, gamma=1.0, min_references=1)
+    raised = target.copy()
+    raised[index] += bump
+    after = rmia_scores(raised, reference, out, ct, cr, offline_a=a, gamma=1.0, min_references=1)
+    assert ((0 <= before) & (before <= 1)).all() and after[index] >= before[index]
+    assert np.array_equal(np.delete(after, index), np.delete(before, index))
+
+
+def test_an_unknown_score_is_refused() -> None:
+    with pytest.raises(ValueError, match="rmia"):
+        score_samples("mystery", *_constructed(3, shift=0.0)[:5], min_references=1)
 
 
 def test_a_tiny_request_cannot_fail_by_one_flag() -> None:

@@ -152,7 +152,9 @@ class ReferenceConfig:
     ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
     sample is scored when at least ``min_references`` shadows never trained on it; its member
     threshold is set for ``false_positive_rate`` on samples the model never saw. Every model is
-    queried on each image and its shifts by ``query_shift`` pixels (0: the image alone).
+    queried on each image and its shifts by ``query_shift`` pixels (0: the image alone). ``score``
+    is the per-sample statistic: ``lira`` (offline LiRA) or ``rmia`` (offline RMIA, with its
+    ``offline_a`` and ``gamma``); see :mod:`behaviors.membership`.
     """
 
     shadows: int = 16
@@ -167,6 +169,9 @@ class ReferenceConfig:
     query_shift: int = 1
     false_positive_rate: float = 0.05
     min_references: int = 4
+    score: str = "lira"
+    offline_a: float = 0.3
+    gamma: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -302,10 +307,7 @@ def _check_value(value: Any, tp: Any, where: str, file: str) -> Any:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"expected a mapping, got {type(value).__name__}", file=file, field=where)
-        return {
-            _check_value(k, key_tp, f"{where}.{k}", file): _check_value(v, val_tp, f"{where}.{k}", file)
-            for k, v in value.items()
-        }
+        return {_check_value(k, key_tp, f"{where}.{k}", file): _check_value(v, val_tp, f"{where}.{k}", file) for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(args) != 2 or args[1] is not Ellipsis:
@@ -410,6 +412,9 @@ def _validate_data(data: DataConfig, file: str) -> None:
             raise ConfigError(f"expected one of {', '.join(DATA_LOOKS)}, got {look!r}", file=file, field=f"data.looks.{slice_name}")
 
 
+MEMBERSHIP_SCORES = ("lira", "rmia")  # behaviors.membership.score_samples
+
+
 def _validate_references(refs: ReferenceConfig, file: str) -> None:
     where = "behaviors.references"
     for name in ("shadows", "min_shadows", "epochs", "rank", "batch_size", "min_references"):
@@ -423,6 +428,12 @@ def _validate_references(refs: ReferenceConfig, file: str) -> None:
         raise ConfigError(f"expected a rate in (0, 0.5), got {refs.false_positive_rate}", file=file, field=f"{where}.false_positive_rate")
     if refs.lr <= 0 or refs.alpha <= 0 or refs.replay < 0:
         raise ConfigError("expected positive lr and alpha and a non-negative replay", file=file, field=where)
+    if refs.score not in MEMBERSHIP_SCORES:
+        raise ConfigError(f"expected one of {', '.join(MEMBERSHIP_SCORES)}, got {refs.score!r}", file=file, field=f"{where}.score")
+    if not 0 <= refs.offline_a <= 1:
+        raise ConfigError(f"expected a number in [0, 1], got {refs.offline_a}", file=file, field=f"{where}.offline_a")
+    if refs.gamma <= 0:
+        raise ConfigError(f"expected a positive number, got {refs.gamma}", file=file, field=f"{where}.gamma")
 
 
 def _validate_train(train: TrainConfig, file: str) -> None:
@@ -472,9 +483,7 @@ def _parse_stream(raw: Any, file: str) -> dict[str, StepConfig]:
     for key, entry in raw.items():
         where = f"stream.{key}"
         if not isinstance(key, str) or not STEP_KEY_PATTERN.match(key) or key == BASE_STEP:
-            raise ConfigError(
-                "step ids are 1-64 letters, digits, '_' or '-' and not 'base'", file=file, field=where
-            )
+            raise ConfigError("step ids are 1-64 letters, digits, '_' or '-' and not 'base'", file=file, field=where)
         if not isinstance(entry, dict):
             raise ConfigError(f"expected a mapping, got {type(entry).__name__}", file=file, field=where)
         entry = dict(entry)
