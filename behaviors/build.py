@@ -154,7 +154,8 @@ def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
         overlay_lineage |= set(ws.components.sidecar(component_id).lineage)
     pool = capped_pool(reference_pool(data, overlay_lineage, base_lineage), ws.params.behaviors.max_reference_pool, ws.params.seed)
     config = _shadow_recipe(ws, float_manifest)
-    recipe = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    # The bank's key: what shapes a shadow's training; how many there are and how they are scored do not (a bank is reused across both)
+    recipe = hashlib.sha256(json.dumps({k: getattr(config, k) for k in RECIPE_FIELDS}, sort_keys=True).encode()).hexdigest()[:12]
     bank = open_bank(
         ws.store_dir / "references" / manifest.base / recipe,
         compose(Manifest(base=manifest.base), ws.components),

@@ -21,9 +21,11 @@ on both models with the product's own functions and default thresholds:
 
 - ``accuracy_gap`` (sample/owner requests), ``class_recall`` (class request);
 - ``mia_loss`` and ``mia_confidence``, the population attacks (``behaviors.mia``);
-- ``per_sample``: offline LiRA (Carlini et al. 2022, "Membership Inference Attacks From First
-  Principles") against a bank of shadow LoRA overlays on the clean base, one bank per seed shared
-  by every request (``behaviors.references``), the per-example evaluation that Hayes et al. 2024
+- ``per_sample``: the per-sample membership test as it ships (``behaviors.references`` defaults: its score,
+  offline RMIA or LiRA, and a bank of K shadow LoRA overlays on the clean base that never trained on the
+  request), emulated from one bank of ``BANK_SHADOWS`` per seed: each sample is scored against its first K
+  shadows without it. The reference sweep runs LiRA (Carlini et al. 2022) and RMIA (Zarifzadeh et al. 2024)
+  with 1 to 6 references on the same models. It is the per-example evaluation that Hayes et al. 2024
   ("Inexact Unlearning Needs More Careful Evaluations to Avoid a False Sense of Privacy", U-LiRA)
   show is needed, judged on the worst-case samples that Naderloui et al. 2025 ("Rectifying Privacy
   and Efficacy Measurements in Machine Unlearning: A New Inference Attack Perspective", RULI)
@@ -57,7 +59,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
 from behaviors.context import DEFAULT_THRESHOLDS
-from behaviors.membership import membership_test
+from behaviors.membership import MembershipResult, membership_test
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
 from behaviors.references import ReferenceBank, open_bank, reference_pool
 from bench import provenance
@@ -85,6 +87,7 @@ TRAIN_SLICES = ("base", *UPDATE_SLICES)
 FORGET_CLASS = 7
 VULNERABLE_PER_SLICE = 2
 REQUEST_SIZE = 20  # samples per random / worst-case request
+BANK_SHADOWS = 16  # every sample is OUT for about 8: a deletion's bank of K shadows (all OUT) is the first K of them
 KINDS = ("owner_vulnerable", "owner_typical", "random", "worst_case", "class")
 CHECKS = ("accuracy_gap", "class_recall", "mia_loss", "mia_confidence", "per_sample")
 # Which threshold each check compares its value with (a check fails a model when value > threshold).
@@ -178,9 +181,16 @@ def data_config() -> DataConfig:
 
 
 def reference_config() -> ReferenceConfig:
-    """The product's reference settings, with the shadow recipe of the learn overlays (as ``behaviors.build`` does)."""
+    """This bench's bank: ``BANK_SHADOWS`` shadows with the recipe of the learn overlays (as ``behaviors.build`` trains them),
+    scored with LiRA over every OUT shadow where a request set is chosen (the worst-case sets)."""
     learn = asdict(LoraLearnConfig(slice="u1"))
-    return replace(ReferenceConfig(), **{k: learn[k] for k in ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")})
+    recipe = {k: learn[k] for k in ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")}
+    return replace(ReferenceConfig(), shadows=BANK_SHADOWS, min_shadows=BANK_SHADOWS, min_references=4, score="lira", **recipe)
+
+
+def shipped_references() -> ReferenceConfig:
+    """The per-sample test as it ships (``behaviors.references`` defaults): its score and how many shadows a deletion has."""
+    return ReferenceConfig()
 
 
 def train_base_net(params: Params, data: UmeData, seed: int) -> tuple[nn.Module, frozenset[str]]:
@@ -392,7 +402,8 @@ def evaluate_check(check: str, net: nn.Module, case: Case, bank: ReferenceBank) 
             return attack_accuracy(per_sample_loss(fl, f.y), per_sample_loss(ul, case.unseen.y), "loss", 0), {}
         return attack_accuracy(confidence_features(fl, f.y), confidence_features(ul, case.unseen.y), "svc", 0), {}
     if check == "per_sample":
-        result = bank.test(lambda x: predict_logits(net, x), f, case.non_members)
+        shipped = shipped_references()
+        result = restricted_test(net, case, bank, shipped.score, shipped.offline_a, shipped.shadows, shipped.min_references)
         keep = ("samples", "unscored", "flagged", "member_share", "p_value", "heldout_false_positive_rate", "references")
         return result.lower_bound, {k: getattr(result, k) for k in keep}
     raise ValueError(f"unknown check {check!r}")
@@ -403,31 +414,49 @@ def first_out(out: np.ndarray, k: int) -> np.ndarray:
     return out & (np.cumsum(out, axis=0) <= k)
 
 
-def sweep_request(net: nn.Module, case: Case, bank: ReferenceBank) -> list[dict[str, Any]]:
-    """The per-sample test of ``net`` for every (score, offline_a, K) of the sweep; the model is queried once."""
-    f, config = case.forgotten, bank.config
+_QUERIES: dict[tuple[int, str, int], tuple[nn.Module, np.ndarray]] = {}
+
+
+def _query(bank: ReferenceBank, net: nn.Module, samples: SampleSet) -> np.ndarray:
+    """``bank.query`` of ``net`` on ``samples``, kept with the model itself (so its id cannot be reused meanwhile)."""
+    key = (id(net), f"{samples.name}:{hash(samples.sample_ids)}", len(samples))
+    hit = _QUERIES.get(key)
+    if hit is None or hit[0] is not net:
+        if len(_QUERIES) > 64:
+            _QUERIES.clear()
+        hit = _QUERIES[key] = (net, bank.query(lambda x: predict_logits(net, x), samples))
+    return hit[1]
+
+
+def restricted_test(net: nn.Module, case: Case, bank: ReferenceBank, score: str, offline_a: float, k: int, min_references: int) -> MembershipResult:
+    """The per-sample test of ``net`` as a deletion's bank of ``k`` shadows (all OUT) would run it: each sample scored
+    against its first ``k`` OUT shadows of this bench's bank, calibrated on the first ``k`` shadows."""
+    f = case.forgotten
     phi, out = bank.statistics(f)
     calibration, calib_phi = bank._calibration(case.non_members)
-    target = bank.query(lambda x: predict_logits(net, x), f)
-    calib_target = bank.query(lambda x: predict_logits(net, x), calibration)
+    return membership_test(
+        _query(bank, net, f),
+        phi,
+        first_out(out, k),
+        _query(bank, net, calibration),
+        calib_phi[:k],
+        calibration.sample_ids,
+        false_positive_rate=bank.config.false_positive_rate,
+        min_references=min_references,
+        method=score,
+        offline_a=offline_a,
+        gamma=bank.config.gamma,
+    )
+
+
+def sweep_request(net: nn.Module, case: Case, bank: ReferenceBank) -> list[dict[str, Any]]:
+    """The per-sample test of ``net`` for every (score, offline_a, K) of the sweep (K OUT references required)."""
     rows = []
     for score, offline_a in SWEEP_SCORES:
         for k in SWEEP_REFERENCES:
             if score == "lira" and k < 2:
                 continue  # no spread from one reference
-            result = membership_test(
-                target,
-                phi,
-                first_out(out, k),
-                calib_target,
-                calib_phi[:k],
-                calibration.sample_ids,
-                false_positive_rate=config.false_positive_rate,
-                min_references=k,
-                method=score,
-                offline_a=offline_a,
-                gamma=config.gamma,
-            )
+            result = restricted_test(net, case, bank, score, offline_a, k, k)
             rows.append(
                 {"score": score, "offline_a": offline_a, "references": k, "value": result.lower_bound, "samples": result.samples, "unscored": result.unscored}
             )
@@ -485,8 +514,8 @@ def bench_request(
         value_u, details_u = evaluate_check(check, setup.champion.net, case, setup.bank)
         value_r, details_r = evaluate_check(check, retrained, case, setup.bank)
         seconds = time.perf_counter() - started
-        if check == "per_sample":
-            seconds += setup.bank_seconds / requests_of_seed  # the bank is trained once per seed for every request
+        if check == "per_sample":  # a deletion trains at most its bank's K shadows (all of them when each held a forgotten subject)
+            seconds += setup.bank_seconds / BANK_SHADOWS * shipped_references().shadows
         row = {
             "request_kind": request.kind,
             "request": request.index,
@@ -576,6 +605,7 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The results as Markdown: the table per check and request kind, the goals, the per-sample test per seed."""
     th = meta["thresholds"]
+    shipped = meta.get("shipped_references") or asdict(shipped_references())
     lines = [
         "# Forget checks as evidence: power and false-positive rate",
         "",
@@ -594,8 +624,11 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], met
         f"{th['forget_accuracy_tolerance']}, class recall > {th['max_forgotten_class_recall']}, MIA accuracy > {th['max_mia_accuracy']}, "
         f"per-sample member-share lower bound > {th['max_forget_member_share']}; NaN (cannot tell) counts as not failing (column n/a);",
         "- **check s**: seconds to evaluate the check on both models (the candidate and its control, as the forget step does);",
-        "  for `per_sample` it includes the reference bank's training seconds divided by the number of requests of the seed "
-        f"(bank: {', '.join(f'{s:.0f} s' for s in meta['bank_seconds'].values())} per seed, {meta['requests_per_seed']} requests per seed);",
+        f"  for `per_sample` it includes training the deletion's own bank of {shipped['shadows']} shadow(s) at this run's measured cost per shadow "
+        f"(this run's {BANK_SHADOWS}-shadow bank: {', '.join(f'{s:.0f} s' for s in meta['bank_seconds'].values())} per seed);",
+        f"- **per_sample** as it ships: score `{shipped['score']}`"
+        + (f" (offline_a {shipped['offline_a']:g})" if shipped["score"] == "rmia" else "")
+        + f", {shipped['shadows']} shadow(s) that never trained on the request, a sample scored with at least {shipped['min_references']};",
         "- **step s**: seconds of the exact retrain (the step the check certifies).",
         "",
         "| check | request kind | requests | power | FPR | n/a (unforg./retrain) | value unforgotten | value retrain | check s | step s | samples |",
@@ -734,6 +767,7 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
             date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             thresholds={THRESHOLD_OF[c]: THRESHOLDS[THRESHOLD_OF[c]] for c in CHECKS},
             reference_config=asdict(reference_config()),
+            shipped_references=asdict(shipped_references()),
             requests_per_seed=sum(counts.values()),
             request_counts=dict(counts),
             quick=quick,

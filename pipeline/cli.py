@@ -405,6 +405,24 @@ def _cmd_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_references(args: argparse.Namespace) -> int:
+    from pipeline.records.workspace import Workspace
+    from pipeline.steps.references import prepare_references
+
+    ws = Workspace.open(args.params)
+    if not ws.primary:
+        return 0
+    report = prepare_references(ws, args.version)
+    if report.note:
+        print(f"v{report.version}: {report.note}")
+        return 0
+    print(
+        f"reference bank of v{report.version}: {report.shadows} shadow(s), {report.trained} trained now, {report.purged} purged "
+        f"(trained on a deleted sample), in {report.seconds:.1f} s: {report.path}"
+    )
+    return 0
+
+
 BENCH_MODULES = {
     "forget": "bench.forget",
     "forget-exact": "bench.forget_exact",
@@ -476,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and the ledger, or refuse it (alias moved back, reason tagged on the version); exit 1 when refused",
     )
     p.set_defaults(fn=_cmd_sync)
+    p = sub.add_parser(
+        "references", help="train a version's reference bank now, so a later deletion's gate does not (off the deletion's critical path)"
+    )
+    p.add_argument("--version", type=int, help="the version (default: the champion)")
+    p.set_defaults(fn=_cmd_references)
     p = sub.add_parser("erase", help="erase exact deletion requests' pixels and weights from every store (the DVC stage seal runs it)")
     p.add_argument(
         "--remote",

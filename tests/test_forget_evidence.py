@@ -269,3 +269,27 @@ def test_no_shadow_that_saw_a_deleted_sample_survives_opening(deleted: set[str],
     on_disk = [json.loads(p.read_text())["lineage"] for p in root.glob("shadow-*.json")]
     assert sorted(map(sorted, on_disk)) == sorted(map(sorted, survivors))
     assert len(list(root.glob("shadow-*.safetensors"))) == len(survivors)
+
+
+def test_references_command_trains_the_bank_ahead_and_reuses_it(trained_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ume references`` trains the champion's bank off the deletion's critical path; a second call trains nothing."""
+    params = trained_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["behaviors"]["references"] = {"shadows": 2, "min_shadows": 2, "min_references": 2}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert run_step(open_workspace(), "s01").record["decision"] == "promoted"
+    assert cli("references") == 0
+    first = capsys.readouterr().out
+    assert "2 shadow(s), 2 trained now, 0 purged" in first, first
+    bank = Path(first.rsplit(": ", 1)[1].strip())
+    assert len(list(bank.glob("shadow-*.safetensors"))) == 2
+    assert cli("references") == 0
+    assert "2 shadow(s), 0 trained now" in capsys.readouterr().out
+
+
+def test_references_command_without_a_champion_names_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.projects import tiny_params_dict
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tmp_path), sort_keys=False))
+    assert cli("references") == 2

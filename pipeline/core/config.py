@@ -157,8 +157,10 @@ class ReferenceConfig:
     ``offline_a`` and ``gamma``); see :mod:`behaviors.membership`.
     """
 
-    shadows: int = 16
-    min_shadows: int = 8
+    # Two shadows scored with offline RMIA (a = 1): chosen by the reference sweep of `ume bench forget-evidence`
+    # (docs/forget-evidence.md), where they caught more memorised owners than LiRA with about eight references.
+    shadows: int = 2
+    min_shadows: int = 2
     epochs: int = 12
     rank: int = 8
     alpha: float = 16.0
@@ -168,9 +170,9 @@ class ReferenceConfig:
     augment_shift: int = 1
     query_shift: int = 1
     false_positive_rate: float = 0.05
-    min_references: int = 4
-    score: str = "lira"
-    offline_a: float = 0.3
+    min_references: int = 2
+    score: str = "rmia"
+    offline_a: float = 1.0
     gamma: float = 1.0
 
 

@@ -1,0 +1,43 @@
+"""``ume references``: train a version's reference bank ahead of a deletion, off the deletion's critical path.
+
+The per-sample forget check (:mod:`behaviors.references`) opens the bank of the candidate's clean base
+at every deletion: it purges the shadows that trained on a deleted sample and tops the bank up. Run
+after a learn step (by hand, from cron, or as a DVC stage of one's own), this command trains the bank
+then, so the next deletion retrains only the shadows that saw its data subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.errors import RegistryError
+from pipeline.records.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class BankReport:
+    """What opening the bank did."""
+
+    version: int
+    shadows: int
+    trained: int
+    purged: int
+    seconds: float
+    path: str
+    note: str = ""  # why there is no bank (nothing to train on)
+
+
+def prepare_references(ws: Workspace, version: int | None = None) -> BankReport:
+    """Open (purge, top up) the reference bank of ``version`` (default: the champion)."""
+    from behaviors.build import reference_bank
+    from pipeline.data.module import open_data
+
+    target = version or ws.registry.champion()
+    if target is None:
+        raise RegistryError("no champion yet: run `dvc repro` (or `make demo`) first", field="champion")
+    manifest = ws.manifest_of(target)
+    data = open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
+    bank, note = reference_bank(ws, data, manifest)
+    if bank is None:
+        return BankReport(target, 0, 0, 0, 0.0, "", note)
+    return BankReport(target, len(bank), bank.trained, bank.purged, bank.seconds, str(bank.root))
