@@ -94,9 +94,22 @@ def member_scores(target_phi: np.ndarray, reference_phi: np.ndarray, out_mask: n
     return scores
 
 
-def _expit(phi: np.ndarray) -> np.ndarray:
-    """``p_y`` from ``phi = log(p_y / (1 - p_y))``."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(phi, dtype=np.float64)))
+def _log_p(phi: np.ndarray) -> np.ndarray:
+    """``log p_y`` from ``phi = log(p_y / (1 - p_y))``, without underflow (a confident wrong model has p_y ~ 1e-300)."""
+    return -np.logaddexp(0.0, -np.asarray(phi, dtype=np.float64))
+
+
+def _log_prior(log_p: np.ndarray, mask: np.ndarray, offline_a: float) -> np.ndarray:
+    """``log(((1 + a) mean_mask p + 1 - a) / 2)`` per sample (column), the mean taken in log space."""
+    counts = mask.sum(axis=0)
+    masked = np.where(mask, log_p, -np.inf)
+    top = masked.max(axis=0, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0.0)
+    log_mean = top + np.log(np.exp(masked - top).sum(axis=0)) - np.log(np.maximum(counts, 1))
+    scaled = np.log1p(offline_a) + log_mean
+    if offline_a < 1:
+        scaled = np.logaddexp(scaled, np.log1p(-offline_a))
+    return scaled - np.log(2.0)
 
 
 def rmia_scores(
@@ -113,16 +126,15 @@ def rmia_scores(
     """Offline RMIA per sample: the share of population samples ``z`` with ``LR(x) / LR(z) > gamma``.
 
     ``LR(x) = p(x|model) / p(x)`` with ``p(x) = ((1 + a) mean_OUT p + 1 - a) / 2`` over the sample's OUT
-    references (Zarifzadeh et al. 2024, sec. 3 and the offline approximation of their appendix);
-    ``population_*`` are known non-members, OUT for every reference. NaN with fewer than
+    references (Zarifzadeh et al. 2024, sec. 3 and the offline approximation of their appendix), in log
+    space; ``population_*`` are known non-members, OUT for every reference. NaN with fewer than
     ``min_references`` OUT references.
     """
     counts = out_mask.sum(axis=0)
-    p_out = np.where(out_mask, _expit(reference_phi), 0.0).sum(axis=0) / np.maximum(counts, 1)
-    ratio_x = _expit(target_phi) / (0.5 * ((1 + offline_a) * p_out + 1 - offline_a))
-    p_pop = _expit(population_reference_phi).mean(axis=0)
-    ratio_z = np.sort(_expit(population_target_phi) / (0.5 * ((1 + offline_a) * p_pop + 1 - offline_a)))
-    scores = np.searchsorted(ratio_z, ratio_x / gamma, side="left") / max(len(ratio_z), 1)
+    log_ratio_x = _log_p(target_phi) - _log_prior(_log_p(reference_phi), out_mask, offline_a)
+    population_mask = np.ones(np.shape(population_reference_phi), dtype=bool)
+    log_ratio_z = np.sort(_log_p(population_target_phi) - _log_prior(_log_p(population_reference_phi), population_mask, offline_a))
+    scores = np.searchsorted(log_ratio_z, log_ratio_x - math.log(gamma), side="left") / max(len(log_ratio_z), 1)
     scores = scores.astype(np.float64)
     scores[counts < min_references] = np.nan
     return scores

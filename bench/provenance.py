@@ -144,14 +144,18 @@ _UNDECIDING = (
     ": it can change which crafted step is promoted, not whether a killed run resumes to the state an unkilled run reaches under"
     " the same gate, which is what this harness asserts; not rerun for time"
 )
+_BANK = (
+    "; then (2026-12-04) by the per-sample forget test's score and bank (offline RMIA with two shadows in place of offline LiRA"
+    " with sixteen): it changes how many shadows a deletion's gate trains and can change which crafted step is promoted"
+)
 RERUN_PENDING: dict[str, str] = {
     "families": _ERASURE_ONLY + _PAIRED_UNREAD,
     "forget-evidence": _ERASURE_ONLY + "; then (2026-12-04) by the fairness growth check's paired test, which this benchmark never runs (forget checks only)",
     "forget-exact": _ERASURE_ONLY + _PAIRED_UNREAD,
     "scale": _ERASURE_ONLY + _PAIRED_UNREAD,
     "reliability-machine": _ERASURE_ONLY + "; the state machine runs steps in-process, so it does not exercise erasure either; then"
-    f" (2026-12-04) by {_PAIRED}{_UNDECIDING}",
-    "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}",
+    f" (2026-12-04) by {_PAIRED}{_UNDECIDING}{_BANK}{_UNDECIDING}",
+    "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}{_BANK}{_UNDECIDING}",
 }
 
 
