@@ -149,10 +149,9 @@ _BANK = (
     " with sixteen): it changes how many shadows a deletion's gate trains and can change which crafted step is promoted"
 )
 RERUN_PENDING: dict[str, str] = {
-    "families": _ERASURE_ONLY + _PAIRED_UNREAD,
-    "forget-evidence": _ERASURE_ONLY + "; then (2026-12-04) by the fairness growth check's paired test, which this benchmark never runs (forget checks only)",
-    "forget-exact": _ERASURE_ONLY + _PAIRED_UNREAD,
-    "scale": _ERASURE_ONLY + _PAIRED_UNREAD,
+    "families": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + " (the matrix's deletion rows): not rerun for time",
+    "forget-exact": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + ": its step times are stale (the bank was most of them)",
+    "scale": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + ": not rerun for time",
     "reliability-machine": _ERASURE_ONLY + "; the state machine runs steps in-process, so it does not exercise erasure either; then"
     f" (2026-12-04) by {_PAIRED}{_UNDECIDING}{_BANK}{_UNDECIDING}",
     "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}{_BANK}{_UNDECIDING}",
