@@ -150,7 +150,6 @@ _BANK = (
 )
 RERUN_PENDING: dict[str, str] = {
     "families": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + " (the matrix's deletion rows): not rerun for time",
-    "scale": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + ": not rerun for time",
     "reliability-machine": _ERASURE_ONLY + "; the state machine runs steps in-process, so it does not exercise erasure either; then"
     f" (2026-12-04) by {_PAIRED}{_UNDECIDING}{_BANK}{_UNDECIDING}",
     "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}{_BANK}{_UNDECIDING}",
