@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from scipy import stats
+from scipy.special import logsumexp
 
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -101,11 +102,8 @@ def _log_p(phi: np.ndarray) -> np.ndarray:
 
 def _log_prior(log_p: np.ndarray, mask: np.ndarray, offline_a: float) -> np.ndarray:
     """``log(((1 + a) mean_mask p + 1 - a) / 2)`` per sample (column), the mean taken in log space."""
-    counts = mask.sum(axis=0)
-    masked = np.where(mask, log_p, -np.inf)
-    top = masked.max(axis=0, initial=-np.inf)
-    top = np.where(np.isfinite(top), top, 0.0)
-    log_mean = top + np.log(np.exp(masked - top).sum(axis=0)) - np.log(np.maximum(counts, 1))
+    with np.errstate(divide="ignore"):  # a column without a reference: -inf, left unscored by the caller
+        log_mean = logsumexp(log_p, axis=0, b=mask.astype(np.float64)) - np.log(np.maximum(mask.sum(axis=0), 1))
     scaled = np.log1p(offline_a) + log_mean
     if offline_a < 1:
         scaled = np.logaddexp(scaled, np.log1p(-offline_a))

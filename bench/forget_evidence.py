@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
+from behaviors.build import RECIPE_FIELDS
 from behaviors.context import DEFAULT_THRESHOLDS
 from behaviors.membership import MembershipResult, membership_test
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
@@ -184,7 +185,7 @@ def reference_config() -> ReferenceConfig:
     """This bench's bank: ``BANK_SHADOWS`` shadows with the recipe of the learn overlays (as ``behaviors.build`` trains them),
     scored with LiRA over every OUT shadow where a request set is chosen (the worst-case sets)."""
     learn = asdict(LoraLearnConfig(slice="u1"))
-    recipe = {k: learn[k] for k in ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")}
+    recipe = {k: learn[k] for k in RECIPE_FIELDS}
     return replace(ReferenceConfig(), shadows=BANK_SHADOWS, min_shadows=BANK_SHADOWS, min_references=4, score="lira", **recipe)
 
 
@@ -497,9 +498,7 @@ def fails(value: float, check: str, thresholds: dict[str, float]) -> bool:
     return not math.isnan(value) and value > thresholds[THRESHOLD_OF[check]]
 
 
-def bench_request(
-    setup: Setup, request: Request, requests_of_seed: int, log: Callable[[str], None], sweep: list[dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
+def bench_request(setup: Setup, request: Request, log: Callable[[str], None], sweep: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Rows of one request: every applicable check on the champion and on the exact retrain (and, into
     ``sweep``, the reference sweep of the per-sample test on both)."""
     retrained, step_seconds, what = exact_retrain(setup, request)
@@ -793,7 +792,7 @@ def run_forget_evidence(out_dir: Path, seeds: Sequence[int] = (0, 1, 2), quick: 
             meta["vulnerable_owners"][str(seed)] = setup.notes["key_maps"] or list(setup.vulnerable)
             requests = make_requests(setup, counts)
             for request in requests:
-                rows.extend(bench_request(setup, request, len(requests), log, sweep_rows))
+                rows.extend(bench_request(setup, request, log, sweep_rows))
         write(complete=False)
     result = write(complete=True)
     log(f"done in {meta['wall_seconds']:.0f}s; wrote {out_dir}/forget_evidence.json, .md, .png")

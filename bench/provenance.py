@@ -146,10 +146,10 @@ _UNDECIDING = (
 )
 _BANK = (
     "; then (2026-12-04) by the per-sample forget test's score and bank (offline RMIA with two shadows in place of offline LiRA"
-    " with sixteen): it changes how many shadows a deletion's gate trains and can change which crafted step is promoted"
+    " with sixteen), which changes how many shadows a deletion's gate trains"
 )
 RERUN_PENDING: dict[str, str] = {
-    "families": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + " (the matrix's deletion rows): not rerun for time",
+    "families": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + " and can change the matrix's deletion rows: not rerun for time",
     "reliability-machine": _ERASURE_ONLY + "; the state machine runs steps in-process, so it does not exercise erasure either; then"
     f" (2026-12-04) by {_PAIRED}{_UNDECIDING}{_BANK}{_UNDECIDING}",
     "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}{_BANK}{_UNDECIDING}",
