@@ -23,13 +23,10 @@ import torch
 
 from pipeline.core.errors import DataError
 from pipeline.data.images import ImageFile, ImageStore, MemoryImages, iter_chunks, write_store
+from pipeline.data.names import COLUMNS, DELETION_ENTRY, EVAL_SLICES, NO_DOMAIN, NO_OWNER
 from pipeline.data.rowkeys import RowKeys
 
-COLUMNS = ("sample_id", "label", "group", "owner", "slice", "domain")
-NO_OWNER = ""  # a sample with no data subject (licensed or public data): never subject to deletion by owner
-NO_DOMAIN = ""  # an evaluation sample of no known slice: in no slice's held-out split
-EVAL_SLICES = ("test", "canary")
-DELETION_ENTRY = "deletion_request"  # the ledger entry whose hashed ids the data layer filters out
+__all__ = ["COLUMNS", "DELETION_ENTRY", "EVAL_SLICES", "NO_DOMAIN", "NO_OWNER", "SampleTable"]
 
 
 def default_domains(rows: pd.DataFrame) -> pd.Series:

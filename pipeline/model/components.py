@@ -16,14 +16,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load, save
 
 from pipeline.core.errors import ComponentError
 from pipeline.core.faults import crash_point
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: light commands (status) never load it
+    import torch
 
 COMPONENT_KINDS = ("base", "lora", "delta", "mask", "transform")
 
@@ -113,6 +114,9 @@ class ComponentStore:
 
     def save(self, draft: ComponentDraft, *, parent: str | None) -> Component:
         """Store a draft; idempotent (same tensors and sidecar give the same id and files)."""
+        import torch
+        from safetensors.torch import save
+
         if draft.kind not in COMPONENT_KINDS:
             raise ComponentError(f"unknown component kind {draft.kind!r}", field="kind")
         tensors = {k: v.detach().contiguous().cpu() for k, v in sorted(draft.tensors.items())}
@@ -166,6 +170,8 @@ class ComponentStore:
 
     def load(self, component_id: str) -> tuple[dict[str, torch.Tensor], Component]:
         """Tensors and sidecar of ``component_id``, after checking the file's SHA-256 (safetensors only, never pickle)."""
+        from safetensors.torch import load
+
         component = self.sidecar(component_id)
         blob = self._checked_bytes(component)
         try:

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.table import EVAL_SLICES
+from pipeline.data.names import EVAL_SLICES
 from pipeline.model.components import Component
 from pipeline.model.lineage import hash_sample_id, hash_sample_ids
 

@@ -18,18 +18,21 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipeline.core.canonical import canonical_json
 from pipeline.core.config import load_yaml, yaml_problem
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.data.table import DELETION_ENTRY, EVAL_SLICES, SampleTable
+from pipeline.data.names import DELETION_ENTRY, EVAL_SLICES
 from pipeline.model.components import ComponentStore
 from pipeline.model.lineage import hash_sample_id, hash_sample_ids, version_lineage
 from pipeline.model.manifest import Manifest
 from pipeline.records.ledger import Entry, Ledger
+
+if TYPE_CHECKING:
+    from pipeline.data.table import SampleTable
 
 REQUEST_ENTRY = DELETION_ENTRY  # what the data layer's filter reads
 REPEAT_ENTRY = "deletion_repeated"

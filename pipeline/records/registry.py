@@ -13,13 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.core.config import RegistryConfig
 from pipeline.core.errors import RegistryError
+from pipeline.records.registry_sqlite import SchemaMismatch, SqliteRegistryReader, open_reader
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from pipeline.records.datasets import DataInput
@@ -121,12 +125,27 @@ class Registry:
     """A thin, typed wrapper over :class:`mlflow.MlflowClient` for one registered model."""
 
     def __init__(self, config: RegistryConfig) -> None:
-        from mlflow import MlflowClient
-
         self.config = config
         self.model_name = config.model_name
-        self.client = _FailClosedClient(MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri), config.tracking_uri)
         self._experiment_id: str | None = None
+
+    @cached_property
+    def client(self) -> Any:
+        """The fail-closed MLflow client, made on first use: a command that only reads a sqlite registry never imports MLflow."""
+        from mlflow import MlflowClient
+
+        return _FailClosedClient(MlflowClient(tracking_uri=self.config.tracking_uri, registry_uri=self.config.tracking_uri), self.config.tracking_uri)
+
+    def _fast(self, read: Callable[[SqliteRegistryReader], T]) -> T | None:
+        """``read`` answered from the sqlite file directly (:mod:`pipeline.records.registry_sqlite`); None: ask MLflow."""
+        reader = open_reader(self.config.tracking_uri, self.model_name)
+        if reader is None:
+            return None
+        try:
+            return read(reader)
+        except SchemaMismatch as exc:
+            logging.getLogger("ume.registry").debug("reading MLflow's registry through MLflow: %s", exc)
+            return None
 
     @property
     def tracking_uri(self) -> str:
@@ -290,6 +309,9 @@ class Registry:
 
     def champion(self) -> int | None:
         """The version the ``champion`` alias points at, or None."""
+        fast = self._fast(lambda reader: (reader.alias(CHAMPION),))
+        if fast is not None:
+            return fast[0]
         from mlflow.exceptions import MlflowException
 
         try:
@@ -305,6 +327,11 @@ class Registry:
 
     def version(self, version: int) -> VersionInfo:
         """One version; :class:`RegistryError` if it does not exist."""
+        fast = self._fast(lambda reader: (reader.version(version),))
+        if fast is not None:
+            if fast[0] is None:
+                raise RegistryError(f"model {self.model_name!r} has no version {version}", field="version")
+            return VersionInfo(*fast[0])
         from mlflow.exceptions import MlflowException
 
         try:
@@ -315,6 +342,9 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         """Every version of the model, oldest first."""
+        fast = self._fast(lambda reader: reader.versions())
+        if fast is not None:
+            return [VersionInfo(*row) for row in fast]
         from mlflow.exceptions import MlflowException
 
         try:

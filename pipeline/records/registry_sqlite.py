@@ -1,0 +1,127 @@
+"""Read the model registry straight from MLflow's sqlite file, without importing MLflow.
+
+``ume status`` and ``ume audit`` only read the registry: the ``champion`` alias and each version's tags.
+Importing MLflow and its SQLAlchemy store costs seconds on a small machine, more than everything else
+these commands do. With the default ``sqlite:///…`` tracking URI this reader answers the same three
+questions (:meth:`champion`, :meth:`version`, :meth:`versions`) from the file MLflow wrote, opened
+read-only, with the filters MLflow's own SQLAlchemy registry store applies (versions marked
+``Deleted_Internal`` do not exist; only the default workspace). Anything it does not recognise (a
+server URI, query options, MLflow workspaces switched on, a schema without the expected tables or
+columns) makes it step aside: :func:`open_reader` returns None, or a read raises :class:`SchemaMismatch`,
+and :class:`pipeline.records.registry.Registry` asks MLflow. Writes always go through MLflow.
+tests/test_registry_sqlite.py checks that both paths give the same answers on a real project.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+DELETED_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages.STAGE_DELETED_INTERNAL
+DEFAULT_WORKSPACE = "default"  # mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME
+NEEDED = {
+    "registered_models": {"name"},
+    "model_versions": {"name", "version", "current_stage", "source", "run_id", "description"},
+    "model_version_tags": {"key", "value", "name", "version"},
+    "registered_model_aliases": {"alias", "version", "name"},
+}
+
+
+class SchemaMismatch(Exception):
+    """The file is not laid out as this reader expects: ask MLflow instead."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a plain ``sqlite:///`` URI (relative to the working directory, as SQLAlchemy reads it); None otherwise."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or "?" in tracking_uri:
+        return None
+    rest = tracking_uri[len(prefix) :]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+def _workspaces_on() -> bool:
+    """Whether MLflow may scope reads to a workspace other than the default one."""
+    enabled = os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes")
+    chosen = os.environ.get("MLFLOW_WORKSPACE", "").strip()
+    return enabled or chosen not in ("", DEFAULT_WORKSPACE)
+
+
+class SqliteRegistryReader:
+    """Read-only answers about one registered model, from MLflow's sqlite file."""
+
+    def __init__(self, path: Path, model_name: str) -> None:
+        self.path = path
+        self.model_name = model_name
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of one query on a fresh read-only connection (a writer in another process is waited for, up to 30 s).
+
+        ``sql`` ends its WHERE clause with ``{workspace}``: on a schema with MLflow's ``workspace`` columns it
+        becomes a filter on the default workspace (table alias ``v``), else nothing.
+        """
+        try:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
+                columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in NEEDED}
+                for table, needed in NEEDED.items():
+                    if not needed <= columns[table]:
+                        raise SchemaMismatch(f"{self.path}: table {table} lacks {sorted(needed - columns[table])}")
+                if all("workspace" in cols for cols in columns.values()):
+                    sql, args = sql.format(workspace=" AND v.workspace = ?"), (*args, DEFAULT_WORKSPACE)
+                elif any("workspace" in cols for cols in columns.values()):
+                    raise SchemaMismatch(f"{self.path}: only some tables have a workspace column")
+                else:
+                    sql = sql.format(workspace="")
+                return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise SchemaMismatch(f"{self.path}: {exc}") from None
+
+    def _versions(self, only: int | None = None) -> list[tuple[int, str | None, dict[str, str], tuple[str, ...], str, str]]:
+        """(version, run id, tags, aliases, source, description) of every live version, or only of ``only``."""
+        where = "v.name = ? AND v.current_stage != ?" + ("" if only is None else " AND v.version = ?")
+        args: tuple[Any, ...] = (self.model_name, DELETED_STAGE) + (() if only is None else (only,))
+        rows = self._query(f"SELECT v.version, v.run_id, v.source, v.description FROM model_versions v WHERE {where}{{workspace}}", args)
+        tags: dict[int, dict[str, str]] = {int(r[0]): {} for r in rows}
+        aliases: dict[int, list[str]] = {int(r[0]): [] for r in rows}
+        if rows:
+            tag_sql = "SELECT v.key, v.value, v.version FROM model_version_tags v WHERE v.name = ?{workspace}"
+            for key, value, version in self._query(tag_sql, (self.model_name,)):
+                if int(version) in tags:
+                    tags[int(version)][key] = value
+            for alias, version in self._query("SELECT v.alias, v.version FROM registered_model_aliases v WHERE v.name = ?{workspace}", (self.model_name,)):
+                if int(version) in aliases:
+                    aliases[int(version)].append(alias)
+        return sorted(
+            (int(v), run_id, tags[int(v)], tuple(sorted(aliases[int(v)])), source or "", description or "") for v, run_id, source, description in rows
+        )
+
+    def alias(self, alias: str) -> int | None:
+        """The version ``alias`` points at, or None (no model, or no such alias)."""
+        rows = self._query(
+            "SELECT v.version FROM registered_model_aliases v JOIN model_versions m ON m.name = v.name AND m.version = v.version"
+            " WHERE v.name = ? AND v.alias = ? AND m.current_stage != ?{workspace}",
+            (self.model_name, alias, DELETED_STAGE),
+        )
+        return int(rows[0][0]) if rows else None
+
+    def version(self, version: int) -> tuple[int, str | None, dict[str, str], tuple[str, ...], str, str] | None:
+        """One live version's fields, or None."""
+        found = self._versions(only=version)
+        return found[0] if found else None
+
+    def versions(self) -> list[tuple[int, str | None, dict[str, str], tuple[str, ...], str, str]]:
+        """Every live version's fields, oldest first."""
+        return self._versions()
+
+
+def open_reader(tracking_uri: str, model_name: str) -> SqliteRegistryReader | None:
+    """A reader for ``tracking_uri`` when it is a plain sqlite file that exists and MLflow workspaces are off; else None."""
+    path = sqlite_path(tracking_uri)
+    if path is None or _workspaces_on() or not path.is_file():
+        return None
+    return SqliteRegistryReader(path, model_name)
