@@ -1,23 +1,26 @@
 """Caps that keep the gate near the cost of one forward pass over its evaluation sets.
 
 Most specs read the candidate's cached predictions: one forward pass per evaluation set, whatever
-its size. A few do more work per sample than that, and are capped by ``behaviors.max_check_samples``
-in ``params.yaml`` (:class:`~pipeline.core.config.BehaviorsConfig`):
+its size. A few do more work per sample than that, and are capped in ``params.yaml``
+(:class:`~pipeline.core.config.BehaviorsConfig`):
 
-- the hypothesis properties (``test_invariance``, ``test_properties``) run one forward pass over
-  the canary set per drawn example (85 examples in all);
-- the per-sample membership test queries every reference model and the candidate and control
-  under five shifted views of each forgotten and calibration sample;
-- the population attacks fit a classifier per fold (an RBF SVC grows quadratically).
+- ``behaviors.max_property_samples`` (128): the hypothesis properties (``test_invariance``,
+  ``test_properties``) perturb and forward the canary set once per drawn example (85 examples in
+  all), so they look at most at this many canary samples. At 512 they were two thirds of a warm
+  gate at 16x the default data (``ume bench scale``, profiled with cProfile): 85 passes over 512
+  samples are 2.5 passes over all 17,280 evaluated samples;
+- ``behaviors.max_check_samples`` (512): the per-sample membership test queries every reference
+  model and the candidate and control under five shifted views of each forgotten and calibration
+  sample; the population attacks fit a classifier per fold (an RBF SVC grows quadratically).
 
-Each of them looks at a deterministic subsample of at most ``max_check_samples`` samples of a set
-(all of it when the set is smaller, as on the default data: then nothing changes). The subsample is
-the ``count`` samples with the smallest seeded hash of their sample id (a bottom-k sketch), so it is
-the same for the candidate and the champion, the same on every run, and deleting samples outside
-it does not move it.
+Each of them looks at a deterministic subsample of a set (all of it when the set is smaller). The
+subsample is the ``count`` samples with the smallest seeded hash of their sample id (a bottom-k
+sketch), so it is the same for the candidate and the champion, the same on every run, and deleting
+samples outside it does not move it.
 
-The cap travels to the specs with the thresholds (``thresholds["max_check_samples"]``);
-:func:`check_samples` falls back to the default for contexts built without it.
+The caps travel to the specs with the thresholds (``thresholds["max_check_samples"]``,
+``thresholds["max_property_samples"]``); :func:`check_samples` and :func:`property_samples` fall
+back to the defaults for contexts built without them.
 """
 
 from __future__ import annotations
@@ -33,17 +36,24 @@ from pipeline.core.config import BehaviorsConfig
 from pipeline.data import SampleSet
 
 MAX_CHECK_SAMPLES = "max_check_samples"
+MAX_PROPERTY_SAMPLES = "max_property_samples"
 DEFAULT_MAX_CHECK_SAMPLES: int = BehaviorsConfig.max_check_samples
+DEFAULT_MAX_PROPERTY_SAMPLES: int = BehaviorsConfig.max_property_samples
 
 
 def limit_thresholds(config: BehaviorsConfig) -> dict[str, float]:
     """The caps of ``config`` as entries of the specs' ``thresholds`` mapping."""
-    return {MAX_CHECK_SAMPLES: float(config.max_check_samples)}
+    return {MAX_CHECK_SAMPLES: float(config.max_check_samples), MAX_PROPERTY_SAMPLES: float(config.max_property_samples)}
 
 
 def check_samples(thresholds: Mapping[str, float]) -> int:
     """``max_check_samples`` from the thresholds mapping (the default when it is absent)."""
     return int(thresholds.get(MAX_CHECK_SAMPLES, DEFAULT_MAX_CHECK_SAMPLES))
+
+
+def property_samples(thresholds: Mapping[str, float]) -> int:
+    """``max_property_samples`` from the thresholds mapping (the default when it is absent)."""
+    return int(thresholds.get(MAX_PROPERTY_SAMPLES, DEFAULT_MAX_PROPERTY_SAMPLES))
 
 
 def _rank(keys: tuple[str, ...], seed: int) -> np.ndarray:
@@ -86,9 +96,9 @@ def capped_subjects(samples: SampleSet, subjects: list[str], max_samples: int, *
 
 
 def capped_splits(context: BehaviorContext, thresholds: Mapping[str, float]) -> Splits:
-    """``context.splits`` with the canary set capped (:func:`capped`) and its images read once into a
+    """``context.splits`` with the canary set capped at ``max_property_samples`` (:func:`capped`) and its images read once into a
     tensor: the input of the hypothesis properties, which perturb and forward it once per example.
     The set keeps its name and ids, so the models' cached predictions on it are shared."""
     splits = context.splits
-    canary = capped(splits.canary, check_samples(thresholds), seed=getattr(context.data, "seed", 0))
+    canary = capped(splits.canary, property_samples(thresholds), seed=getattr(context.data, "seed", 0))
     return dataclasses.replace(splits, canary=dataclasses.replace(canary, inputs=canary.x))

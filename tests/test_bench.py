@@ -82,16 +82,17 @@ def test_forget_evidence_power_and_false_positive_rate_per_check_and_kind() -> N
     assert met["owner_vulnerable"] and met["worst_case"] and not met["false-positive"] and met["check"]
 
 
-def _scale_result(step_seconds: list[float], peak: list[float], history: list[float], repro: dict) -> dict:
+def _scale_result(step_seconds: list[float], peak: list[float], history: list[float], repro: dict, gate_fixed: float = 3.0) -> dict:
     """A synthetic ``bench.scale`` result: sizes 1x/4x/16x, a history, a gate row per size."""
     from bench.scale import goals, summarize
 
     sizes = {}
     for (name, images), seconds, mib in zip((("1x", 60), ("4x", 240), ("16x", 960)), step_seconds, peak, strict=True):
-        floor = images / 100  # the gate grows 1.5x as fast as the floor, above a fixed 5 s
+        floor = images / 100  # the gate grows 1.5x as fast as the floor, above a fixed part
+        warm = gate_fixed + 1.5 * floor
         gate = {
-            "evaluated_samples": images, "gate_seconds_cold": 6.0 + 1.5 * floor, "gate_seconds_warm": 5.0 + 1.5 * floor, "fixed_startup_seconds": 1.0,
-            "forward_floor_seconds": floor, "forward_floor_repeats": 3, "gate_over_forward_floor": round((5.0 + 1.5 * floor) / floor, 3),
+            "evaluated_samples": images, "gate_seconds_cold": warm + 1.0, "gate_seconds_warm": warm, "fixed_startup_seconds": 1.0,
+            "forward_floor_seconds": floor, "forward_floor_repeats": 3, "gate_over_forward_floor": round(warm / floor, 3),
             "training_samples": images // 2,
         }
         step = {"wall_seconds": seconds, "peak_mib": mib, "stage_seconds": seconds - 5, "operator_seconds": 1.0}
@@ -115,12 +116,14 @@ def test_scale_summary_and_goals_are_computed_from_the_measured_rows(tmp_path: P
     assert met["memory_ratio_16x_over_1x"] == 1.1 and met["step_time_ratio_16x_over_1x"] == 4.0 and met["training_samples_ratio_16x_over_1x"] == 16.0
     assert met["step_time_by_size"] == {"1x": 10.0, "4x": 20.0, "16x": 40.0}
     assert met["step6_over_step1"] == 1.2 and met["median_last3_over_first3"] == 1.091
-    assert met["gate_over_forward_floor"] == pytest.approx(2.021) and met["gate_growth_over_floor_growth"] == pytest.approx(1.5)
+    assert met["gate_over_forward_floor"] == pytest.approx(1.812) and met["gate_growth_over_floor_growth"] == pytest.approx(1.5)
     assert [g["met"] for g in met["goals"]] == [True, True, True, True, True]
 
     unmet = _scale_result([10.0, 80.0, 400.0], [1000.0, 2000.0, 4000.0], [10.0, 30.0], {"seconds": 12.0, "nothing_changed": True})
     assert unmet["memory_ratio_16x_over_1x"] == 4.0 and unmet["step2_over_step1"] == 3.0
     assert [g["met"] for g in unmet["goals"]] == [False, False, False, True, False]
+    slow_gate = _scale_result([10.0, 20.0, 40.0], [1000.0, 1050.0, 1100.0], [10.0, 11.0], {"seconds": 3.0, "nothing_changed": True}, gate_fixed=6.0)
+    assert slow_gate["gate_over_forward_floor"] == pytest.approx(2.125) and slow_gate["goals"][3]["met"] is False  # the growth alone (1.5x) would pass
     missing = _scale_result([10.0, 20.0, 40.0], [1.0, 1.0, 1.0], [10.0], {"seconds": None, "message": "dvc commit -f failed"})
     assert missing["goals"][-1]["met"] is None
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits, merged_thresholds
-from behaviors.limits import capped, capped_subjects, check_samples, limit_thresholds
+from behaviors.limits import capped, capped_subjects, check_samples, limit_thresholds, property_samples
 from behaviors.mia import attack_accuracy
 from behaviors.suite import run_suite
 from pipeline.core.config import BehaviorsConfig, parse_params
@@ -58,7 +58,7 @@ def test_bad_accelerator_or_precision_names_the_field(tmp_path: Path, train: dic
     assert str(info.value).startswith("params.yaml")
 
 
-@pytest.mark.parametrize("name", ["max_check_samples", "max_reference_pool"])
+@pytest.mark.parametrize("name", ["max_check_samples", "max_reference_pool", "max_property_samples"])
 def test_behaviour_caps_are_validated(tmp_path: Path, name: str) -> None:
     raw = tiny_params_dict(tmp_path)
     assert getattr(parse_params(raw).behaviors, name) == getattr(BehaviorsConfig, name)
@@ -71,7 +71,8 @@ def test_behaviour_caps_are_validated(tmp_path: Path, name: str) -> None:
 
 
 def test_the_caps_are_above_the_default_data() -> None:
-    """On the embedded default every evaluation set fits under the caps: nothing is subsampled there."""
+    """On the embedded default every evaluation set fits under the check and pool caps: nothing is subsampled there
+    but the properties' canary inputs (``max_property_samples`` is a per-example budget, below the canary set)."""
     import yaml
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -79,6 +80,7 @@ def test_the_caps_are_above_the_default_data() -> None:
     digits = 1797
     assert behaviors.max_check_samples > digits * raw["data"]["test_fraction"]  # the largest set a capped check looks at
     assert behaviors.max_reference_pool > digits  # the reference pool is part of the training data
+    assert behaviors.max_property_samples < digits * raw["data"]["canary_fraction"] < behaviors.max_check_samples
 
 
 def _samples(n: int, name: str = "canary", x: torch.Tensor | None = None) -> SampleSet:
@@ -136,7 +138,7 @@ class _Counting(torch.nn.Module):
 def _property_context(x: torch.Tensor, cap: int) -> tuple[BehaviorContext, _Counting]:
     net = _Counting()
     canary = _samples(len(x), x=x)
-    thresholds = merged_thresholds({**limit_thresholds(BehaviorsConfig(max_check_samples=cap)), "min_brightness_agreement": 0.95})
+    thresholds = merged_thresholds({**limit_thresholds(BehaviorsConfig(max_property_samples=cap)), "min_brightness_agreement": 0.95})
     context = BehaviorContext(
         candidate=ModelUnderTest("candidate", None, net),
         champion=None,
@@ -152,7 +154,7 @@ def test_properties_forward_at_most_the_cap_and_can_still_fail() -> None:
     specs = [REPO / "behaviors" / "test_properties.py"]
     stable = torch.full((3000, 1, 8, 8), 0.5)  # far from the decision boundary: invariant
     context, net = _property_context(stable, cap=128)
-    assert check_samples(context.thresholds) == 128
+    assert property_samples(context.thresholds) == 128 and check_samples(context.thresholds) == 512  # the property cap decides
     results = {r.short_name: r for r in run_suite(specs, context)}
     assert {r.outcome for r in results.values()} == {"passed"}, results
     assert net.batches and max(net.batches) <= 128  # never the whole canary set of 3000

@@ -180,12 +180,12 @@ class ReferenceConfig:
 class BehaviorsConfig:
     """The behaviour suite: where the specs live, the thresholds they read, the reference bank.
 
-    Two caps keep the gate near one forward pass over its evaluation sets (docs/behaviour-specs.md,
-    "Cost"): a check that does more than one forward pass per sample (hypothesis properties, the
-    membership tests' query views) or fits a classifier on samples (the population attacks) looks
-    at a seeded subsample of at most ``max_check_samples`` samples of a set; the reference bank's
-    shadows train on whole data subjects of at most ``max_reference_pool`` samples. Both are above
-    the default data's sizes, where they change nothing.
+    Three caps keep the gate near one forward pass over its evaluation sets (docs/behaviour-specs.md,
+    "Cost"): the hypothesis properties perturb and forward a seeded subsample of at most
+    ``max_property_samples`` canary samples per drawn example; a check that queries a set through
+    many models or views (the membership tests) or fits a classifier on it (the population attacks)
+    looks at a seeded subsample of at most ``max_check_samples``; the reference bank's shadows train
+    on whole data subjects of at most ``max_reference_pool`` samples.
     """
 
     path: str = "behaviors"
@@ -193,6 +193,7 @@ class BehaviorsConfig:
     references: ReferenceConfig = field(default_factory=ReferenceConfig)
     max_check_samples: int = 512
     max_reference_pool: int = 4096
+    max_property_samples: int = 128
 
 
 @dataclass(frozen=True)
@@ -467,7 +468,7 @@ MIN_CHECK_SAMPLES = 100
 
 
 def _validate_behaviors(behaviors: BehaviorsConfig, file: str) -> None:
-    for name in ("max_check_samples", "max_reference_pool"):
+    for name in ("max_check_samples", "max_reference_pool", "max_property_samples"):
         if getattr(behaviors, name) < MIN_CHECK_SAMPLES:
             raise ConfigError(
                 f"expected an integer >= {MIN_CHECK_SAMPLES}, got {getattr(behaviors, name)} (fewer samples leave the statistical checks unable to fail)",
