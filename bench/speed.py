@@ -397,9 +397,16 @@ def goal_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             continue
         figures = start[mode]
         train = max(figures["ume base (start-up)"]["median"], figures["ume step (start-up)"]["median"])
-        light = max(figures["ume status"]["median"], figures["ume audit"]["median"])
+        status, audit = figures["ume status"]["median"], figures["ume audit"]["median"]
+        light = max(status, audit)
         rows.append((f"training-stage start-up ≤ {TRAINING_STARTUP:g} s ({mode}, median)", f"{train:.2f} s", met(train, TRAINING_STARTUP)))
-        rows.append((f"`ume status` / `ume audit` ≤ {LIGHT_STARTUP:g} s ({mode}, median, whole process)", f"{light:.2f} s", met(light, LIGHT_STARTUP)))
+        rows.append(
+            (
+                f"`ume status` / `ume audit` ≤ {LIGHT_STARTUP:g} s ({mode}, median, whole process)",
+                f"{light:.2f} s (status {status:.2f} s, audit {audit:.2f} s)",
+                met(light, LIGHT_STARTUP),
+            )
+        )
     comp = result["compression"]
     by_name = {r["model"]: r for r in comp}
     for r in comp:
