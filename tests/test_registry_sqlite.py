@@ -85,3 +85,24 @@ def test_mlflow_workspaces_turn_the_fast_path_off(trained_copy: Path, monkeypatc
     assert open_reader(uri, "m") is not None
     monkeypatch.setenv("MLFLOW_WORKSPACE", "team-a")
     assert open_reader(uri, "m") is None
+
+
+def test_status_is_the_same_through_either_path(trained_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ume status`` on a registry a person changed in the UI (the alias moved, a drop tag): the same mapping
+    whether the registry is read from the sqlite file or through MLflow."""
+    from datetime import UTC, datetime
+
+    from pipeline.records.ui_requests import DROP_TAG
+    from pipeline.reports.status import collect_status
+
+    ws = Workspace.open()
+    registry = ws.registry
+    first = registry.version(registry.champion())
+    second = registry.register(first.run_id, "model", dict(first.tags) | {"ume.step": "extra"})
+    registry.client.set_registered_model_alias(registry.model_name, "champion", str(second))  # a move in the UI
+    registry.set_version_tags(first.version, {DROP_TAG: "yes"})
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    fast = collect_status(Workspace.open(), now)
+    assert fast["ui_requests"]["unsynced"], "the UI's changes are seen"
+    monkeypatch.setattr(registry_module, "open_reader", lambda *_: None)
+    assert collect_status(Workspace.open(), now) == fast
