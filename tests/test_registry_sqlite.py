@@ -106,3 +106,10 @@ def test_status_is_the_same_through_either_path(trained_copy: Path, monkeypatch:
     assert fast["ui_requests"]["unsynced"], "the UI's changes are seen"
     monkeypatch.setattr(registry_module, "open_reader", lambda *_: None)
     assert collect_status(Workspace.open(), now) == fast
+
+
+def test_no_database_yet_is_an_empty_registry(tmp_path: Path) -> None:
+    """Before MLflow's first write there is no file: no champion, no versions, and reading creates nothing."""
+    reader = open_reader(f"sqlite:///{tmp_path / 'mlflow.db'}", "m")
+    assert reader is not None and reader.alias("champion") is None and reader.versions() == [] and reader.version(1) is None
+    assert not (tmp_path / "mlflow.db").exists()

@@ -65,6 +65,8 @@ class SqliteRegistryReader:
         ``sql`` ends its WHERE clause with ``{workspace}``: on a schema with MLflow's ``workspace`` columns it
         becomes a filter on the default workspace (table alias ``v``), else nothing.
         """
+        if not self.path.exists():  # nothing registered yet (MLflow creates the file on its first write): no rows
+            return []
         try:
             with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
                 columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in NEEDED}
@@ -120,8 +122,8 @@ class SqliteRegistryReader:
 
 
 def open_reader(tracking_uri: str, model_name: str) -> SqliteRegistryReader | None:
-    """A reader for ``tracking_uri`` when it is a plain sqlite file that exists and MLflow workspaces are off; else None."""
+    """A reader for ``tracking_uri`` when it is a plain sqlite file (or none yet) and MLflow workspaces are off; else None."""
     path = sqlite_path(tracking_uri)
-    if path is None or _workspaces_on() or not path.is_file():
+    if path is None or _workspaces_on() or (path.exists() and not path.is_file()):
         return None
     return SqliteRegistryReader(path, model_name)
