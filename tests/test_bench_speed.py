@@ -117,3 +117,13 @@ def test_startup_summary_stage_walls_and_the_tables() -> None:
     assert "not from this run" in gate and "abc1234" in gate
     text = speed.markdown(result)
     assert "| `forget-04` | forget |" in text and "NOT met" in text and "met |" in text
+
+
+def test_the_reference_is_the_median_of_its_repeats() -> None:
+    """Three all-at-once trainings: the one of median seconds is the reference, every run's seconds are kept."""
+    from bench.speed import median_reference
+
+    runs = [{"seconds": s, "test_accuracy": a} for s, a in ((7.4, 0.73), (6.0, 0.73), (6.6, 0.73))]
+    chosen = median_reference(runs)
+    assert chosen["seconds"] == 6.6 and chosen["repeat_seconds"] == [7.4, 6.0, 6.6]
+    assert median_reference(runs[:1])["seconds"] == 7.4
