@@ -130,38 +130,9 @@ BENCHES: dict[str, Bench] = {
 
 # Benchmarks whose results were measured before this record existed, or on older defaults, and are not
 # rerun yet: each says why. The test suite accepts exactly these (and fails once one is fresh, so the
-# list only shrinks); the README and docs mark their figures stale.
-_ERASURE_ONLY = (
-    "the gate's fingerprint changed only by a spec that runs for erased requests (test_erased_requests_stay_out_of_the_lineage, skipped"
-    " otherwise) and the deletion policy only by deletion.max_erasure_days (read by `ume status`); this benchmark runs no `ume erase`"
-    " (no seal stage), so its figures are expected unchanged; not rerun on 2026-12-04 for time"
-)
-_PAIRED_UNREAD = (
-    "; then (2026-12-04) by the fairness growth check's paired test (min_group_loss_p_value), which is read only when a gap grows"
-    " beyond max_group_gap_increase: this benchmark lifts that tolerance (or every threshold), so the test never runs in it"
-)
-_PAIRED = "the fairness growth check's paired test (min_group_loss_p_value)"
-_UNDECIDING = (
-    ": it can change which crafted step is promoted, not whether a killed run resumes to the state an unkilled run reaches under"
-    " the same gate, which is what this harness asserts; not rerun for time"
-)
-_BANK = (
-    "; then (2026-12-04) by the per-sample forget test's score and bank (offline RMIA with two shadows in place of offline LiRA"
-    " with sixteen), which changes how many shadows a deletion's gate trains"
-)
-_PROPERTY_CAP = (
-    "; then (2026-12-04) by behaviors.max_property_samples (the hypothesis properties look at 128 canary samples per example"
-    " instead of up to 512; 128 of the default data's 180)"
-)
-RERUN_PENDING: dict[str, str] = {
-    "families": _ERASURE_ONLY + _PAIRED_UNREAD + _BANK + " and can change the matrix's deletion rows: not rerun for time"
-    + _PROPERTY_CAP + ", which can change a property spec's verdict on a crafted step: not rerun for time",
-    "reliability-machine": _ERASURE_ONLY + "; the state machine runs steps in-process, so it does not exercise erasure either; then"
-    f" (2026-12-04) by {_PAIRED}{_UNDECIDING}{_BANK}{_UNDECIDING}{_PROPERTY_CAP}{_UNDECIDING}",
-    "reliability-crash": f"the gate's fingerprint changed only by {_PAIRED} (2026-12-04){_UNDECIDING}{_BANK}{_UNDECIDING}{_PROPERTY_CAP}{_UNDECIDING}",
-    "forget-evidence": "the gate's fingerprint changed only by behaviors.max_property_samples (2026-12-04), which only the hypothesis property"
-    " specs read; this benchmark runs the membership tests and attacks directly, never the behaviour suite, so its figures are expected unchanged",
-}
+# list only shrinks); the README and docs mark their figures stale. Empty: every benchmark was rerun on
+# the shipped defaults (2026-12-04).
+RERUN_PENDING: dict[str, str] = {}
 
 
 def fingerprint(parts: Sequence[str], params_file: Path = ROOT / "params.yaml") -> dict[str, str]:

@@ -6,6 +6,11 @@ behaviour summary; runs carry behaviour metrics, the report artifacts and their 
 (:meth:`Registry.log_datasets`, :mod:`pipeline.records.datasets`). Only :mod:`pipeline.records.gate`
 moves the alias (through :meth:`Registry.set_champion`); a person may move it in the MLflow UI, and
 :mod:`pipeline.records.ui_requests` reads that move as a rollback request.
+
+With a plain ``sqlite:///`` URI the three reads the light commands make (:meth:`Registry.champion`,
+:meth:`Registry.version`, :meth:`Registry.versions`) go straight to the file
+(:mod:`pipeline.records.registry_sqlite`), so ``ume status`` never imports MLflow; every write, and
+every read of another URI, goes through :class:`mlflow.MlflowClient`, made on first use.
 """
 
 from __future__ import annotations
