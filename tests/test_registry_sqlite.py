@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.core.errors import RegistryError
 from pipeline.records import registry as registry_module
-from pipeline.records.registry import Registry
+from pipeline.records.registry import Registry, VersionInfo
 from pipeline.records.registry_sqlite import SchemaMismatch, SqliteRegistryReader, open_reader, sqlite_path
 from pipeline.records.workspace import Workspace
 
@@ -32,7 +32,9 @@ def test_fast_reads_equal_mlflow_reads(trained_copy: Path, monkeypatch: pytest.M
     registry.set_version_tags(second, {"ume.decision": "blocked"})
     registry.client.delete_model_version(registry.model_name, str(third))
     fast = reads(registry)
-    assert open_reader(registry.tracking_uri, registry.model_name) is not None
+    reader = open_reader(registry.tracking_uri, registry.model_name)
+    assert reader is not None  # the reader itself answers (a SchemaMismatch here would mean the registry fell back to MLflow)
+    assert [VersionInfo(*row) for row in reader.versions()] == fast[1] and reader.alias("champion") == fast[0]
     monkeypatch.setattr(registry_module, "open_reader", lambda *_: None)
     slow = reads(registry)
     assert fast[0] == slow[0] and fast[2] == slow[2]  # the alias, and each version read by number: equal in every field

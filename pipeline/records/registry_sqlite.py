@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def _workspaces_on() -> bool:
     return enabled or chosen not in ("", DEFAULT_WORKSPACE)
 
 
+Row = tuple[int, str | None, dict[str, str], tuple[str, ...], str, str]  # version, run id, tags, aliases, source, description
+
+
 class SqliteRegistryReader:
     """Read-only answers about one registered model, from MLflow's sqlite file."""
 
@@ -59,64 +63,70 @@ class SqliteRegistryReader:
         self.path = path
         self.model_name = model_name
 
-    def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Rows of one query on a fresh read-only connection (a writer in another process is waited for, up to 30 s).
+    @contextmanager
+    def _session(self) -> Iterator[Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]]:
+        """One read-only connection, its schema checked once (a writer in another process is waited for, up to 30 s).
 
-        ``sql`` ends its WHERE clause with ``{workspace}``: on a schema with MLflow's ``workspace`` columns it
-        becomes a filter on the default workspace (table alias ``v``), else nothing.
+        Yields ``query(sql, args)``: ``sql`` ends its WHERE clause with ``{workspace}``, which on a schema with
+        MLflow's ``workspace`` columns becomes a filter on the default workspace (table alias ``v``), else nothing.
         """
-        if not self.path.exists():  # nothing registered yet (MLflow creates the file on its first write): no rows
-            return []
         try:
             with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
                 columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in NEEDED}
                 for table, needed in NEEDED.items():
                     if not needed <= columns[table]:
                         raise SchemaMismatch(f"{self.path}: table {table} lacks {sorted(needed - columns[table])}")
-                if all("workspace" in cols for cols in columns.values()):
-                    sql, args = sql.format(workspace=" AND v.workspace = ?"), (*args, DEFAULT_WORKSPACE)
-                elif any("workspace" in cols for cols in columns.values()):
+                with_workspace = ["workspace" in cols for cols in columns.values()]
+                if any(with_workspace) and not all(with_workspace):
                     raise SchemaMismatch(f"{self.path}: only some tables have a workspace column")
-                else:
-                    sql = sql.format(workspace="")
-                return conn.execute(sql, args).fetchall()
+                clause, extra = (" AND v.workspace = ?", (DEFAULT_WORKSPACE,)) if all(with_workspace) else ("", ())
+
+                def query(sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                    return conn.execute(sql.format(workspace=clause), (*args, *extra)).fetchall()
+
+                yield query
         except sqlite3.Error as exc:
             raise SchemaMismatch(f"{self.path}: {exc}") from None
 
-    def _versions(self, only: int | None = None) -> list[tuple[int, str | None, dict[str, str], tuple[str, ...], str, str]]:
-        """(version, run id, tags, aliases, source, description) of every live version, or only of ``only``."""
-        where = "v.name = ? AND v.current_stage != ?" + ("" if only is None else " AND v.version = ?")
-        args: tuple[Any, ...] = (self.model_name, DELETED_STAGE) + (() if only is None else (only,))
-        rows = self._query(f"SELECT v.version, v.run_id, v.source, v.description FROM model_versions v WHERE {where}{{workspace}}", args)
-        tags: dict[int, dict[str, str]] = {int(r[0]): {} for r in rows}
-        aliases: dict[int, list[str]] = {int(r[0]): [] for r in rows}
-        if rows:
-            tag_sql = "SELECT v.key, v.value, v.version FROM model_version_tags v WHERE v.name = ?{workspace}"
-            for key, value, version in self._query(tag_sql, (self.model_name,)):
-                if int(version) in tags:
-                    tags[int(version)][key] = value
-            for alias, version in self._query("SELECT v.alias, v.version FROM registered_model_aliases v WHERE v.name = ?{workspace}", (self.model_name,)):
-                if int(version) in aliases:
-                    aliases[int(version)].append(alias)
+    def _versions(self, only: int | None = None) -> list[Row]:
+        """Every live version, or only version ``only``: three queries on one connection."""
+        if not self.path.exists():  # nothing registered yet (MLflow creates the file on its first write)
+            return []
+        one, args = ("", (self.model_name,)) if only is None else (" AND v.version = ?", (self.model_name, only))
+        with self._session() as query:
+            rows = query(f"SELECT v.version, v.run_id, v.source, v.description FROM model_versions v WHERE v.name = ?{one}"
+                         " AND v.current_stage != ?{workspace}", (*args, DELETED_STAGE))  # fmt: skip
+            tags: dict[int, dict[str, str]] = {int(r[0]): {} for r in rows}
+            aliases: dict[int, list[str]] = {int(r[0]): [] for r in rows}
+            if rows:
+                for key, value, version in query(f"SELECT v.key, v.value, v.version FROM model_version_tags v WHERE v.name = ?{one}{{workspace}}", args):
+                    if int(version) in tags:
+                        tags[int(version)][key] = value
+                for alias, version in query(f"SELECT v.alias, v.version FROM registered_model_aliases v WHERE v.name = ?{one}{{workspace}}", args):
+                    if int(version) in aliases:
+                        aliases[int(version)].append(alias)
         return sorted(
             (int(v), run_id, tags[int(v)], tuple(sorted(aliases[int(v)])), source or "", description or "") for v, run_id, source, description in rows
         )
 
     def alias(self, alias: str) -> int | None:
         """The version ``alias`` points at, or None (no model, or no such alias)."""
-        rows = self._query(
-            "SELECT v.version FROM registered_model_aliases v JOIN model_versions m ON m.name = v.name AND m.version = v.version"
-            " WHERE v.name = ? AND v.alias = ? AND m.current_stage != ?{workspace}",
-            (self.model_name, alias, DELETED_STAGE),
-        )
+        if not self.path.exists():
+            return None
+        with self._session() as query:
+            rows = query(
+                "SELECT v.version FROM registered_model_aliases v JOIN model_versions m ON m.name = v.name AND m.version = v.version"
+                " WHERE v.name = ? AND v.alias = ? AND m.current_stage != ?{workspace}",
+                (self.model_name, alias, DELETED_STAGE),
+            )
         return int(rows[0][0]) if rows else None
 
-    def version(self, version: int) -> tuple[int, str | None, dict[str, str], tuple[str, ...], str, str] | None:
+    def version(self, version: int) -> Row | None:
         """One live version's fields, or None."""
         found = self._versions(only=version)
         return found[0] if found else None
 
-    def versions(self) -> list[tuple[int, str | None, dict[str, str], tuple[str, ...], str, str]]:
+    def versions(self) -> list[Row]:
         """Every live version's fields, oldest first."""
         return self._versions()
 
