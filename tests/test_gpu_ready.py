@@ -174,6 +174,18 @@ def test_predict_logits_returns_float32_on_the_cpu() -> None:
     assert out.dtype == torch.float32 and out.device.type == "cpu" and out.shape == (5, 3)
 
 
+def test_predict_logits_puts_a_module_left_training_in_eval_mode() -> None:
+    """It skips ``eval()`` when nothing trains (a routed net has thousands of modules), not when one submodule does."""
+    from pipeline.model.net import predict_logits
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3), torch.nn.Dropout(0.9)).eval()
+    net[2].train()  # only the dropout layer trains
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(predict_logits(net, x), predict_logits(net, x))
+    assert not any(m.training for m in net.modules())
+
+
 def test_bf16_mixed_auto_trains_on_the_cpu(tmp_path: Path) -> None:
     """A tiny Classifier and a SCRUB-like StepsModule (forget batches, a frozen teacher) train with
     ``accelerator: auto`` and ``precision: bf16-mixed`` through the real ``make_trainer``; the

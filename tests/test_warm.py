@@ -96,3 +96,30 @@ def test_a_command_waits_for_a_warm_process_that_is_still_importing(tmp_path: Pa
         sock.close()
     listener.close()
     assert not warm.starting(path)  # the lock is free again: a probe never keeps it
+
+
+def test_the_preload_holds_the_pytest_plugins_every_gate_loads() -> None:
+    """pytest imports the plugins installed packages declare in each gate's pytest.main; the warm process imports
+    them once (ume's own behaviour plugin is one of them)."""
+    from pipeline.launcher.server import pytest_plugin_modules
+
+    plugins = pytest_plugin_modules()
+    assert "behaviors.plugin" in plugins
+    assert plugins == sorted(set(plugins))
+
+
+def test_precompile_writes_bytecode_for_every_file_under_its_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole directories, not a list of imports: a module imported only at run time gets its bytecode too."""
+    import importlib.util
+
+    from pipeline.launcher import precompile
+
+    (tmp_path / "pkg" / "deep").mkdir(parents=True)
+    sources = [tmp_path / "pkg" / "__init__.py", tmp_path / "pkg" / "deep" / "only_at_run_time.py"]
+    for source in sources:
+        source.write_text("VALUE = 1\n")
+    (tmp_path / "pkg" / "python2.py").write_text("print 'left as it is'\n")
+    monkeypatch.setattr(precompile, "directories", lambda: [tmp_path / "pkg"])
+    assert precompile.main() == 0
+    assert all(Path(importlib.util.cache_from_source(str(s))).exists() for s in sources)
+    assert [p.name for p in precompile._without_bytecode(tmp_path / "pkg")] == ["python2.py"]

@@ -56,7 +56,21 @@ PRELOAD = (
     "pytest",
     "behaviors.plugin",
     "hypothesis",  # the property specs (behaviors/test_invariance.py): 2 s of a gate's imports, measured with cProfile
+    # What the stream's steps still imported in their child (measured: the modules each command of the demo stream adds
+    # to the preload's, docs/start-up.md "What the preload holds"): about 1 to 2 s of every step.
+    "peft",  # a LoRA learn, edit or exact-deletion step (and transformers, accelerate)
+    "sklearn.covariance",  # the router's detectors (pipeline.model.routing.Detector.fit), in every routed learn step
+    "behaviors.mia",  # the forget checks' attacks (scikit-learn's classifiers)
+    "behaviors.membership",
+    "behaviors.references",
+    "behaviors.perturbations",
+    "mlflow.store.db.utils",  # MLflow's schema check on opening the store (alembic)
+    "torch.ao.quantization.quantize_fx",  # int8 experts (an int8 champion is composed by every later gate and `ume audit`)
+    "torch.export",
+    "pipeline.steps.erase",
 )
+# pytest loads the plugins installed packages declare (entry points of group "pytest11") in every gate's pytest.main.
+PYTEST_PLUGIN_GROUP = "pytest11"
 # How often the loop looks whether its socket still exists.
 SOCKET_CHECK_SECONDS = 5.0
 # Set in the server's environment by whoever started it; a child takes its client's instead.
@@ -304,9 +318,16 @@ def _close_all(fds: Any) -> None:
             pass
 
 
+def pytest_plugin_modules() -> list[str]:
+    """The modules of the pytest plugins installed packages declare: pytest imports each in every gate."""
+    from importlib.metadata import entry_points
+
+    return sorted({entry.module for entry in entry_points(group=PYTEST_PLUGIN_GROUP)})
+
+
 def preload() -> None:
     """Import what commands use; a module that fails to import is left to the command (which reports it)."""
-    for name in PRELOAD:
+    for name in (*PRELOAD, *pytest_plugin_modules()):
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - the command will import it again and fail with the real error

@@ -135,7 +135,8 @@ def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
     Each batch goes to the device ``net`` is on (a net left on a GPU works too); the logits come
     back to the CPU as float32, so every consumer (metrics, numpy, scikit-learn) can read them.
     """
-    net.eval()
+    if any(module.training for module in net.modules()):  # Module.eval() rewrites every module's flag: a routed net has thousands
+        net.eval()
     device = net_device(net)
     outs = [net(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
