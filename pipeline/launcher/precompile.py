@@ -23,6 +23,7 @@ import os
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 OWN_PACKAGES = ("pipeline", "edits", "behaviors", "bench")
@@ -49,7 +50,7 @@ def main() -> int:
     return 0
 
 
-def _without_bytecode(root: Path):
+def _without_bytecode(root: Path) -> Iterator[Path]:
     """The ``.py`` files under ``root`` with no bytecode for this interpreter."""
     import importlib.util
 
