@@ -121,7 +121,9 @@ def run_suite(
     collector = ResultCollector()
     # Not the unraisable-exception plugin: at exit it runs a full gc.collect() (0.7 s per call over a process that
     # holds torch and MLflow), which cost a gate about 1.4 s of its ~5 s (measured with cProfile on a test step).
-    quiet = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "--import-mode=importlib", "--no-header", "-rN"]
+    # Not pytest-randomly either, wherever the specs live: it shuffles the specs and reseeds Python's and numpy's global
+    # generators per test from a new seed each session, so a gate could decide differently on the same candidate.
+    quiet = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "no:randomly", "--import-mode=importlib", "--no-header", "-rN"]
     args = [str(p) for p in spec_paths] + quiet + list(extra_args)
     if junit_xml is not None:
         junit_xml.parent.mkdir(parents=True, exist_ok=True)

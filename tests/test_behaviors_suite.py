@@ -130,3 +130,15 @@ def test_report_has_html_and_confusion_matrix(tmp_path: Path) -> None:
     html = (tmp_path / "report.html").read_text()
     assert "<img" in html and "confusion_matrix.png" in html and "<table>" in html
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_the_gate_runs_without_random_test_order_wherever_the_specs_live(tmp_path: Path) -> None:
+    """pytest-randomly (installed with the dev extra) would shuffle the specs and reseed the global generators from a
+    new seed each session; specs outside a project whose pytest config turns it off (here: no config at all) must not
+    get it either, so two gates on the same candidate decide the same."""
+    (tmp_path / "test_order.py").write_text(
+        "def test_no_random_order(request, behavior):\n"
+        "    behavior.check('randomly', float(request.config.pluginmanager.has_plugin('randomly')), at_most=0.0)\n"
+    )
+    results = _by_name(run_suite([tmp_path], _context()))
+    assert results["test_no_random_order"].outcome == "passed", results["test_no_random_order"].message
