@@ -41,11 +41,11 @@ def directories() -> list[Path]:
 def main() -> int:
     """Compile every ``.py`` file under :func:`directories`; reports how many had no bytecode after it."""
     start = time.perf_counter()
-    workers = os.cpu_count() or 1
-    for root in directories():
-        compileall.compile_dir(str(root), quiet=2, workers=workers)
-    missing = sum(1 for root in directories() for _ in _without_bytecode(root))
-    print(f"precompile: bytecode written under {len(directories())} directories in {time.perf_counter() - start:.1f} s; "
+    roots = directories()
+    for root in roots:
+        compileall.compile_dir(str(root), quiet=2, workers=os.cpu_count() or 1)
+    missing = sum(1 for root in roots for _ in _without_bytecode(root))
+    print(f"precompile: bytecode written under {len(roots)} directories in {time.perf_counter() - start:.1f} s; "
           f"{missing} files do not compile (left as they are)", file=sys.stderr)
     return 0
 
