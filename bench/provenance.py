@@ -51,7 +51,19 @@ def _methods(_params: Any) -> dict[str, Any]:
     """Every built-in method's default settings, and which method each step kind uses by default."""
     from edits.registry import DEFAULT_METHOD, list_methods
 
-    return {"default": DEFAULT_METHOD, **{f"{m.kind}/{m.name}": _defaults_of(m.config_cls) for m in list_methods()}}
+    methods = {f"{m.kind}/{m.name}": _defaults_of(m.config_cls) for m in list_methods()}
+    return {"default": DEFAULT_METHOD, **{name: {k: v for k, v in found.items() if k not in SCOPE_FIELDS} for name, found in methods.items()}}
+
+
+SCOPE_FIELDS = ("scope",)  # where an approximate forget method runs on routed experts: its own part, "forget_scope"
+
+
+def _forget_scope(_params: Any) -> dict[str, Any]:
+    """Where each approximate forget method runs on routed experts (``scope``, ``edits/forget/common.py``): it decides
+    only the figures of benchmarks that run such a method on a routed network."""
+    from edits.registry import list_methods
+
+    return {f"{m.kind}/{m.name}": {k: v for k, v in _defaults_of(m.config_cls).items() if k in SCOPE_FIELDS} for m in list_methods()}
 
 
 def _quantize_backend() -> str:
@@ -90,6 +102,7 @@ PARTS: dict[str, Callable[[Any], Any]] = {
     "behaviors": _behaviors,
     "deletion": lambda p: dataclasses.asdict(p.deletion),
     "methods": _methods,
+    "forget_scope": _forget_scope,
     "int8": lambda _p: {"engine": _quantize_backend()},  # the engine new int8 transforms are made for (code, not params)
     "stream": lambda p: {key: {"kind": s.kind, "parent": s.parent, "method": s.method, **s.options} for key, s in p.stream.items()},
 }
@@ -107,6 +120,7 @@ class Bench:
 
 _TRAINING = ("data", "model", "train", "methods")
 _RELIABILITY = ("data", "model", "behaviors", "deletion", "methods")
+_ROUTED_FORGET = ("forget_scope",)  # runs an approximate forget method on routed experts
 BENCHES: dict[str, Bench] = {
     "demo": Bench("make clean && make demo (timed), then python -m bench.demo --wall-seconds S", ("demo.json",), tuple(PARTS), ("demo.md",)),
     "lifelong": Bench("ume bench lifelong", ("lifelong.json",), _TRAINING, ("lifelong.md",)),
@@ -115,14 +129,14 @@ BENCHES: dict[str, Bench] = {
     "forget-evidence": Bench("ume bench forget-evidence", ("forget_evidence.json",), (*_TRAINING, "behaviors"), ("forget_evidence.md",)),
     "compress": Bench("ume bench compress", ("compress.json",), (*_TRAINING, "int8"), ("compress.md",)),
     "overlays": Bench("ume bench overlays", ("overlays.json",), ("model", "methods"), ("overlays.md",)),
-    "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors"), ("families.md",)),
+    "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors", *_ROUTED_FORGET), ("families.md",)),
     "scale": Bench("ume bench scale", ("scale.json",), (*_TRAINING, "behaviors", "deletion"), ("scale.md",)),
     "startup": Bench("ume bench startup", ("startup.json",), _TRAINING, ("startup.md",)),
     "erasure": Bench("make demo, then ume bench erasure", ("erasure.json",), tuple(PARTS), ("erasure.md",)),
     "speed": Bench("ume bench speed", ("speed.json",), tuple(PARTS), ("speed.md",)),  # the demo stream decides it: every part
     **{
-        f"reliability-{part}": Bench(f"python -m bench.reliability --only {part}", ("reliability.json",), _RELIABILITY)
-        for part in ("bad-inputs", "crash", "machine")
+        f"reliability-{part}": Bench(f"python -m bench.reliability --only {part}", ("reliability.json",), _RELIABILITY + extra)
+        for part, extra in (("bad-inputs", ()), ("crash", ()), ("machine", _ROUTED_FORGET))
     },
     "tamper": Bench("python -m bench.tamper", ("reliability.json",), _RELIABILITY, ("tamper.md",)),
     "ci": Bench("python -m bench.ci", ("ci.json",), (), ("ci.md",)),  # the test suite's own cost: no default decides it

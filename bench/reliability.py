@@ -299,6 +299,19 @@ def forget_request(body: dict[str, Any] | str, *, request_id: str | None = None,
     return setup
 
 
+def _forget_with_options(options: dict[str, Any]) -> Setup:
+    """Setup: a valid request and a forget step naming it with ``options`` (a method and its settings)."""
+
+    def setup(root: Path) -> None:
+        selector = {"owner": "w040"}
+        forget_request({"selector": selector, **OK_REQUEST})(root)
+        raw = _read_params(root)
+        raw["stream"]["forget-03"].update(options)
+        _write_params(root, raw)
+
+    return setup
+
+
 def _edited_request(root: Path) -> None:
     selector = {"owner": "w040"}
     rid = _request_id(selector)
@@ -731,6 +744,13 @@ CASES: list[BadInput] = [
         forget_request({"selector": {"samples": [f"x{i:06d}" for i in range(20000)]}, **OK_REQUEST}),
         ("step", "forget-03"),
         (REQ, "field 'samples'", "20000 unknown sample id(s)"),
+    ),
+    BadInput(
+        "forget-method-unknown-scope",
+        "trained",
+        _forget_with_options({"method": "neggrad", "scope": "everywhere"}),
+        ("step", "forget-03"),
+        (P, "field 'stream.forget-03.scope'", "expected one of owner, network"),
     ),
     BadInput("request-not-yaml", "trained", forget_request("selector: [unclosed\n"), ("step", "forget-03"), (REQ, "not valid YAML")),
     BadInput("request-not-mapping", "trained", forget_request("- owner\n"), ("step", "forget-03"), (REQ, "expected a mapping")),

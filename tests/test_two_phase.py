@@ -107,6 +107,7 @@ def test_two_phase_deletion_serves_approximately_then_replaces_it_exactly(traine
 
     record = run_step(open_workspace(), first).record
     assert record["decision"] == "promoted", record["failing"]
+    assert "experts" not in record["notes"]  # the clean base saw class 3: the method ran on the whole network
     ws = open_workspace()
     served = ws.versions.load(record["manifest_hash"])
     assert sum(deletion_debt(served, ws.components, DeletionLog.read(ws.ledger)).values()) > 0
@@ -322,3 +323,41 @@ def test_an_exact_deletion_keeps_another_requests_approximate_overlay(trained_co
     request = forget_plan(ws.params, ws.params.stream[exact]).request
     with pytest.raises(UmeError, match="would serve again deleted samples of resolved requests"):
         check_covers(ws, ws.manifest_of(1), request, "exact")
+
+
+def test_an_approximate_deletion_on_routed_experts_changes_only_the_owners_expert(trained_copy: Path) -> None:
+    """Issue 31: on ``layout: routed`` an approximate method runs on the expert that learned the data subject
+    (its own training data as the retain set), not on every expert: the delta names only that expert's tensors,
+    and the base and the other experts stay bit-identical."""
+    params = trained_copy / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    routed = {"layout": "routed", "replay_from": "licensed", "epochs": 1}
+    raw["stream"] = {"s01": {"kind": "learn", "parent": "base", "slice": "u1", **routed}, "s03": {"kind": "learn", "parent": "s01", "slice": "u3", **routed}}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    permissive(params)
+    for key in ("s01", "s03"):
+        assert run_step(open_workspace(), key).record["decision"] == "promoted"
+    rows = pd.read_csv(trained_copy / "store" / "data" / "samples.csv").fillna({"owner": ""})
+    owner = str(rows.loc[rows["slice"] == "u3", "owner"].iloc[0])
+    assert cli("forget", "--owner", owner, "--reason", "GDPR art. 17", "--method", "neggrad") == 0
+    first = list(stream(params))[-2]
+    raw = yaml.safe_load(params.read_text())
+    raw["stream"][first]["steps"] = 3
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ws = open_workspace()
+    champion = ws.manifest_of(ws.registry.champion())
+    record = run_step(ws, first).record
+    assert record["notes"]["experts"] == [2], record["notes"]  # u3's expert: the base is expert 0, u1's expert 1
+    ws = open_workspace()
+    after = ws.versions.load(record["manifest_hash"])
+    (delta,) = set(after.overlays) - set(champion.overlays)
+    tensors, _ = ws.components.load(delta)
+    assert tensors and all(name.startswith("experts.2.") for name in tensors), sorted(tensors)[:5]
+    lineage = set(ws.components.sidecar(delta).lineage)
+    assert lineage <= set(ws.components.sidecar(champion.overlays[1]).lineage)  # it used u3's expert's data only
+    old, new = compose(champion, ws.components), compose(after, ws.components)
+    assert isinstance(new, RoutedNetwork)
+    for index in (0, 1):
+        for (name, a), b in zip(old.experts[index].state_dict().items(), new.experts[index].state_dict().values(), strict=True):
+            assert torch.equal(a, b), (index, name)
+    assert any(not torch.equal(a, b) for a, b in zip(old.experts[2].state_dict().values(), new.experts[2].state_dict().values(), strict=True))

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from edits.forget.common import StepsModule, delta_change, fit_steps, forget_meta, forget_set, retain_set, snapshot
+from edits.forget.common import ScopedConfig, StepsModule, delta_change, fit_steps, forget_meta, forget_set, owner_scoped, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import UmeData
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(ScopedConfig):
     """Defaults: 150 SGD steps of 64 retain samples at lr 0.01 (about 8 epochs of the digits retain set)."""
 
     steps: int = 150
@@ -27,6 +27,7 @@ class FinetuneConfig:
 
 
 @register_method("forget", "finetune", FinetuneConfig)
+@owner_scoped
 def forget_finetune(net: nn.Module, data: UmeData, config: FinetuneConfig, env: OperatorEnv) -> Change:
     """Fine-tune on the retain set only."""
     forget, retain = forget_set(data, env), retain_set(data, env)

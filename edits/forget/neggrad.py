@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edits.forget.common import StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, retain_set, snapshot
+from edits.forget.common import ScopedConfig, StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, owner_scoped, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import UmeData
 
 
 @dataclass(frozen=True)
-class NegGradConfig:
+class NegGradConfig(ScopedConfig):
     """Defaults: 100 steps, beta 0.9, lr 0.005, forget loss clipped at 5 nats."""
 
     steps: int = 100
@@ -31,6 +31,7 @@ class NegGradConfig:
 
 
 @register_method("forget", "neggrad", NegGradConfig)
+@owner_scoped
 def forget_neggrad(net: nn.Module, data: UmeData, config: NegGradConfig, env: OperatorEnv) -> Change:
     """Descend on retain, ascend (clipped) on forget."""
     forget, retain = forget_set(data, env), retain_set(data, env)

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edits.forget.common import StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, retain_set, snapshot
+from edits.forget.common import ScopedConfig, StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, owner_scoped, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import SampleSet, UmeData
 
 
 @dataclass(frozen=True)
-class SalUnConfig:
+class SalUnConfig(ScopedConfig):
     """Defaults: the top 50% salient weights, 100 steps at lr 0.01."""
 
     saliency_fraction: float = 0.5
@@ -49,6 +49,7 @@ def saliency_mask(net: nn.Module, forget: SampleSet, fraction: float, seed: int)
 
 
 @register_method("forget", "salun", SalUnConfig)
+@owner_scoped
 def forget_salun(net: nn.Module, data: UmeData, config: SalUnConfig, env: OperatorEnv) -> Change:
     """Random-label the forget set and train only the salient weights, with retain batches."""
     forget, retain = forget_set(data, env), retain_set(data, env)

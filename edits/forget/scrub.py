@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edits.forget.common import StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, retain_set, snapshot
+from edits.forget.common import ScopedConfig, StepsModule, delta_change, fit_steps, forget_meta, forget_set, loader, owner_scoped, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import UmeData
 
 
 @dataclass(frozen=True)
-class ScrubConfig:
+class ScrubConfig(ScopedConfig):
     """Defaults: 120 steps, a max-step every 3rd step during the first 60, alpha 1, gamma 1, T 4."""
 
     steps: int = 120
@@ -43,6 +43,7 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 @register_method("forget", "scrub", ScrubConfig)
+@owner_scoped
 def forget_scrub(net: nn.Module, data: UmeData, config: ScrubConfig, env: OperatorEnv) -> Change:
     """Alternate max-steps on forget (away from the teacher) and min-steps on retain (towards it)."""
     forget, retain = forget_set(data, env), retain_set(data, env)

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edits.forget.common import delta_change, forget_meta, forget_set, loader, retain_set, snapshot
+from edits.forget.common import ScopedConfig, delta_change, forget_meta, forget_set, loader, owner_scoped, retain_set, snapshot
 from edits.registry import Change, OperatorEnv, register_method
 from pipeline.data import SampleSet, UmeData
 from pipeline.model.net import predict_logits
 
 
 @dataclass(frozen=True)
-class SSDConfig:
+class SSDConfig(ScopedConfig):
     """Defaults: alpha from 1..50 and lambda from 1..0.1, against a 1-point retain-accuracy budget."""
 
     alphas: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
@@ -72,6 +72,7 @@ def _accuracy(net: nn.Module, samples: SampleSet) -> float:
 
 
 @register_method("forget", "ssd", SSDConfig)
+@owner_scoped
 def forget_ssd(net: nn.Module, data: UmeData, config: SSDConfig, env: OperatorEnv) -> Change:
     """Dampen parameters far more important to the forget set than to the training data."""
     forget, retain = forget_set(data, env), retain_set(data, env, cap=config.retain_samples)

@@ -368,7 +368,12 @@ def parse_dataclass(cls: type[T], data: Any, *, where: str, file: str) -> T:
             kwargs[name] = _check_value(data[name], hints[name], f"{prefix}{name}", file)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError("required field is missing", file=file, field=f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a dataclass's own check (``__post_init__``) names its field only: say where it is
+        if exc.file is not None:
+            raise
+        raise ConfigError(exc.message, file=file, field=f"{prefix}{exc.field}" if exc.field else where or None) from None
 
 
 def _check_fraction(value: float, where: str, file: str, *, upper: float = 1.0) -> None:
