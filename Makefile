@@ -24,10 +24,11 @@ demo: $(STAMP)
 
 # Two pytest workers (pytest-xdist), one test module each at a time: most tests wait on `dvc repro`
 # and `ume` subprocesses, so two of them share two cores well. TEST_JOBS=0 runs in one process.
+# --durations: the slowest tests close the log (CI keeps it), to see where the suite's time goes.
 TEST_JOBS ?= 2
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=30
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
