@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Mapping
 
 import numpy as np
 
 from behaviors.context import BehaviorContext, Splits
 from pipeline.core.config import BehaviorsConfig
+from pipeline.core.errors import ConfigError
 from pipeline.data import SampleSet
 
 MAX_CHECK_SAMPLES = "max_check_samples"
@@ -54,6 +56,22 @@ def check_samples(thresholds: Mapping[str, float]) -> int:
 def property_samples(thresholds: Mapping[str, float]) -> int:
     """``max_property_samples`` from the thresholds mapping (the default when it is absent)."""
     return int(thresholds.get(MAX_PROPERTY_SAMPLES, DEFAULT_MAX_PROPERTY_SAMPLES))
+
+
+PROPERTY_EXAMPLES_ENV = "UME_PROPERTY_EXAMPLES"
+
+
+def property_examples(shipped: int) -> int:
+    """Hypothesis examples per property: ``shipped`` (what the gate runs), or ``UME_PROPERTY_EXAMPLES`` when set.
+
+    The test suite sets 8 (``tests/conftest.py``): its gates check ume's plumbing on crafted cases, and the
+    properties were over half of every gate's time there; the demo and the benchmarks run the shipped counts."""
+    raw = os.environ.get(PROPERTY_EXAMPLES_ENV, "").strip()
+    if not raw:
+        return shipped
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"expected a whole number of examples >= 1, got {raw!r}", file="environment", field=PROPERTY_EXAMPLES_ENV)
+    return int(raw)
 
 
 def _rank(keys: tuple[str, ...], seed: int) -> np.ndarray:

@@ -13,13 +13,13 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits
-from behaviors.limits import capped_splits
+from behaviors.limits import capped_splits, property_examples
 from behaviors.perturbations import Perturbation, occlusion, perturbations
 
 # `behavior` only records and saves images, so sharing it across generated inputs is safe.
 # No shrinking: a failing example is reported as found, so a regression costs the gate seconds, not minutes.
 PROPERTY = settings(
-    max_examples=30,
+    max_examples=property_examples(30),
     deadline=None,
     derandomize=True,
     database=None,

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from behaviors.context import BehaviorContext, ModelUnderTest, Splits
-from behaviors.limits import capped_splits
+from behaviors.limits import capped_splits, property_examples
 
-PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+PROPERTY_SETTINGS = settings(max_examples=property_examples(25), deadline=None, derandomize=True, database=None)
 
 
 @pytest.fixture(scope="module")

@@ -142,3 +142,17 @@ def test_the_gate_runs_without_random_test_order_wherever_the_specs_live(tmp_pat
     )
     results = _by_name(run_suite([tmp_path], _context()))
     assert results["test_no_random_order"].outcome == "passed", results["test_no_random_order"].message
+
+
+def test_property_examples_are_the_shipped_count_unless_the_environment_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from behaviors.limits import PROPERTY_EXAMPLES_ENV, property_examples
+    from pipeline.core.errors import ConfigError
+
+    monkeypatch.delenv(PROPERTY_EXAMPLES_ENV, raising=False)
+    assert property_examples(25) == 25
+    monkeypatch.setenv(PROPERTY_EXAMPLES_ENV, "8")
+    assert property_examples(25) == 8
+    for bad in ("0", "-3", "many"):
+        monkeypatch.setenv(PROPERTY_EXAMPLES_ENV, bad)
+        with pytest.raises(ConfigError, match=PROPERTY_EXAMPLES_ENV):
+            property_examples(25)
