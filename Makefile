@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ume-installed
 .PHONY: demo test lint clean
 
 # --no-compile: pip compiles one file at a time (half of its time here). The precompile step then writes bytecode for
-# the whole environment and ume's packages with compileall on every core (28 s here): Python would write it on first
+# the whole environment and ume's packages with compileall on every core (28 to 90 s on 2 cores, by CPU): Python would write it on first
 # import, except where PYTHONDONTWRITEBYTECODE is set, and then every process compiles what it imports again.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -47,23 +47,27 @@ def _defaults_of(cls: type) -> dict[str, Any]:
     return found
 
 
-def _methods(_params: Any) -> dict[str, Any]:
-    """Every built-in method's default settings, and which method each step kind uses by default."""
-    from edits.registry import DEFAULT_METHOD, list_methods
-
-    methods = {f"{m.kind}/{m.name}": _defaults_of(m.config_cls) for m in list_methods()}
-    return {"default": DEFAULT_METHOD, **{name: {k: v for k, v in found.items() if k not in SCOPE_FIELDS} for name, found in methods.items()}}
-
-
 SCOPE_FIELDS = ("scope",)  # where an approximate forget method runs on routed experts: its own part, "forget_scope"
+
+
+def _method_defaults(keep: Callable[[str], bool]) -> dict[str, Any]:
+    """Every built-in method's default settings, only the fields ``keep`` accepts."""
+    from edits.registry import list_methods
+
+    return {f"{m.kind}/{m.name}": {k: v for k, v in _defaults_of(m.config_cls).items() if keep(k)} for m in list_methods()}
+
+
+def _methods(_params: Any) -> dict[str, Any]:
+    """Every built-in method's default settings (the scope aside), and which method each step kind uses by default."""
+    from edits.registry import DEFAULT_METHOD
+
+    return {"default": DEFAULT_METHOD, **_method_defaults(lambda k: k not in SCOPE_FIELDS)}
 
 
 def _forget_scope(_params: Any) -> dict[str, Any]:
     """Where each approximate forget method runs on routed experts (``scope``, ``edits/forget/common.py``): it decides
     only the figures of benchmarks that run such a method on a routed network."""
-    from edits.registry import list_methods
-
-    return {f"{m.kind}/{m.name}": {k: v for k, v in _defaults_of(m.config_cls).items() if k in SCOPE_FIELDS} for m in list_methods()}
+    return _method_defaults(lambda k: k in SCOPE_FIELDS)
 
 
 def _quantize_backend() -> str:

@@ -87,7 +87,7 @@ def owner_experts(net: nn.Module, env: OperatorEnv) -> list[tuple[int, frozenset
     forget = set(env.forget_ids)
     if set(store.sidecar(manifest.base).lineage) & forget:
         return None
-    owners, index = [], 0
+    owners, index, served = [], 0, set(env.champion_lineage)
     for component_id in manifest.float_shadow().overlays:
         sidecar = store.sidecar(component_id)
         lineage = set(sidecar.lineage)
@@ -97,7 +97,7 @@ def owner_experts(net: nn.Module, env: OperatorEnv) -> list[tuple[int, frozenset
             continue
         index += 1
         if lineage & forget:
-            owners.append((index, frozenset(lineage & set(env.champion_lineage))))
+            owners.append((index, frozenset(lineage & served)))
     return owners or None
 
 
@@ -133,6 +133,8 @@ def owner_scoped(fn: Operator) -> Operator:
             "retain_samples": sum(m.get("retain_samples", 0) for m in metas),
             "experts": [index for index, _ in owners],
         }
+        if len(metas) > 1:  # what each expert's run recorded (an SSD's chosen alpha and lambda, say), not only the first's
+            meta["per_expert"] = {str(index): m for (index, _), m in zip(owners, metas, strict=True)}
         draft = ComponentDraft(kind="delta", tensors=tensors, lineage=sorted(lineage), meta=meta)
         return Change(drafts=[draft], notes={"experts": meta["experts"]})
 
