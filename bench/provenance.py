@@ -70,6 +70,18 @@ def _forget_scope(_params: Any) -> dict[str, Any]:
     return _method_defaults(lambda k: k in SCOPE_FIELDS)
 
 
+DEMO_EDIT_SPEC = "edits/specs/tilted-field.yaml"
+
+
+def _edit(_params: Any) -> dict[str, Any]:
+    """An edit's training defaults (``EditTraining``: the scope among them) and the demo's edit spec by content: the
+    stream names the spec by path only, and the families matrix reads the same file."""
+    from edits.edit.spec import EditTraining
+
+    spec = ROOT / DEMO_EDIT_SPEC
+    return {"training": _defaults_of(EditTraining), "demo_spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest() if spec.is_file() else None}
+
+
 def _quantize_backend() -> str:
     from pipeline.model.quantize import BACKEND
 
@@ -109,6 +121,7 @@ PARTS: dict[str, Callable[[Any], Any]] = {
     "forget_scope": _forget_scope,
     "int8": lambda _p: {"engine": _quantize_backend()},  # the engine new int8 transforms are made for (code, not params)
     "stream": lambda p: {key: {"kind": s.kind, "parent": s.parent, "method": s.method, **s.options} for key, s in p.stream.items()},
+    "edit": _edit,
 }
 
 
@@ -133,14 +146,14 @@ BENCHES: dict[str, Bench] = {
     "forget-evidence": Bench("ume bench forget-evidence", ("forget_evidence.json",), (*_TRAINING, "behaviors"), ("forget_evidence.md",)),
     "compress": Bench("ume bench compress", ("compress.json",), (*_TRAINING, "int8"), ("compress.md",)),
     "overlays": Bench("ume bench overlays", ("overlays.json",), ("model", "methods"), ("overlays.md",)),
-    "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors", *_ROUTED_FORGET), ("families.md",)),
+    "families": Bench("ume bench families", ("families.json",), (*_TRAINING, "behaviors", *_ROUTED_FORGET, "edit"), ("families.md",)),
     "scale": Bench("ume bench scale", ("scale.json",), (*_TRAINING, "behaviors", "deletion"), ("scale.md",)),
     "startup": Bench("ume bench startup", ("startup.json",), _TRAINING, ("startup.md",)),
     "erasure": Bench("make demo, then ume bench erasure", ("erasure.json",), tuple(PARTS), ("erasure.md",)),
     "speed": Bench("ume bench speed", ("speed.json",), tuple(PARTS), ("speed.md",)),  # the demo stream decides it: every part
     **{
         f"reliability-{part}": Bench(f"python -m bench.reliability --only {part}", ("reliability.json",), _RELIABILITY + extra)
-        for part, extra in (("bad-inputs", ()), ("crash", ()), ("machine", _ROUTED_FORGET))
+        for part, extra in (("bad-inputs", ()), ("crash", ()), ("machine", (*_ROUTED_FORGET, "edit")))
     },
     "tamper": Bench("python -m bench.tamper", ("reliability.json",), _RELIABILITY, ("tamper.md",)),
     "ci": Bench("python -m bench.ci", ("ci.json",), (), ("ci.md",)),  # the test suite's own cost: no default decides it

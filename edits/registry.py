@@ -60,6 +60,11 @@ class Change:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def as_change(result: list[ComponentDraft] | Change) -> Change:
+    """An operator's result as a :class:`Change` (an operator may return its drafts alone)."""
+    return result if isinstance(result, Change) else Change(drafts=list(result))
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered method: its step kind, name, config class and the function that does the work."""

@@ -20,6 +20,7 @@ from pipeline.model.components import Component
 from pipeline.model.compose import compose, weights_hash
 from pipeline.model.lineage import version_lineage
 from pipeline.model.manifest import Manifest
+from pipeline.model.routing import RoutedNetwork
 from pipeline.records.deletion import DeletionLog, deletion_debt, uncovered_requests
 from pipeline.steps import check_rollback_drop, open_workspace, run_step
 
@@ -62,6 +63,9 @@ def test_spec_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, cases={"confusion": "top"}))
     with pytest.raises(ConfigError, match="locality"):
         load_spec(write_spec(tmp_path, locality="train"))
+    with pytest.raises(ConfigError, match="train.scope") as info:
+        load_spec(write_spec(tmp_path, train={"scope": "experts"}))
+    assert "routed, network" in str(info.value)
     assert parse_confusion("4->9") == (4, 9) and parse_confusion("top") is None
     assert load_spec(write_spec(tmp_path)).cases.slice == "field"
 
@@ -133,6 +137,16 @@ def test_edit_fixes_its_cases_and_drops_back_exactly(trained_copy: Path) -> None
     assert sidecar.meta["method"] == "edit/lora" and len(edit["scope_labels"]) == 2 and edit["cases"] and edit["holdout"]
     assert not set(edit["cases"]) & set(edit["holdout"]) and set(edit["cases"]) <= set(sidecar.lineage)
     assert record["decision"] == "promoted", (record["failing"], metrics)
+    # On the routed champion the adapter sits on the experts the router sends the cases to, and nowhere else:
+    # every other expert is bit-identical to the champion's.
+    old, new = compose(before, ws.components), compose(manifest, ws.components)
+    assert isinstance(new, RoutedNetwork)
+    experts = sidecar.meta["experts"]
+    assert record["notes"]["experts"] == experts and experts, record["notes"]
+    tensors, _ = ws.components.load(manifest.overlays[manifest.overlay_steps.index("e03")])
+    assert {int(name.split("experts.")[1].split(".")[0]) for name in tensors} == set(experts)
+    for index, (a, b) in enumerate(zip(old.experts, new.experts, strict=True)):
+        assert (weights_hash(a) == weights_hash(b)) == (index not in experts), index
     # Dropping the edit (the last overlay) gives the earlier weights bit for bit, through the gate.
     append_stream_step(params, "undo", {"kind": "rollback", "parent": "e03", "drop": "e03"})
     ws = open_workspace()

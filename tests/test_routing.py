@@ -101,3 +101,37 @@ def test_int8_quantization_quantizes_every_expert_and_keeps_the_router() -> None
     assert all(isinstance(e, Int8Network) for e in int8.experts)
     with torch.no_grad():
         assert int8(images).shape == (len(images), 10) and torch.equal(int8.router(images), net.router(images))
+
+
+class _Store:
+    """Just enough of a component store for :func:`shifted_overlays`: sidecar meta and tensor names."""
+
+    def __init__(self, parts: dict[str, tuple[dict, list[str]]]) -> None:
+        self.parts = parts
+
+    def sidecar(self, component_id: str):
+        return type("Sidecar", (), {"meta": self.parts[component_id][0]})()
+
+    def load(self, component_id: str):
+        return {name: torch.zeros(1) for name in self.parts[component_id][1]}, None
+
+
+def test_dropping_an_expert_is_refused_when_an_overlay_names_it_or_a_later_one() -> None:
+    """An overlay made on routed experts names them by index (``experts.<i>.``); dropping an expert renumbers the
+    later ones, so such an overlay would fold into another expert of the same shape without any error."""
+    from pipeline.model.manifest import Manifest
+    from pipeline.steps.kinds.rollback import shifted_overlays
+
+    routed = {"layout": "routed"}
+    store = _Store({
+        "a": (routed, ["base_model.model.conv.lora_A.weight"]),
+        "b": (routed, ["base_model.model.conv.lora_A.weight"]),
+        "c": (routed, ["base_model.model.conv.lora_A.weight"]),
+        "edit": ({}, ["base_model.model.experts.2.conv.lora_A.weight"]),  # made on the expert of "b"
+        "delta": ({}, ["experts.1.conv.weight"]),  # made on the expert of "a"
+    })
+    manifest = Manifest(base="base", overlays=("a", "b", "c", "edit", "delta"), overlay_steps=("s1", "s2", "s3", "e4", "f5"))
+    assert shifted_overlays(manifest, store, "s1") == ["e4", "f5"]
+    assert shifted_overlays(manifest, store, "s2") == ["e4"]
+    assert shifted_overlays(manifest, store, "s3") == []  # the last expert: nothing after it names it
+    assert shifted_overlays(manifest, store, "e4") == []  # not an expert

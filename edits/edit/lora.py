@@ -5,6 +5,14 @@ work that trades edit success against locality, e.g. "Editable Neural Networks" 
 2020, ICLR): cross-entropy on the edit cases plus ``locality_weight`` x KL(champion || model) on
 retained samples the champion was trained on, so predictions outside the edit's scope stay put.
 The champion's weights and BatchNorm statistics stay frozen; dropping the overlay restores it.
+
+On a routed champion (``layout: routed``, mixtures of LoRA experts) the adapter goes, by default
+(``train.scope: routed``), only on the experts the router sends the edit's cases to, and the locality
+rows are retained samples sent there too: every other expert stays bit-identical, so the edit cannot move
+an answer outside those experts, and a training batch costs one expert call instead of one per expert.
+This is the locality of MEMIT-style scoped edits (Meng et al. 2023, "Mass-Editing Memory in a
+Transformer": change the weights that compute the behaviour, nothing else), applied at expert level.
+``scope: network`` puts the adapter on every expert, as before.
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from edits.edit.spec import load_spec, resolve_cases, spec_hash
-from edits.registry import OperatorEnv, register_method
-from pipeline.data import UmeData
+from edits.registry import Change, OperatorEnv, register_method
+from pipeline.data import SampleSet, UmeData
 from pipeline.model.components import ComponentDraft
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, lora_targets
 from pipeline.model.net import predict_logits, random_shift, set_norm_eval
+from pipeline.model.routing import RoutedNetwork
 
 
 @dataclass(frozen=True)
@@ -74,15 +83,55 @@ class EditModule(L.LightningModule):
         return torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=self.lr)
 
 
-def locality_set(data: UmeData, env: OperatorEnv, scope_labels: tuple[int, ...], count: int):
-    """Retained samples the champion was trained on: half of the edit's own labels (their ordinary
-    look must not move), half of the others."""
+def case_routes(net: nn.Module, cases: SampleSet, scope: str) -> list[int] | None:
+    """The expert a routed ``net``'s router sends each of the edit's ``cases`` to (``scope: routed``); ``None`` when
+    the adapter goes on the whole network (``scope: network``, or ``net`` is not routed)."""
+    if scope != "routed" or not isinstance(net, RoutedNetwork):
+        return None
+    with torch.no_grad():
+        return net.router(cases.x).tolist()
+
+
+def expert_targets(net: nn.Module, experts: tuple[int, ...] | None) -> tuple[str, ...]:
+    """The LoRA targets of ``net``, only those inside ``experts`` (``experts.<i>.``) when given."""
+    targets = lora_targets(net)
+    if experts is None:
+        return targets
+    prefixes = tuple(f"experts.{i}." for i in experts)
+    return tuple(t for t in targets if t.startswith(prefixes))
+
+
+def locality_set(
+    data: UmeData, env: OperatorEnv, scope_labels: tuple[int, ...], per_case: float, cases: int, *, net: nn.Module, routes: list[int] | None
+) -> SampleSet:
+    """Retained samples the champion was trained on, ``per_case`` x the ``cases``: half of the edit's own labels (their
+    ordinary look must not move), half of the others. With the cases' ``routes``, each of those experts gets ``per_case``
+    x the cases sent to it, from the retained samples sent to it: on the other experts the adapter changes nothing, and
+    an expert that receives few cases still gets its share of locality (drawn from the whole pool, a small expert's
+    adapter would learn its few cases with almost no constraint)."""
     retained = data.select("locality", hashed_ids=env.champion_lineage)
-    labels = retained.y.tolist()
-    inside = retained.take([i for i, y in enumerate(labels) if y in scope_labels])
-    outside = retained.take([i for i, y in enumerate(labels) if y not in scope_labels])
+    if routes is None or not len(retained):
+        return _inside_and_outside(data, retained, scope_labels, int(round(per_case * cases)), env.seed)
+    assert isinstance(net, RoutedNetwork)
+    with torch.no_grad():
+        route = net.router(retained.x).tolist()
+    parts = []
+    for expert in sorted(set(routes)):
+        pool = retained.take([i for i, e in enumerate(route) if e == expert])
+        parts.append(_inside_and_outside(data, pool, scope_labels, int(round(per_case * routes.count(expert))), env.seed))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.concat(part, name="locality")
+    return out
+
+
+def _inside_and_outside(data: UmeData, pool: SampleSet, scope_labels: tuple[int, ...], count: int, seed: int) -> SampleSet:
+    """``count`` samples of ``pool``: half with the edit's labels, half without (fewer when the pool has fewer)."""
+    labels = pool.y.tolist()
+    inside = pool.take([i for i, y in enumerate(labels) if y in scope_labels])
+    outside = pool.take([i for i, y in enumerate(labels) if y not in scope_labels])
     half = count // 2
-    return data.subsample(inside, half, seed=env.seed).concat(data.subsample(outside, count - half, seed=env.seed + 1), name="locality")
+    return data.subsample(inside, half, seed=seed).concat(data.subsample(outside, count - half, seed=seed + 1), name="locality")
 
 
 def _success(net: nn.Module, samples) -> float:
@@ -90,14 +139,16 @@ def _success(net: nn.Module, samples) -> float:
 
 
 @register_method("edit", "lora", LoraEditConfig)
-def edit_lora(net: nn.Module, data: UmeData, config: LoraEditConfig, env: OperatorEnv) -> list[ComponentDraft]:
+def edit_lora(net: nn.Module, data: UmeData, config: LoraEditConfig, env: OperatorEnv) -> Change:
     """Train a LoRA overlay that fixes the spec's cases while staying close to the champion elsewhere."""
     spec = load_spec(config.spec)
     name = env.step
     resolved = resolve_cases(spec, name, data, net, seed=env.seed, confusion=config.confusion, file=config.spec)
     before = {"cases": _success(net, resolved.cases), "holdout": _success(net, resolved.holdout)}
     t = spec.train
-    locality = locality_set(data, env, resolved.scope_labels, int(round(t.locality_samples * len(resolved.cases))))
+    routes = case_routes(net, resolved.cases, t.scope)
+    experts = tuple(sorted(set(routes))) if routes is not None else None
+    locality = locality_set(data, env, resolved.scope_labels, t.locality_samples, len(resolved.cases), net=net, routes=routes)
     with torch.no_grad():
         champion_probs = predict_logits(net, locality.x).softmax(1)
     cases = resolved.cases
@@ -111,13 +162,13 @@ def edit_lora(net: nn.Module, data: UmeData, config: LoraEditConfig, env: Operat
         shuffle=True,
         generator=torch.Generator().manual_seed(env.seed),
     )
-    settings = LoraSettings(rank=t.rank, alpha=t.alpha, targets=lora_targets(net))
+    settings = LoraSettings(rank=t.rank, alpha=t.alpha, targets=expert_targets(net, experts))
     peft_net = attach_lora(net, settings, seed=env.seed)
     module = EditModule(peft_net, lr=t.lr, locality_weight=t.locality_weight, augment_shift=t.augment_shift)
     env.make_trainer(t.epochs).fit(module, train_dataloaders=loader)
     after = {"cases": _success(peft_net, resolved.cases), "holdout": _success(peft_net, resolved.holdout)}
     confusion = f"{resolved.confusion[0]}->{resolved.confusion[1]}" if resolved.confusion else None
-    return [
+    drafts = [
         ComponentDraft(
             kind="lora",
             tensors=adapter_tensors(peft_net),
@@ -131,6 +182,8 @@ def edit_lora(net: nn.Module, data: UmeData, config: LoraEditConfig, env: Operat
                 "edits": [resolved.to_json()],
                 "success_before": before,
                 "success_after": after,
+                **({"experts": list(experts)} if experts is not None else {}),
             },
         )
     ]
+    return Change(drafts=drafts, notes={"experts": list(experts)} if experts is not None else {})

@@ -24,6 +24,8 @@ from pipeline.data import SampleSet, UmeData
 from pipeline.model.lineage import hash_sample_ids
 from pipeline.model.net import predict_logits
 
+EDIT_SCOPES = ("routed", "network")
+
 
 @dataclass(frozen=True)
 class EditCases:
@@ -48,6 +50,7 @@ class EditTraining:
     locality_weight: float = 2.0
     locality_samples: float = 16.0
     augment_shift: int = 1
+    scope: str = "routed"  # on a routed champion: the experts the cases are sent to; "network": every expert
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def load_spec(path: str | Path) -> EditSpec:
     for name in ("rank", "epochs", "batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"expected >= 1, got {getattr(t, name)}", file=str(path), field=f"train.{name}")
+    if t.scope not in EDIT_SCOPES:
+        raise ConfigError(f"expected one of {', '.join(EDIT_SCOPES)}, got {t.scope!r}", file=str(path), field="train.scope")
     if t.lr <= 0 or t.locality_weight < 0 or t.locality_samples < 0:
         raise ConfigError("lr must be > 0, locality_weight and locality_samples >= 0", file=str(path), field="train")
     return spec

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from edits.forget.retrain import RetrainConfig, retrain_from_scratch
-from edits.registry import Change, OperatorEnv, get_method, register_method
+from edits.registry import Change, OperatorEnv, as_change, get_method, register_method
 from pipeline.data import UmeData
 from pipeline.model.compose import compose, trained_on_base
 from pipeline.model.lineage import version_lineage
@@ -83,7 +83,7 @@ def forget_exact(net: nn.Module, data: UmeData, config: ExactConfig, env: Operat
         for p in trainable.parameters():
             p.requires_grad_(True)
         sub_env = dataclasses.replace(env, step=step, champion_lineage=frozenset(lineage))
-        (draft,) = method.fn(trainable, data, config_, sub_env)
+        (draft,) = as_change(method.fn(trainable, data, config_, sub_env)).drafts  # an edit returns a Change (its experts noted)
         draft = dataclasses.replace(draft, meta={**draft.meta, "overlay_step": step, "retrained_exactly_for": env.request.id if env.request else None})
         drafts.append(draft)
         lineage |= set(draft.lineage)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from edits import OperatorEnv, get_method
-from edits.registry import Change, Method
+from edits.registry import Method, as_change
 from pipeline.core.errors import DataError
 from pipeline.core.seeding import seed_everything
 from pipeline.data import UmeData
@@ -56,8 +56,7 @@ def run_operator(ctx: StepContext, method: Method, config: Any, env: OperatorEnv
         if exc.file is None:
             exc = DataError(exc.message, file=ws.params.file, field=f"stream.{key}.{exc.field or 'slice'}")
         raise exc from None
-    if isinstance(change, list):
-        change = Change(drafts=change)
+    change = as_change(change)
     manifest = source if change.keep_overlays is None else source.truncated(change.keep_overlays)
     if change.drop_overlays:
         manifest = manifest.without_positions(change.drop_overlays)

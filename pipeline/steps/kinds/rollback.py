@@ -6,11 +6,13 @@ Both are refused before anything is written when they would serve deleted sample
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pipeline.core.config import Params, StepConfig
 from pipeline.core.errors import ComponentError, ConfigError
-from pipeline.model.compose import compose
+from pipeline.model.components import ComponentStore
+from pipeline.model.compose import compose, is_routed
 from pipeline.model.manifest import Manifest
 from pipeline.records import gate
 from pipeline.records.deletion import DeletionLog, uncovered_requests
@@ -79,8 +81,30 @@ def check_rollback_to(ws: Workspace, target: int, *, field: str) -> None:
     )
 
 
+EXPERT_NAME = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+
+
+def shifted_overlays(manifest: Manifest, store: ComponentStore, step_id: str) -> list[str]:
+    """The steps of ``manifest``'s other overlays that name an expert at or after ``step_id``'s own: dropping that
+    expert renumbers the later ones, so their tensors (``experts.<i>.``: an owner-scoped deletion, a routed edit)
+    would fold into another expert of the same shape, silently."""
+    overlays = [(c, s, is_routed(store.sidecar(c).meta)) for c, s in zip(manifest.overlays, manifest.overlay_steps, strict=True)]
+    routed = [s for _, s, expert in overlays if expert]
+    if step_id not in routed:
+        return []
+    first = routed.index(step_id) + 1  # expert 0 is the base
+    shifted = []
+    for component_id, step, expert in overlays:
+        if expert:
+            continue
+        named = {int(m.group(1)) for name in store.load(component_id)[0] for m in [EXPERT_NAME.search(name)] if m}
+        if any(i >= first for i in named):
+            shifted.append(step)
+    return shifted
+
+
 def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
-    """Refuse to drop a step whose overlay the champion does not carry."""
+    """Refuse to drop a step whose overlay the champion does not carry, or whose expert an overlay above it was made on."""
     version, manifest = current_champion(ws)
     if step_id not in manifest.overlay_steps and step_id not in manifest.transform_steps:
         raise ConfigError(
@@ -95,6 +119,14 @@ def check_rollback_drop(ws: Workspace, step_id: str, *, field: str) -> None:
         what=f"dropping {step_id!r} would serve deleted samples of",
         why=" again (the overlay is pinned until a retrain pays the deletion debt)",
     )
+    shifted = shifted_overlays(manifest.float_shadow(), ws.components, step_id)
+    if shifted:
+        raise ConfigError(
+            f"without {step_id!r} the experts after its own are renumbered, and the overlay(s) of {', '.join(shifted)} were made"
+            " on its expert or a later one: drop that overlay first",
+            file=ws.params.file,
+            field=field,
+        )
     try:  # an overlay made on the network with this step's expert cannot be served without it
         compose(manifest.without_step(step_id).float_shadow(), ws.components)
     except ComponentError as exc:
