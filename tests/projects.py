@@ -88,7 +88,6 @@ def tiny_params_dict(root: Path | None = None) -> dict[str, Any]:
     raw["train"]["progress_bar"] = False
     raw["train"]["base"]["epochs"] = 8
     raw["behaviors"]["thresholds"].update(TEST_THRESHOLDS)
-    raw["behaviors"]["references"] = {"shadows": 8, "min_shadows": 6}  # a small reference bank: each shadow costs a training
     raw["stream"] = {
         "s01": {"kind": "learn", "parent": "base", "slice": "u1", "epochs": 3},
         "s02": {**BAD_DROP, "parent": "s01"},

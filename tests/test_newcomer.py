@@ -8,7 +8,7 @@ ledger must set them aside (docs/reliability.md, "Which anchors count").
 
 The stream is the default one shortened to a base, one learn step and the seal, every stage writing anchors
 (the owner deletion of the full stream is run by the demo benchmark and tests/test_e2e.py), with fewer epochs,
-a smaller reference bank and the suite's wide-margin thresholds; the data, the request files and every other
+the shipped reference bank and the suite's wide-margin thresholds; the data, the request files and every other
 setting are the repository's own. The clone is of ``HEAD``: in a working checkout, commit first (CI tests a clean clone).
 """
 
@@ -30,11 +30,10 @@ SHORT_STREAM = {
 
 
 def shorten(params: Path) -> None:
-    """The shipped params with the short stream, a short base and a small reference bank (what a user edits)."""
+    """The shipped params with the short stream and a short base (what a user edits)."""
     raw = yaml.safe_load(params.read_text())
     raw["train"]["base"]["epochs"] = 8
     raw["train"]["progress_bar"] = False
-    raw["behaviors"]["references"] = {"shadows": 8, "min_shadows": 6}
     raw["behaviors"]["thresholds"].update(TEST_THRESHOLDS)  # wide margins: a short base must not sit near a threshold
     raw["stream"] = SHORT_STREAM
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
