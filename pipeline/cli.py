@@ -412,9 +412,9 @@ def _cmd_references(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.params)
     if not ws.primary:
         return 0
-    report = prepare_references(ws, args.version)
+    report = prepare_references(ws, args.version, ahead=args.ahead)
     if report.note:
-        print(f"v{report.version}: {report.note}")
+        print(f"v{report.version}: {report.note}" if report.version is not None else report.note)
         return 0
     print(
         f"reference bank of v{report.version}: {report.shadows} shadow(s), {report.trained} trained now, {report.purged} purged "
@@ -498,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         "references", help="train a version's reference bank now, so a later deletion's gate does not (off the deletion's critical path)"
     )
     p.add_argument("--version", type=int, help="the version (default: the champion)")
+    p.add_argument("--ahead", action="store_true", help="as the seal stage runs it: no champion yet is a note, not an error")
     p.set_defaults(fn=_cmd_references)
     p = sub.add_parser("erase", help="erase exact deletion requests' pixels and weights from every store (the DVC stage seal runs it)")
     p.add_argument(

@@ -79,6 +79,8 @@ def test_stream_runs_gates_and_blocks_the_bad_slice(repo_copy: Path) -> None:
     assert st["deleted_samples"] == 0
     assert project_audit(repo_copy) == []
     assert run(repo_copy, "ume", "status", "--check", check=False).returncode == 1
+    # seal's `ume references --ahead` trained the champion's reference bank: a later deletion's gate finds it
+    assert len(list((repo_copy / "store" / "references").rglob("shadow-*.safetensors"))) == 2
 
 
 def test_history_metrics_plots_and_standalone_specs(repo_copy: Path) -> None:
@@ -137,6 +139,8 @@ def test_forget_request_runs_alone_and_blocks_unsafe_rollback(repo_copy: Path) -
     st = status(repo_copy)
     assert st["deleted_samples"] > 0 and st["pending_requests"] == []
     assert st["steps"][-1]["kind"] == "forget" and st["steps"][-1]["decision"] == "promoted"
+    bank = json.loads((repo_copy / "store" / "steps" / f"{st['steps'][-1]['id']}.json").read_text())["reference_bank"]
+    assert bank["shadows"] == 2 and bank["trained"] == bank["purged"] <= 2, bank  # kept ahead by seal: retrains only those that saw the owner
     refused = run(repo_copy, "ume", "rollback", "--to", "2", check=False)  # v2 = base + s01 still carries the owner
     assert refused.returncode == 2 and "del-" in refused.stderr
     assert project_audit(repo_copy) == []

@@ -293,3 +293,4 @@ def test_references_command_without_a_champion_names_the_problem(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tmp_path), sort_keys=False))
     assert cli("references") == 2
+    assert cli("references", "--ahead") == 0  # as seal runs it: a blocked base leaves nothing to keep, which is no error

@@ -18,7 +18,7 @@ from pipeline.records.workspace import Workspace
 class BankReport:
     """What opening the bank did."""
 
-    version: int
+    version: int | None  # None: no champion yet (``ahead``)
     shadows: int
     trained: int
     purged: int
@@ -27,13 +27,19 @@ class BankReport:
     note: str = ""  # why there is no bank (nothing to train on)
 
 
-def prepare_references(ws: Workspace, version: int | None = None) -> BankReport:
-    """Open (purge, top up) the reference bank of ``version`` (default: the champion)."""
+def prepare_references(ws: Workspace, version: int | None = None, *, ahead: bool = False) -> BankReport:
+    """Open (purge, top up) the reference bank of ``version`` (default: the champion).
+
+    ``ahead`` is how the ``seal`` stage runs it after every ``dvc repro`` that ran a step: no champion yet
+    (a blocked base) is then a note, not an error, so the bank is kept full between runs whenever there is one.
+    """
     from behaviors.build import reference_bank
     from pipeline.data.module import open_data
 
     target = version or ws.registry.champion()
     if target is None:
+        if ahead:
+            return BankReport(None, 0, 0, 0, 0.0, "", "no champion yet: no reference bank to keep")
         raise RegistryError("no champion yet: run `dvc repro` (or `make demo`) first", field="champion")
     manifest = ws.manifest_of(target)
     data = open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
