@@ -143,8 +143,9 @@ def _shadow_recipe(ws: Workspace, manifest: Manifest) -> ReferenceConfig:
     return config
 
 
-def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
-    """The reference bank of ``manifest``'s clean base (opened, purged, topped up), or None and why."""
+def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest, *, fill: bool = False):
+    """The reference bank of ``manifest``'s clean base (opened, purged, topped up; ``fill``: to every
+    shadow, as ``ume references`` does ahead of a deletion), or None and why."""
     from behaviors.references import capped_pool, open_bank, reference_pool
 
     float_manifest = manifest.float_shadow()
@@ -168,6 +169,7 @@ def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest):
         seed=ws.params.seed,
         base_lineage=frozenset(base_lineage),
         cache=row_cache(ws),
+        fill=fill,
     )
     if bank is None:
         return None, "no reference models: the version has no overlay trained on data subjects outside the clean base"

@@ -14,6 +14,13 @@ stay in it: a shadow whose lineage holds a deleted sample is removed when the ba
 the bank is topped up (from the data layer, which no longer serves deleted samples) when fewer
 than ``min_shadows`` remain. Every forgotten sample is therefore OUT for every shadow that scores it.
 
+Complementary pairs. Shadows are trained two by two: the first of a pair on a random half of the
+pool's data subjects, the second on the rest (the subjects its partner did not see). Every subject
+of the pool is then IN exactly one shadow of each pair, so a deletion purges one shadow per pair
+and the other stays OUT for it: with ``shadows: 4`` and ``min_shadows: 2`` the deletion's gate scores
+with the two survivors and trains nothing, and ``ume references --ahead`` (the ``seal`` stage, after
+the step) trains the purged halves back (``fill``), off the deletion's critical path.
+
 Cost. Shadows train on at most ``behaviors.max_reference_pool`` samples of whole data subjects
 (:func:`capped_pool`, a seeded choice): the bank's one-off training does not grow with the data.
 Queries stream the samples a batch at a time, and a model's statistic on a set is computed once
@@ -46,7 +53,7 @@ from behaviors.membership import MembershipResult, logit_confidence, membership_
 from pipeline.core.config import ReferenceConfig
 from pipeline.core.seeding import seed_everything
 from pipeline.data import SampleSet, UmeData
-from pipeline.model.lineage import hash_sample_ids
+from pipeline.model.lineage import hash_sample_id, hash_sample_ids
 from pipeline.model.lora import LoraSettings, adapter_tensors, attach_lora, fold_lora, lora_targets
 from pipeline.model.net import predict_logits
 
@@ -70,6 +77,7 @@ class Shadow:
     net: nn.Module = field(repr=False)
     lineage: frozenset[str] = field(repr=False)
     key: str = ""  # its identity in the row cache: the bank, the name and a hash of its sidecar (a reused name is another shadow)
+    pair: int = -1  # its complementary pair (the other shadow of the pair trained on the subjects this one did not see)
 
 
 class ReferenceBank:
@@ -129,7 +137,7 @@ class ReferenceBank:
         """``(phi, out)``: every shadow's statistic on ``samples`` (K x n) and which shadows are OUT."""
         key = _set_key(samples)
         if key not in self._phi:
-            hashed = hash_sample_ids(samples.sample_ids)
+            hashed = [hash_sample_id(s) for s in samples.sample_ids]  # one per sample, in order (hash_sample_ids sorts)
             phi = np.stack([self._shadow_statistic(s, samples) for s in self.shadows])
             out = np.array([[h not in s.lineage and h not in self.base_lineage for h in hashed] for s in self.shadows], dtype=bool)
             self._phi[key] = (phi, out)
@@ -227,6 +235,29 @@ def _half(samples: SampleSet, seed: int) -> SampleSet:
     return samples.take([i for i, s in enumerate(subjects) if s in keep], name=f"shadow-{seed}")
 
 
+def _complement(samples: SampleSet, lineage: frozenset[str], seed: int) -> SampleSet:
+    """The samples of ``samples`` whose hashed id is not in ``lineage`` (a partner's): the other half of a pair."""
+    hashed = [hash_sample_id(s) for s in samples.sample_ids]
+    return samples.take([i for i, h in enumerate(hashed) if h not in lineage], name=f"shadow-{seed}")
+
+
+def _next_half(shadows: list[Shadow], pool: SampleSet, seed: int) -> tuple[int | None, SampleSet]:
+    """What the next shadow trains on, and the pair it completes (None: it starts a new pair).
+
+    The first shadow (by pair) whose pair lost its other member is completed with the subjects of the pool
+    it did not see; one that saw the whole pool as it is now cannot be, and stays alone. Without one to
+    complete, a new pair starts on a random half of the pool's subjects.
+    """
+    members: dict[int, list[Shadow]] = {}
+    for shadow in shadows:
+        members.setdefault(shadow.pair, []).append(shadow)
+    for pair in sorted(p for p, group in members.items() if len(group) == 1):
+        rest = _complement(pool, members[pair][0].lineage, seed)
+        if len(rest):
+            return pair, rest
+    return None, _half(pool, seed)
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
@@ -234,11 +265,17 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _train_shadow(
-    base: nn.Module, data: UmeData, pool: SampleSet, replay: SampleSet, config: ReferenceConfig, seed: int, make_trainer: Callable[[int], L.Trainer]
+    base: nn.Module,
+    data: UmeData,
+    half: SampleSet,
+    replay: SampleSet,
+    config: ReferenceConfig,
+    seed: int,
+    make_trainer: Callable[[int], L.Trainer],
 ) -> tuple[dict[str, torch.Tensor], LoraSettings, list[str]]:
+    """One shadow on ``half`` (its subjects, from :func:`_next_half`) and as many replayed base samples."""
     from pipeline.model.training import Classifier
 
-    half = _half(pool, seed)
     train = half
     count = int(round(config.replay * len(half)))
     if count and len(replay):
@@ -268,11 +305,15 @@ def open_bank(
     seed: int,
     base_lineage: frozenset[str] = frozenset(),
     cache: RowCache | None = None,
+    fill: bool = False,
 ) -> ReferenceBank | None:
     """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample, top it up.
 
-    Returns None when the pool has fewer than two data subjects (nothing to split into halves).
-    ``base_lineage`` (what the base trained on) is IN for every shadow: those samples are never scored.
+    A gate tops the bank up to ``min_shadows`` only when fewer remain (completing broken pairs first);
+    ``fill`` (``ume references``, ahead of a deletion) trains it back to ``shadows``.
+    Returns None when fewer than ``min_shadows`` remain and the pool has fewer than two data subjects
+    (nothing to split into halves). ``base_lineage`` (what the base trained on) is IN for every shadow:
+    those samples are never scored.
     """
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
@@ -287,25 +328,31 @@ def open_bank(
             purged += 1
             continue
         net = fold_lora(copy.deepcopy(base), load_file(str(weights)), LoraSettings.from_json(meta["lora"])).eval()
-        shadows.append(Shadow(sidecar.stem, net, lineage, _shadow_key(root, sidecar)))
+        pair = int(meta.get("pair", -1 - int(meta.get("seed", 0))))  # a shadow of an older bank is a pair of its own
+        shadows.append(Shadow(sidecar.stem, net, lineage, _shadow_key(root, sidecar), pair=pair))
     trained = 0
-    if len(shadows) < config.min_shadows:
+    target = config.shadows if fill else config.min_shadows
+    if len(shadows) < target:
         if len(set(_subjects(pool))) < 2:
-            return None
+            if len(shadows) < config.min_shadows:
+                return None
+            target = len(shadows)
         used = {int(s.name.split("-")[1]) for s in shadows} | {int(p.stem.split("-")[1]) for p in root.glob("shadow-*.json")}
         next_seed = max(used, default=seed * 1000 - 1) + 1
-        while len(shadows) < config.shadows:
+        while len(shadows) < target:
             t0 = time.time()
-            tensors, settings, lineage = _train_shadow(base, data, pool, replay, config, next_seed, make_trainer)
+            pair, half = _next_half(shadows, pool, next_seed)
+            pair = max([s.pair + 1 for s in shadows] + [0]) if pair is None else pair
+            tensors, settings, lineage = _train_shadow(base, data, half, replay, config, next_seed, make_trainer)
             name = f"shadow-{next_seed:06d}"
             _write_atomic(root / f"{name}.safetensors", lambda p, t=tensors: save_file(t, str(p)))
-            meta = {"lora": settings.to_json(), "lineage": sorted(lineage), "seed": next_seed, "seconds": round(time.time() - t0, 3)}
+            meta = {"lora": settings.to_json(), "lineage": sorted(lineage), "seed": next_seed, "pair": pair, "seconds": round(time.time() - t0, 3)}
             _write_atomic(root / f"{name}.json", lambda p, m=meta: p.write_text(json.dumps(m)))
             net = fold_lora(copy.deepcopy(base), tensors, settings).eval()
-            shadows.append(Shadow(name, net, frozenset(lineage), _shadow_key(root, root / f"{name}.json")))
+            shadows.append(Shadow(name, net, frozenset(lineage), _shadow_key(root, root / f"{name}.json"), pair=pair))
             trained += 1
             next_seed += 1
-            log.info("reference bank: shadow %d/%d trained in %.1f s", len(shadows), config.shadows, time.time() - t0)
+            log.info("reference bank: shadow %d/%d trained in %.1f s (pair %d)", len(shadows), target, time.time() - t0, pair)
     return ReferenceBank(root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache)
 
 

@@ -271,6 +271,95 @@ def test_no_shadow_that_saw_a_deleted_sample_survives_opening(deleted: set[str],
     assert len(list(root.glob("shadow-*.safetensors"))) == len(survivors)
 
 
+class _NoTraining:
+    """Stands in for the data module and the trainer: the bank's bookkeeping without training (the adapters stay at their init)."""
+
+    batch_size = 0
+
+    def use_for_training(self, samples: object) -> None:
+        return None
+
+    def fit(self, module: object, datamodule: object = None) -> None:
+        return None
+
+
+def _owner_pool(owners: int, per_owner: int = 3):
+    import torch
+
+    from pipeline.data import SampleSet
+
+    n = owners * per_owner
+    return SampleSet(
+        name="reference-pool",
+        inputs=torch.zeros(n, 1, 8, 8),
+        y=torch.zeros(n, dtype=torch.long),
+        sample_ids=tuple(f"s{i}" for i in range(n)),
+        groups=("-",) * n,
+        owners=tuple(f"o{i // per_owner}" for i in range(n)),
+    )
+
+
+@settings(deadline=None, max_examples=12)
+@given(owners=st.integers(3, 9), request=st.integers(0, 8), seed=st.integers(0, 50))
+def test_a_deletion_leaves_one_shadow_of_each_pair_out_and_trains_nothing(
+    owners: int, request: int, seed: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Complementary pairs: every subject of the pool is IN exactly one shadow of each pair, so a
+    deletion's gate purges one per pair, keeps the others (all OUT for the deleted subject) and trains
+    nothing; filling the bank again trains it back to four, no subject IN both shadows of a pair."""
+    from behaviors.references import open_bank
+    from pipeline.core.config import ReferenceConfig
+    from pipeline.model.lineage import hash_sample_ids
+    from pipeline.model.net import create_net
+
+    root = tmp_path_factory.mktemp("bank")
+    base = create_net("test_resnet", 10, 1).eval()
+    pool, stub = _owner_pool(owners), _NoTraining()
+    config = ReferenceConfig(shadows=4, min_shadows=2, min_references=2, epochs=1, replay=0.0)
+    kw = {"data": stub, "pool": pool, "replay": pool.take([]), "config": config, "make_trainer": lambda epochs: stub, "seed": seed}
+
+    def pairs(bank) -> dict[int, list[frozenset[str]]]:
+        out: dict[int, list[frozenset[str]]] = {}
+        for shadow in bank.shadows:
+            out.setdefault(shadow.pair, []).append(shadow.lineage)
+        return out
+
+    everyone = frozenset(hash_sample_ids(pool.sample_ids))
+    full = open_bank(root, base, deleted=set(), fill=True, **kw)
+    assert full is not None and len(full) == 4 and full.trained == 4
+    for a, b in pairs(full).values():
+        assert a and b and not a & b and a | b == everyone  # each subject IN exactly one of the pair
+    owner = f"o{request % owners}"
+    deleted = set(hash_sample_ids([s for s, o in zip(pool.sample_ids, pool.owners, strict=True) if o == owner]))
+    gate = open_bank(root, base, deleted=deleted, **kw)
+    assert gate is not None and (gate.purged, gate.trained, len(gate)) == (2, 0, 2)
+    assert all(not shadow.lineage & deleted for shadow in gate.shadows)  # every survivor is OUT for the request
+    remaining = pool.take([i for i, o in enumerate(pool.owners) if o != owner])
+    refilled = open_bank(root, base, deleted=deleted, fill=True, **{**kw, "pool": remaining})
+    assert refilled is not None and (refilled.trained, len(refilled)) == (2, 4)
+    for group in pairs(refilled).values():
+        assert len(group) == 1 or not group[0] & group[1]  # a survivor that saw every subject left stays alone
+
+
+@settings(deadline=None, max_examples=10)
+@given(seen=st.lists(st.booleans(), min_size=2, max_size=8))
+def test_the_out_mask_follows_the_samples_order(seen: list[bool], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A shadow's OUT mask is per sample, in the set's order (not the sorted order of hashed ids)."""
+    from behaviors.references import open_bank
+    from pipeline.core.config import ReferenceConfig
+    from pipeline.model.lineage import hash_sample_id
+
+    pool = _owner_pool(len(seen), per_owner=1)
+    lineage = sorted(hash_sample_id(s) for s, k in zip(pool.sample_ids, seen, strict=True) if k)
+    root = tmp_path_factory.mktemp("bank")
+    base = _bank_dir(root, [lineage])
+    config = ReferenceConfig(shadows=1, min_shadows=1, min_references=1)
+    bank = open_bank(root, base, data=None, pool=None, replay=None, deleted=set(), config=config, make_trainer=None, seed=0)  # type: ignore[arg-type]
+    assert bank is not None
+    _, out = bank.statistics(pool)
+    assert out[0].tolist() == [not k for k in seen]
+
+
 def test_references_command_trains_the_bank_ahead_and_reuses_it(trained_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``ume references`` trains the champion's bank off the deletion's critical path; a second call trains nothing."""
     params = trained_copy / "params.yaml"

@@ -147,8 +147,8 @@ class DeletionConfig:
 class ReferenceConfig:
     """``behaviors.references``: the reference bank of the per-sample membership test.
 
-    ``shadows`` reference overlays are trained when fewer than ``min_shadows`` remain (see
-    :mod:`behaviors.references`); each follows the recorded recipe of the version's first
+    A gate trains reference overlays up to ``min_shadows`` when fewer remain; ``ume references``
+    (ahead of a deletion) trains them up to ``shadows`` (see :mod:`behaviors.references`); each follows the recorded recipe of the version's first
     ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
     sample is scored when at least ``min_references`` shadows never trained on it; its member
     threshold is set for ``false_positive_rate`` on samples the model never saw. Every model is
@@ -159,7 +159,9 @@ class ReferenceConfig:
 
     # Two shadows scored with offline RMIA (a = 1): chosen by the reference sweep of `ume bench forget-evidence`
     # (docs/forget-evidence.md), where they caught more memorised owners than LiRA with about eight references.
-    shadows: int = 2
+    # Kept as four, two complementary pairs (behaviors/references.py): a deletion purges one of each pair and
+    # its gate scores with the two left, training nothing; `ume references --ahead` (seal) trains the halves back.
+    shadows: int = 4
     min_shadows: int = 2
     epochs: int = 12
     rank: int = 8

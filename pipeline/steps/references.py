@@ -1,9 +1,10 @@
 """``ume references``: train a version's reference bank ahead of a deletion, off the deletion's critical path.
 
 The per-sample forget check (:mod:`behaviors.references`) opens the bank of the candidate's clean base
-at every deletion: it purges the shadows that trained on a deleted sample and tops the bank up. Run
-after a learn step (by hand, from cron, or as a DVC stage of one's own), this command trains the bank
-then, so the next deletion retrains only the shadows that saw its data subject.
+at every deletion: it purges the shadows that trained on a deleted sample, and trains shadows only when
+fewer than ``min_shadows`` remain. Run after a step (the ``seal`` stage does, by hand, or from cron), this
+command trains the bank back to every shadow, so the next deletion's gate trains nothing: it purges one
+shadow of each complementary pair and scores with the others.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def prepare_references(ws: Workspace, version: int | None = None, *, ahead: bool
         raise RegistryError("no champion yet: run `dvc repro` (or `make demo`) first", field="champion")
     manifest = ws.manifest_of(target)
     data = open_data(ws.data_dir, ws.ledger, seed=ws.params.seed)
-    bank, note = reference_bank(ws, data, manifest)
+    bank, note = reference_bank(ws, data, manifest, fill=True)
     if bank is None:
         return BankReport(target, 0, 0, 0, 0.0, "", note)
     return BankReport(target, len(bank), bank.trained, bank.purged, bank.seconds, str(bank.root))
