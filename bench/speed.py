@@ -641,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = startup_summary(runs)
     startup_s = summary[demo_mode]["ume step (start-up)"]["median"]
     steps = step_rows(project, demo["stage_walls"])
-    if later is not None:
+    if later is not None:  # its record is in the project now: listed once, with its order
+        steps = [s for s in steps if s["step"] != later["step"]]
         rec, method = later["record"], later["entry"].get("method") or "exact"
         steps.append(
             {
