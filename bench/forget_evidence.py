@@ -404,7 +404,9 @@ def evaluate_check(check: str, net: nn.Module, case: Case, bank: ReferenceBank) 
         return attack_accuracy(confidence_features(fl, f.y), confidence_features(ul, case.unseen.y), "svc", 0), {}
     if check == "per_sample":
         shipped = shipped_references()
-        result = restricted_test(net, case, bank, shipped.score, shipped.offline_a, shipped.shadows, shipped.min_references)
+        # an owner's deletion is scored against the bank's survivors: one shadow of each complementary pair (min_shadows),
+        # or the min_shadows trained by the first deletion's gate; every one OUT
+        result = restricted_test(net, case, bank, shipped.score, shipped.offline_a, shipped.min_shadows, shipped.min_references)
         keep = ("samples", "unscored", "flagged", "member_share", "p_value", "heldout_false_positive_rate", "references")
         return result.lower_bound, {k: getattr(result, k) for k in keep}
     raise ValueError(f"unknown check {check!r}")
@@ -513,8 +515,8 @@ def bench_request(setup: Setup, request: Request, log: Callable[[str], None], sw
         value_u, details_u = evaluate_check(check, setup.champion.net, case, setup.bank)
         value_r, details_r = evaluate_check(check, retrained, case, setup.bank)
         seconds = time.perf_counter() - started
-        if check == "per_sample":  # a deletion trains at most its bank's K shadows (all of them when each held a forgotten subject)
-            seconds += setup.bank_seconds / BANK_SHADOWS * shipped_references().shadows
+        if check == "per_sample":  # the first deletion's gate trains min_shadows shadows (a later one, the bank kept full by seal, none)
+            seconds += setup.bank_seconds / BANK_SHADOWS * shipped_references().min_shadows
         row = {
             "request_kind": request.kind,
             "request": request.index,
@@ -623,11 +625,12 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], met
         f"{th['forget_accuracy_tolerance']}, class recall > {th['max_forgotten_class_recall']}, MIA accuracy > {th['max_mia_accuracy']}, "
         f"per-sample member-share lower bound > {th['max_forget_member_share']}; NaN (cannot tell) counts as not failing (column n/a);",
         "- **check s**: seconds to evaluate the check on both models (the candidate and its control, as the forget step does);",
-        f"  for `per_sample` it includes training the deletion's own bank of {shipped['shadows']} shadow(s) at this run's measured cost per shadow "
+        f"  for `per_sample` it includes training the {shipped['min_shadows']} shadow(s) a first deletion's gate trains, at this run's cost per shadow "
         f"(this run's {BANK_SHADOWS}-shadow bank: {', '.join(f'{s:.0f} s' for s in meta['bank_seconds'].values())} per seed);",
         f"- **per_sample** as it ships: score `{shipped['score']}`"
         + (f" (offline_a {shipped['offline_a']:g})" if shipped["score"] == "rmia" else "")
-        + f", {shipped['shadows']} shadow(s) that never trained on the request, a sample scored with at least {shipped['min_references']};",
+        + f", {shipped['min_shadows']} shadow(s) that never trained on the request (of the {shipped['shadows']} the bank keeps in complementary pairs),"
+        + f" a sample scored with at least {shipped['min_references']};",
         "- **step s**: seconds of the exact retrain (the step the check certifies).",
         "",
         "| check | request kind | requests | power | FPR | n/a (unforg./retrain) | value unforgotten | value retrain | check s | step s | samples |",
