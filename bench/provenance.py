@@ -162,15 +162,8 @@ BENCHES: dict[str, Bench] = {
 # Benchmarks whose results were measured before this record existed, or on older defaults, and are not
 # rerun yet: each says why. The test suite accepts exactly these (and fails once one is fresh, so the
 # list only shrinks); the README and docs mark their figures stale. Empty: every benchmark was rerun on
-# the shipped defaults (2026-12-04).
-_BANK = "the reference bank went from two shadows to two complementary pairs (behaviors.references.shadows 2 -> 4) on 2026-12-05; rerun queued"
-RERUN_PENDING: dict[str, str] = {
-    name: _BANK
-    for name in (
-        "demo", "erasure",
-        "reliability-bad-inputs", "reliability-crash", "reliability-machine", "tamper",
-    )
-}  # fmt: skip
+# the shipped defaults (2026-12-05, after the reference bank became two complementary pairs).
+RERUN_PENDING: dict[str, str] = {}
 
 
 def fingerprint(parts: Sequence[str], params_file: Path = ROOT / "params.yaml") -> dict[str, str]:
