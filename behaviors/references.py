@@ -137,7 +137,7 @@ class ReferenceBank:
         """``(phi, out)``: every shadow's statistic on ``samples`` (K x n) and which shadows are OUT."""
         key = _set_key(samples)
         if key not in self._phi:
-            hashed = [hash_sample_id(s) for s in samples.sample_ids]  # one per sample, in order (hash_sample_ids sorts)
+            hashed = _hashed_in_order(samples)
             phi = np.stack([self._shadow_statistic(s, samples) for s in self.shadows])
             out = np.array([[h not in s.lineage and h not in self.base_lineage for h in hashed] for s in self.shadows], dtype=bool)
             self._phi[key] = (phi, out)
@@ -235,10 +235,14 @@ def _half(samples: SampleSet, seed: int) -> SampleSet:
     return samples.take([i for i, s in enumerate(subjects) if s in keep], name=f"shadow-{seed}")
 
 
+def _hashed_in_order(samples: SampleSet) -> list[str]:
+    """One hashed id per sample, in the set's order (``hash_sample_ids`` sorts and de-duplicates: a lineage, not a row order)."""
+    return [hash_sample_id(s) for s in samples.sample_ids]
+
+
 def _complement(samples: SampleSet, lineage: frozenset[str], seed: int) -> SampleSet:
     """The samples of ``samples`` whose hashed id is not in ``lineage`` (a partner's): the other half of a pair."""
-    hashed = [hash_sample_id(s) for s in samples.sample_ids]
-    return samples.take([i for i, h in enumerate(hashed) if h not in lineage], name=f"shadow-{seed}")
+    return samples.take([i for i, h in enumerate(_hashed_in_order(samples)) if h not in lineage], name=f"shadow-{seed}")
 
 
 def _next_half(shadows: list[Shadow], pool: SampleSet, seed: int) -> tuple[int | None, SampleSet]:

@@ -148,7 +148,8 @@ class ReferenceConfig:
     """``behaviors.references``: the reference bank of the per-sample membership test.
 
     A gate trains reference overlays up to ``min_shadows`` when fewer remain; ``ume references``
-    (ahead of a deletion) trains them up to ``shadows`` (see :mod:`behaviors.references`); each follows the recorded recipe of the version's first
+    (ahead of a deletion) trains them up to ``shadows``, in complementary pairs (see
+    :mod:`behaviors.references`). Each follows the recorded recipe of the version's first
     ``learn`` overlay, and ``epochs``, ``rank``... here only when it has none. A
     sample is scored when at least ``min_references`` shadows never trained on it; its member
     threshold is set for ``false_positive_rate`` on samples the model never saw. Every model is
