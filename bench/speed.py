@@ -25,17 +25,22 @@ In one run, in this order:
    it is the cheapest retrain a team could run, so the ratios are the least flattering to ume.
 3. **Ratios** with the issue's goals, met or NOT met, every row shown: each learn step, each exact deletion
    step and the approximate one against the reference; each deletion step against the median learn step
-   (blocked learn steps count: they did the same work); each approximate deletion against the exact step of
-   the same request.
+   (blocked learn steps count: they did the same work); each approximate deletion against the exact path of
+   the same request from the same parent (5.), and against the exact phase that followed it.
 4. **Start-up per command**, cold (``UME_WARM=0``) and warm: ``bench.startup.one_repeat`` in fresh small
    projects (``ume prepare``, ``ume base``, ``ume step s01``, ``ume status``, ``ume audit``), ``--startup-repeats``
    times per mode; min and median.
-5. **A deletion in a later ``dvc repro``**, as a request arrives in production: after the demo (whose ``seal`` stage
+5. **The approximate deletion's counterfactual**: the same request served by the exact path from the same parent
+   (``exact_instead``: a copy of the project, the stream cut at the demo's approximate step with its method set to
+   ``exact``, ``dvc repro step@<it>``). The approximate step is compared with it (goal ≤ 1×), like for like: the
+   exact phase that follows an approximate one in the demo starts from what the approximate step's gate built (the
+   shadows it trained), so that ratio is shown too, without a goal.
+6. **A deletion in a later ``dvc repro``**, as a request arrives in production: after the demo (whose ``seal`` stage
    ran ``ume references --ahead`` and so kept the reference bank full), ``ume forget --owner`` of a typical
    contributor of the first learned slice (the first by name that no request names and that is not one of the
    data's atypical owners), then ``dvc repro`` timed whole; the step's row says how many shadows its gate had to
    train again (those that had trained on the owner). ``params.yaml`` is restored afterwards.
-6. **Compression at batch 1 and 64** of the demo's final champion (cheap, so from this run): its float shadow,
+7. **Compression at batch 1 and 64** of the demo's final champion (cheap, so from this run): its float shadow,
    then each of its export transforms added in turn (the demo: channel pruning, then int8), latency on one torch
    thread (minimum of interleaved repeats, as ``ume bench compress`` times), size and test accuracy. The gate
    over its forward floor costs minutes to measure (``ume bench scale``): it is listed from ``scale.json``,
@@ -80,6 +85,8 @@ INT8_B1, INT8_B64 = 1.0, 0.6
 PRUNE_SIZE_OR_LATENCY = 0.7
 
 LATER_REPRO = "in a later `dvc repro`, the bank kept by seal"  # the order label of step 4's deletion
+EXACT_INSTEAD = "exact instead, from the same parent, in a second `dvc repro`"  # the order label of step 5's counterfactual
+LIKE_FOR_LIKE = "approximate deletion / exact deletion of the same request from the same parent"
 DEMO_SAVED = ".ume-speed-demo.json"  # in the project: the last demo timing, for --reuse-demo
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
@@ -142,8 +149,12 @@ def ratio_rows(steps: Sequence[dict[str, Any]], reference_seconds: float) -> lis
         if s["deletion"] != "approximate":
             continue
         for e in deletions:
-            if e["deletion"] == "exact" and e["request"] is not None and e["request"] == s["request"]:
-                add("approximate deletion / exact deletion of the same request", s["step"], s["end_to_end"], e["step"], e["end_to_end"], APPROXIMATE_OVER_EXACT)
+            if e["deletion"] != "exact" or e["request"] is None or e["request"] != s["request"]:
+                continue
+            if e.get("order") == EXACT_INSTEAD:  # like for like: the same request, the same starting state, the other path
+                add(LIKE_FOR_LIKE, s["step"], s["end_to_end"], e["step"], e["end_to_end"], APPROXIMATE_OVER_EXACT)
+            else:  # the exact phase after it starts from what the approximate step's gate built (its shadows): no goal
+                add("approximate deletion / the exact phase that followed it", s["step"], s["end_to_end"], e["step"], e["end_to_end"], None)
     return rows
 
 
@@ -297,6 +308,52 @@ def later_deletion(project: Path, env: dict[str, str], log: Path) -> dict[str, A
     return {"owner": owner, "step": key, "wall_seconds": run["wall_seconds"], "stage_walls": run["stage_walls"], "record": record, "entry": entry}
 
 
+def approximate_step(project: Path) -> tuple[str, dict[str, Any]] | None:
+    """The stream's first approximate deletion step (a ``forget`` whose method is not exact) and its entry, or None."""
+    import yaml
+
+    stream = yaml.safe_load((project / "params.yaml").read_text())["stream"] or {}
+    return next(((k, e) for k, e in stream.items() if deletion_class(e.get("kind", ""), e.get("method")) == "approximate"), None)
+
+
+def exact_instead(project: Path, env: dict[str, str], work: Path, key: str) -> dict[str, Any]:
+    """The counterfactual of the approximate step ``key``: the same request served exactly, from the same parent.
+
+    In a copy of the project (its ``.venv`` linked, ``make clean`` run there, not timed), the stream cut to ``key``
+    and its ancestors with ``key``'s method set to ``exact``; then ``dvc repro step@<key>`` timed whole. The copy runs
+    every step up to the parent again (same seeds, same defaults), so the exact path starts where the approximate one
+    did: the same model, the same reference bank (the parent's record says what its gate trained; the step's record
+    says what this one trained). The copy is removed afterwards; the project is not touched."""
+    import yaml
+
+    copy = work / "exact-instead"
+    shutil.copytree(project, copy, symlinks=True, ignore=shutil.ignore_patterns(".venv"))
+    (copy / ".venv").symlink_to(project / ".venv")
+    try:
+        subprocess.run(["make", "clean"], cwd=copy, env=env, check=True, capture_output=True)
+        raw = yaml.safe_load((copy / "params.yaml").read_text())
+        stream = raw["stream"]
+        chain = [key]
+        while stream[chain[-1]].get("parent") in stream:
+            chain.append(stream[chain[-1]]["parent"])
+        entry = {k: v for k, v in stream[key].items() if k != "fallback"} | {"method": "exact"}
+        raw["stream"] = {k: (entry if k == key else v) for k, v in stream.items() if k in chain}
+        (copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        started = time.perf_counter()
+        with open(work / "dvc-repro-exact-instead.log", "w") as out:
+            proc = subprocess.run(["dvc", "repro", f"step@{key}"], cwd=copy, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"dvc repro step@{key} (exact instead) failed in {copy} (exit {proc.returncode}); its output: {out.name}")
+        record = json.loads((copy / "store" / "steps" / f"{key}.json").read_text())
+        parent = chain[1] if len(chain) > 1 else "base"
+        parent_record = json.loads((copy / "store" / "steps" / f"{parent}.json").read_text())
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return {"step": key, "entry": entry, "wall_seconds": round(wall, 2), "record": record, "parent": parent,
+            "parent_decision": parent_record.get("decision"), "parent_reference_bank": parent_record.get("reference_bank")}  # fmt: skip
+
+
 def train_reference(project: Path) -> dict[str, Any]:
     """One all-at-once training of the same model on all promoted data with ``train.base``, in this process."""
     import dataclasses
@@ -446,7 +503,7 @@ def goal_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"every exact deletion step ≤ {EXACT_OVER_REFERENCE:g}× the all-at-once training",
          lambda r: r["figure"].startswith("exact deletion") and r["denominator"] == "all-at-once"),
         (f"every deletion step ≤ {DELETION_OVER_LEARN:g}× the median learn step", lambda r: r["denominator"] == "median learn step"),
-        ("every approximate deletion no slower than the exact one of its request (≤ 1×)", lambda r: r["figure"].startswith("approximate deletion /")),
+        ("every approximate deletion no slower than the exact path of its request from the same parent (≤ 1×)", lambda r: r["figure"] == LIKE_FOR_LIKE),
     )  # fmt: skip
     later = [r for r in result["ratios"] if LATER_REPRO in r["figure"] and r["denominator"] == "median learn step"]
     if later:
@@ -458,6 +515,8 @@ def goal_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         w = worst(pool, "")
         if w is not None:
             rows.append((label, f"worst {_x(w['ratio'])} (`{w['numerator']}`)", "met" if all(r["met"] == "met" for r in pool) else "NOT met"))
+        elif "approximate" in label and any(s.get("deletion") == "approximate" for s in result.get("steps", [])):
+            rows.append((label, "not measured in this run", "-"))
     start = result["startup"]["summary"]
     for mode in ("cold", "warm"):
         if mode not in start:
@@ -539,6 +598,21 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {s['kind']} | {s['method'] or '-'} | {s['decision']} | {s['seconds']:.1f} | {_s(op)} | {_s(rest)} | {trained} | {_s(s['stage_wall'])}"
             f" | {s['end_to_end']:.1f} | {_x(s['end_to_end'] / result['reference_end_to_end'])} |"
         )
+    for s in result["steps"]:
+        if s.get("order") != EXACT_INSTEAD:
+            continue
+        own = s["step"].removesuffix(" as exact")
+        approx = next((a for a in result["steps"] if a["step"] == own), None)
+        bank, parent_bank = s.get("reference_bank") or {}, s.get("parent_reference_bank") or {}
+        approx_bank = (approx or {}).get("reference_bank") or {}
+        lines += [
+            "",
+            f"`{s['step']}`: the request of `{own}` served by the exact path instead, from the same parent (`{s['parent']}`, {s['parent_decision']}"
+            f" again in the second run, its gate trained {parent_bank.get('trained', '-')} shadow(s)), in a copy of the project:"
+            f" `dvc repro step@{own}` {s['repro_seconds']:.0f} s in all; its gate trained {bank.get('trained', '-')} shadow(s),"
+            f" the approximate step's {approx_bank.get('trained', '-')}. The exact phase that followed the approximate one in the demo"
+            " starts from the shadows the approximate step's gate trained, so its ratio below has no goal.",
+        ]
     lines += ["", "| ratio (end to end) | step | against | ratio | goal | met |", "|---|---|---|---|---|---|"]
     for r in result["ratios"]:
         goal = "-" if r["goal"] is None else f"≤ {r['goal']:g}×"
@@ -576,7 +650,7 @@ def _heldout(values: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``ume bench speed --project DIR``."""
     parser = argparse.ArgumentParser(prog="ume bench speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--project", type=Path, required=True, help="a fresh clone of the project with its .venv (make .venv/.ume-installed)")
+    parser.add_argument("--project", type=Path, help="a fresh clone of the project with its .venv (make .venv/.ume-installed); required unless --render")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--reference-repeats", type=int, default=3, help="all-at-once trainings (the median is the reference)")
     parser.add_argument("--startup-repeats", type=int, default=3, help="fresh small projects per mode (cold, warm) for the start-up figures")
@@ -592,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = json.loads((args.out / "speed.json").read_text())
         (args.out / "speed.md").write_text(markdown(result))
         return 0
+    if args.project is None:
+        parser.error("the following arguments are required: --project")
     from pipeline.core import warm
 
     project = args.project.resolve()
@@ -608,26 +684,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.reuse_demo:
             demo = json.loads((project / DEMO_SAVED).read_text())
-            print(f"1/6 the demo pipeline: reusing the run of {demo['date']} in {project}", flush=True)
+            print(f"1/7 the demo pipeline: reusing the run of {demo['date']} in {project}", flush=True)
         else:
-            print(f"1/6 the demo pipeline in {project} (make clean, then dvc repro)", flush=True)
+            print(f"1/7 the demo pipeline in {project} (make clean, then dvc repro)", flush=True)
             demo = run_demo(project, env, work / "dvc-repro.log")
             demo["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             (project / DEMO_SAVED).write_text(json.dumps(demo, indent=1) + "\n")  # --reuse-demo reads it
         print(f"  dvc repro: {demo['wall_seconds']:.1f} s", flush=True)
-        print(f"2/6 the all-at-once training on all promoted data, {args.reference_repeats} time(s)", flush=True)
+        print(f"2/7 the all-at-once training on all promoted data, {args.reference_repeats} time(s)", flush=True)
         reference = median_reference([train_reference(project) for _ in range(args.reference_repeats)])
         print(f"  {reference['samples']} samples, {reference['seconds']:.1f} s (median of {reference['repeat_seconds']}), test accuracy"
               f" {reference['test_accuracy']:.4f}", flush=True)
-        print("3/6 compression of the final champion at batch 1 and 64", flush=True)
+        print("3/7 compression of the final champion at batch 1 and 64", flush=True)
         compression = compression_rows(project, args.latency_repeats)
         later = None
         if not args.reuse_demo:  # a reused demo may hold this request already
-            print("4/6 a deletion request in a later `dvc repro` (the bank kept by seal)", flush=True)
+            print("4/7 a deletion request in a later `dvc repro` (the bank kept by seal)", flush=True)
             later = later_deletion(project, env, work / "dvc-repro-later.log")
             print(f"  {later['step']} (owner {later['owner']}): dvc repro {later['wall_seconds']:.1f} s, the step {later['record']['seconds']:.1f} s,"
                   f" reference bank {later['record'].get('reference_bank')}", flush=True)  # fmt: skip
-        print(f"5/6 start-up per command, {args.startup_repeats} fresh small project(s) per mode", flush=True)
+        instead = None
+        approximate = approximate_step(project)
+        if approximate is not None:
+            print(f"5/7 {approximate[0]}'s request served exactly instead, from the same parent (a copy of the project, a second `dvc repro`)",
+                  flush=True)  # fmt: skip
+            instead = exact_instead(project, env, work, approximate[0])
+            print(f"  dvc repro step@{approximate[0]}: {instead['wall_seconds']:.1f} s, the step {instead['record']['seconds']:.1f} s,"
+                  f" reference bank {instead['record'].get('reference_bank')}", flush=True)  # fmt: skip
+        print(f"6/7 start-up per command, {args.startup_repeats} fresh small project(s) per mode", flush=True)
         os.environ[warm.DIR_ENV] = env[warm.DIR_ENV]
         if demo_mode == "warm":  # started and listening before anything is timed, as bench.startup does
             subprocess.run([str(bin_dir / "ume"), "warm", "start"], cwd=project, env=env, capture_output=True, timeout=300)
@@ -637,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             warm.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("ratios", flush=True)
+    print("7/7 ratios", flush=True)
     summary = startup_summary(runs)
     startup_s = summary[demo_mode]["ume step (start-up)"]["median"]
     steps = step_rows(project, demo["stage_walls"])
@@ -651,6 +735,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "operator_seconds": (rec.get("notes") or {}).get("operator_seconds"), "stage_wall": later["stage_walls"].get(f"step@{later['step']}"),
                 "version": rec.get("version"), "reference_bank": rec.get("reference_bank"), "order": LATER_REPRO, "owner": later["owner"],
                 "repro_seconds": later["wall_seconds"],
+            }
+        )  # fmt: skip
+    if instead is not None:
+        rec = instead["record"]
+        steps.append(
+            {
+                "step": f"{instead['step']} as exact", "kind": "forget", "method": "exact", "deletion": "exact", "request": instead["entry"].get("request"),
+                "decision": rec.get("decision"), "seconds": float(rec.get("seconds") or 0.0),
+                "operator_seconds": (rec.get("notes") or {}).get("operator_seconds"), "stage_wall": None, "version": rec.get("version"),
+                "reference_bank": rec.get("reference_bank"), "order": EXACT_INSTEAD,
+                "repro_seconds": instead["wall_seconds"], "parent": instead["parent"], "parent_decision": instead["parent_decision"],
+                "parent_reference_bank": instead["parent_reference_bank"],
             }
         )  # fmt: skip
     for s in steps:

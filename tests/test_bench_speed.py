@@ -55,10 +55,12 @@ def test_every_ratio_the_issue_asks_for_with_its_goal_and_the_unflattering_rows(
     assert [r["numerator"] for r in median] == ["forget-04", "forget-05", "forget-05-exact"]
     assert all(r["denominator_seconds"] == 12.0 for r in median)
     assert [r["met"] for r in median] == ["NOT met", "met", "met"]
-    # approximate against the exact step of the same request only (not forget-04's)
+    # approximate against the exact phase of the same request only (not forget-04's); that phase starts from what the
+    # approximate step built, so the ratio is shown without a goal
     pairs = [r for r in rows if r["figure"].startswith("approximate deletion /")]
     assert [(r["numerator"], r["denominator"]) for r in pairs] == [("forget-05", "forget-05-exact")]
-    assert pairs[0]["ratio"] == pytest.approx(13 / 11, abs=1e-3) and pairs[0]["met"] == "NOT met"
+    assert pairs[0]["figure"] == "approximate deletion / the exact phase that followed it"
+    assert pairs[0]["ratio"] == pytest.approx(13 / 11, abs=1e-3) and pairs[0]["goal"] is None and pairs[0]["met"] == "-"
     # base, compress and edit steps get no ratio row
     assert not {r["numerator"] for r in rows} & {"base", "s07"}
 
@@ -143,3 +145,26 @@ def test_a_deletion_in_a_later_repro_is_labelled_as_such_and_gets_its_own_goal_r
     goals = {g: (m, ok) for g, m, ok in speed.goal_rows(result)}
     assert goals["a deletion step in a later `dvc repro` (the bank kept by seal) ≤ 2× the median learn step"] == ("1.67× (`forget-09`)", "met")
     assert goals["every deletion step ≤ 2× the median learn step"][1] == "NOT met"  # forget-04, the demo's first, is still counted
+
+
+def test_the_approximate_deletion_is_judged_against_the_exact_path_from_the_same_parent() -> None:
+    instead = {**_step("forget-05 as exact", "forget", 12.0, "exact", "del-b"), "order": speed.EXACT_INSTEAD}
+    rows = speed.ratio_rows([*STEPS, instead], reference_seconds=40.0)
+    like = [r for r in rows if r["figure"] == speed.LIKE_FOR_LIKE]
+    assert [(r["numerator"], r["denominator"]) for r in like] == [("forget-05", "forget-05 as exact")]
+    assert like[0]["ratio"] == pytest.approx(13 / 12, abs=1e-3) and like[0]["goal"] == speed.APPROXIMATE_OVER_EXACT and like[0]["met"] == "NOT met"
+    after = next(r for r in rows if r["figure"] == "approximate deletion / the exact phase that followed it")
+    assert after["denominator"] == "forget-05-exact" and after["goal"] is None  # still shown, the unflattering-or-not row beside it
+    # the counterfactual is an exact deletion like any other: against the reference and the median learn step, with its label
+    assert f"exact deletion step ({speed.EXACT_INSTEAD}) / median learn step" in {r["figure"] for r in rows}
+    label = "every approximate deletion no slower than the exact path of its request from the same parent (≤ 1×)"
+    goals = {g: (m, ok) for g, m, ok in speed.goal_rows({"demo": {"wall_seconds": 100.0}, "ratios": rows, "startup": {"summary": {}}, "compression": []})}
+    assert goals[label] == ("worst 1.08× (`forget-05`)", "NOT met")
+    faster = {**instead, "end_to_end": 15.0}
+    rows = speed.ratio_rows([*STEPS, faster], reference_seconds=40.0)
+    goals = {g: (m, ok) for g, m, ok in speed.goal_rows({"demo": {"wall_seconds": 100.0}, "ratios": rows, "startup": {"summary": {}}, "compression": []})}
+    assert goals[label] == ("worst 0.87× (`forget-05`)", "met")
+    # without the counterfactual the goal is not judged on the phase that followed: it says it was not measured
+    result = {"demo": {"wall_seconds": 100.0}, "ratios": speed.ratio_rows(STEPS, 40.0), "steps": STEPS, "startup": {"summary": {}}, "compression": []}
+    goals = {g: (m, ok) for g, m, ok in speed.goal_rows(result)}
+    assert goals[label] == ("not measured in this run", "-")
