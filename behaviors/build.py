@@ -127,6 +127,23 @@ def shadow_trainer(ws: Workspace) -> Callable[[int], L.Trainer]:
     return make
 
 
+def shadow_workers(ws: Workspace) -> int:
+    """Shadows trained at once (:func:`behaviors.references.open_bank`'s ``workers``): one worker process per CPU when
+    they train on the CPU; one at a time on an accelerator (a forked process cannot share its device)."""
+    from behaviors.references import usable_cpus
+
+    accelerator = ws.params.train.accelerator
+    if accelerator == "cpu" or (accelerator == "auto" and not _accelerator_present()):
+        return usable_cpus()
+    return 1
+
+
+def _accelerator_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
 RECIPE_FIELDS = ("epochs", "rank", "alpha", "lr", "batch_size", "replay", "augment_shift")
 
 
@@ -170,6 +187,7 @@ def reference_bank(ws: Workspace, data: UmeData, manifest: Manifest, *, fill: bo
         base_lineage=frozenset(base_lineage),
         cache=row_cache(ws),
         fill=fill,
+        workers=shadow_workers(ws),
     )
     if bank is None:
         return None, "no reference models: the version has no overlay trained on data subjects outside the clean base"

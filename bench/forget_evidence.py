@@ -62,7 +62,7 @@ from behaviors.build import RECIPE_FIELDS
 from behaviors.context import DEFAULT_THRESHOLDS
 from behaviors.membership import MembershipResult, membership_test
 from behaviors.mia import attack_accuracy, confidence_features, per_sample_loss
-from behaviors.references import ReferenceBank, open_bank, reference_pool
+from behaviors.references import ReferenceBank, open_bank, reference_pool, usable_cpus
 from bench import provenance
 from bench.forget import _clean, _machine
 from edits.base import train_base
@@ -258,6 +258,7 @@ def build_setup(seed: int, bank_dir: Path, log: Callable[[str], None]) -> Setup:
         make_trainer=lambda epochs: _trainer_factory(params)(epochs),
         seed=seed,
         base_lineage=frozenset(base_lineage),  # as behaviors.build opens it: base samples are IN for every shadow
+        workers=usable_cpus(),  # as the shipped gate trains them on the CPU (behaviors.build.shadow_workers)
     )
     if bank is None:
         raise RuntimeError("no reference bank: the pool has fewer than two data subjects")

@@ -397,3 +397,30 @@ def test_references_command_without_a_champion_names_the_problem(tmp_path: Path,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tmp_path), sort_keys=False))
     assert cli("references") == 2
     assert cli("references", "--ahead") == 0  # as seal runs it: a blocked base leaves nothing to keep, which is no error
+
+
+def test_shadows_trained_in_worker_processes_are_the_ones_planned(tmp_path: Path) -> None:
+    """``workers`` > 1 trains the planned shadows in forked processes: the same names, pairs and lineages as one
+    at a time, every one on disk whole; a worker that fails fails the call and leaves no file of its shadow."""
+    from behaviors.references import open_bank
+    from pipeline.core.config import ReferenceConfig
+    from pipeline.model.net import create_net
+
+    base = create_net("test_resnet", 10, 1).eval()
+    pool, stub = _owner_pool(6), _NoTraining()
+    config = ReferenceConfig(shadows=4, min_shadows=2, min_references=2, epochs=1, replay=0.0)
+    kw = {"data": stub, "pool": pool, "replay": pool.take([]), "deleted": set(), "config": config, "make_trainer": lambda epochs: stub, "seed": 3}
+    one = open_bank(tmp_path / "one", base, fill=True, workers=1, **kw)
+    two = open_bank(tmp_path / "two", base, fill=True, workers=2, **kw)
+    assert one is not None and two is not None and two.trained == 4
+    assert [(s.name, s.pair, s.lineage) for s in two.shadows] == [(s.name, s.pair, s.lineage) for s in one.shadows]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+    class Failing(_NoTraining):
+        def fit(self, module: object, datamodule: object = None) -> None:
+            raise RuntimeError("out of memory")
+
+    failing = Failing()
+    with pytest.raises(RuntimeError, match=r"training reference shadows failed in worker processes: shadow-003000 \(exit 1\), shadow-003001"):
+        open_bank(tmp_path / "bad", base, fill=True, workers=2, **{**kw, "data": failing, "make_trainer": lambda epochs: failing})
+    assert not list((tmp_path / "bad").glob("shadow-*"))
