@@ -22,7 +22,8 @@ with the two survivors and trains nothing, and ``ume references --ahead`` (the `
 the step) trains the purged halves back (``fill``), off the deletion's critical path.
 
 Cost. Shadows train on at most ``behaviors.max_reference_pool`` samples of whole data subjects
-(:func:`capped_pool`, a seeded choice): the bank's one-off training does not grow with the data.
+(:func:`capped_pool`, a seeded choice): the bank's one-off training does not grow with the data. The
+shadows to train are planned first and trained side by side in forked worker processes (:func:`_train_jobs`).
 Queries stream the samples a batch at a time, and a model's statistic on a set is computed once
 per gate (the calibration set serves every request); the specs cap the sets they query
 (``behaviors.max_check_samples``, :mod:`behaviors.limits`).
