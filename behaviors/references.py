@@ -31,11 +31,13 @@ per gate (the calibration set serves every request); the specs cap the sets they
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -338,10 +340,29 @@ def _train_shadow(
     return adapter_tensors(peft_net), settings
 
 
-def _train_and_write(root: Path, base: nn.Module, data: UmeData, job: _Job, config: ReferenceConfig, make_trainer: Callable[[int], L.Trainer]) -> None:
-    """Train ``job`` and write its weights and sidecar (each atomically: a shadow is on disk whole or not at all)."""
+def _die_with(parent: int) -> None:
+    """In a worker: be killed when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), and leave at once if it has already.
+
+    A worker that outlived a killed stage would write its shadow later, perhaps after an erasure had purged
+    every shadow trained on the erased samples."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _train_and_write(
+    root: Path, base: nn.Module, data: UmeData, job: _Job, config: ReferenceConfig, make_trainer: Callable[[int], L.Trainer], *, parent: int | None = None
+) -> None:
+    """Train ``job`` and write its weights and sidecar (each atomically: a shadow is on disk whole or not at all).
+
+    ``parent``: in a worker, the process that forked it: nothing is written once that process is gone."""
     started = time.time()
     tensors, settings = _train_shadow(base, data, job.train, config, job.seed, make_trainer)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
     _write_atomic(root / f"{job.name}.safetensors", lambda p: save_file(tensors, str(p)))
     meta = {"lora": settings.to_json(), "lineage": sorted(job.lineage), "seed": job.seed, "pair": job.pair, "seconds": round(time.time() - started, 3)}
     _write_atomic(root / f"{job.name}.json", lambda p: p.write_text(json.dumps(meta)))
@@ -367,26 +388,36 @@ def _train_jobs(
         return
     data.batch_size = config.batch_size  # as the in-process path leaves it
     threads = max(1, usable_cpus() // workers)
+    parent = os.getpid()
     failed: list[str] = []
     for start in range(0, len(jobs), workers):
         running: dict[int, _Job] = {}
-        for job in jobs[start : start + workers]:
-            pid = os.fork()
-            if pid == 0:  # the worker: train, write, leave without running the parent's exit handlers
-                code = 1
-                try:
-                    torch.set_num_threads(threads)
-                    _train_and_write(root, base, data, job, config, make_trainer)
-                    code = 0
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    os._exit(code)
-            running[pid] = job
-        for pid, job in running.items():
-            _, status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                failed.append(f"{job.name} (exit {os.waitstatus_to_exitcode(status)})")
+        try:
+            for job in jobs[start : start + workers]:
+                pid = os.fork()
+                if pid == 0:  # the worker: train, write, leave without running the parent's exit handlers
+                    code = 1
+                    try:
+                        _die_with(parent)
+                        torch.set_num_threads(threads)
+                        _train_and_write(root, base, data, job, config, make_trainer, parent=parent)
+                        code = 0
+                    except BaseException:
+                        traceback.print_exc()
+                    finally:
+                        os._exit(code)
+                running[pid] = job
+            for pid in list(running):
+                _, status = os.waitpid(pid, 0)
+                job = running.pop(pid)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    failed.append(f"{job.name} (exit {os.waitstatus_to_exitcode(status)})")
+        finally:  # interrupted (a signal, an error): no worker outlives the call
+            for pid in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
     if failed:
         raise RuntimeError(f"{root}: training reference shadows failed in worker processes: {', '.join(failed)} (their output is above)")
 

@@ -424,3 +424,60 @@ def test_shadows_trained_in_worker_processes_are_the_ones_planned(tmp_path: Path
     with pytest.raises(RuntimeError, match=r"training reference shadows failed in worker processes: shadow-003000 \(exit 1\), shadow-003001"):
         open_bank(tmp_path / "bad", base, fill=True, workers=2, **{**kw, "data": failing, "make_trainer": lambda epochs: failing})
     assert not list((tmp_path / "bad").glob("shadow-*"))
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from pathlib import Path
+import torch
+from behaviors.references import open_bank
+from pipeline.core.config import ReferenceConfig
+from pipeline.data import SampleSet
+from pipeline.model.net import create_net
+
+root, marks = Path(sys.argv[1]), Path(sys.argv[2])
+
+class Slow:
+    batch_size = 0
+    def use_for_training(self, samples):
+        return None
+    def fit(self, module, datamodule=None):
+        (marks / str(os.getpid())).write_text("training")
+        time.sleep(6)
+
+n = 12
+pool = SampleSet(name="reference-pool", inputs=torch.zeros(n, 1, 8, 8), y=torch.zeros(n, dtype=torch.long),
+                 sample_ids=tuple(f"s{i}" for i in range(n)), groups=("-",) * n, owners=tuple(f"o{i // 3}" for i in range(n)))
+slow = Slow()
+open_bank(root, create_net("test_resnet", 10, 1).eval(), data=slow, pool=pool, replay=pool.take([]), deleted=set(),
+          config=ReferenceConfig(shadows=2, min_shadows=2, min_references=2, epochs=1, replay=0.0),
+          make_trainer=lambda epochs: slow, seed=0, fill=True, workers=2)
+"""
+
+
+def test_no_worker_outlives_a_killed_stage(tmp_path: Path) -> None:
+    """A stage killed while its workers train shadows takes them with it: none writes its shadow afterwards
+    (it could land after an erasure had purged the shadows that trained on the erased samples)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, marks = tmp_path / "bank", tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "stage.py"
+    script.write_text(_KILLED_PARENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(marks)], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    workers = [int(p.name) for p in marks.iterdir()]
+    assert len(workers) == 2, "both workers started training"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(7)  # past the end of the workers' training, had they lived
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(root.glob("shadow-*")), "a worker wrote its shadow after its stage was killed"
