@@ -13,6 +13,10 @@ every later step and request. It is a consumer of data like any other, so delete
 stay in it: a shadow whose lineage holds a deleted sample is removed when the bank is opened, and
 the bank is topped up (from the data layer, which no longer serves deleted samples) when fewer
 than ``min_shadows`` remain. Every forgotten sample is therefore OUT for every shadow that scores it.
+A shadow is also removed when the pool gained a data slice it never saw (a learn step after it taught the
+model a new look): as a reference it would be unlike the served model on that slice's samples (on a stream
+base -> u1 -> bank -> u3 -> exact deletion of a memorised ``u3`` owner, a stale bank did not flag the
+un-forgotten control; a bank trained on the pool with ``u3`` did).
 
 Complementary pairs. Shadows are trained two by two: the first of a pair on a random half of the
 pool's data subjects, the second on the rest (the subjects its partner did not see). Every subject
@@ -96,6 +100,7 @@ class ReferenceBank:
         base_lineage: frozenset[str] = frozenset(),
         trained: int = 0,
         purged: int = 0,
+        stale: int = 0,
         seconds: float = 0.0,
         cache: RowCache | None = None,
     ) -> None:
@@ -106,6 +111,7 @@ class ReferenceBank:
         self.config = config
         self.trained = trained  # shadows trained while opening (0 when the bank was reused as it was)
         self.purged = purged  # shadows removed because they had trained on a deleted sample
+        self.stale = stale  # shadows removed because the pool gained a slice they never saw (a later learn step's look)
         self.seconds = seconds  # time spent opening (training included)
         self._phi: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._queries: dict[tuple[int, str, str], tuple[object, np.ndarray]] = {}
@@ -281,6 +287,7 @@ class _Job:
     pair: int
     train: SampleSet = field(repr=False)
     lineage: frozenset[str] = field(repr=False)
+    pool_slices: tuple[str, ...] = ()  # the slices of the pool it was planned on (its sidecar's ``slices``)
 
     @property
     def name(self) -> str:
@@ -304,11 +311,25 @@ def _plan(shadows: list[Shadow], pool: SampleSet, replay: SampleSet, data: UmeDa
         pair, half = _next_half(members, pool, next_seed)
         pair = max([m.pair + 1 for m in members] + [0]) if pair is None else pair
         train = _training_set(data, half, replay, config, next_seed)
-        job = _Job(next_seed, pair, train, frozenset(hash_sample_ids(train.sample_ids)))
+        job = _Job(next_seed, pair, train, frozenset(hash_sample_ids(train.sample_ids)), pool_slices=_slices(pool))
         jobs.append(job)
         members.append(job)
         next_seed += 1
     return jobs
+
+
+def _slices(pool: SampleSet | None) -> tuple[str, ...]:
+    """The data slices of ``pool`` (sorted; none for a set that does not say)."""
+    return tuple(sorted({str(s) for s in getattr(pool, "slices", ()) or ()}))
+
+
+def _is_stale(meta: dict, pool_slices: tuple[str, ...]) -> bool:
+    """A shadow planned on a pool without one of ``pool_slices``: it never saw that slice's samples (a later learn
+    step's look), so it is unlike the served model there; a shadow of an older bank, which did not record its pool's
+    slices, is stale too once the pool says which it has."""
+    if not pool_slices:
+        return False
+    return "slices" not in meta or not set(pool_slices) <= set(meta["slices"])
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -364,7 +385,8 @@ def _train_and_write(
     if parent is not None and os.getppid() != parent:
         os._exit(1)
     _write_atomic(root / f"{job.name}.safetensors", lambda p: save_file(tensors, str(p)))
-    meta = {"lora": settings.to_json(), "lineage": sorted(job.lineage), "seed": job.seed, "pair": job.pair, "seconds": round(time.time() - started, 3)}
+    meta = {"lora": settings.to_json(), "lineage": sorted(job.lineage), "seed": job.seed, "pair": job.pair, "slices": list(job.pool_slices),
+            "seconds": round(time.time() - started, 3)}  # fmt: skip
     _write_atomic(root / f"{job.name}.json", lambda p: p.write_text(json.dumps(meta)))
     log.info("reference bank: %s trained in %.1f s (pair %d)", job.name, time.time() - started, job.pair)
 
@@ -446,7 +468,8 @@ def open_bank(
     fill: bool = False,
     workers: int = 1,
 ) -> ReferenceBank | None:
-    """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample, top it up.
+    """Open the bank of ``base`` in ``root``: purge shadows that saw a deleted sample or that are stale (the pool
+    gained a slice they never saw: :func:`_is_stale`), top it up.
 
     A gate tops the bank up to ``min_shadows`` only when fewer remain (completing broken pairs first);
     ``fill`` (``ume references``, ahead of a deletion) trains it back to ``shadows``. The shadows to train are
@@ -458,12 +481,17 @@ def open_bank(
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
     shadows: list[Shadow] = []
-    purged = 0
+    purged = stale = 0
+    pool_slices = _slices(pool)
     for sidecar in sorted(root.glob("shadow-*.json")):
         meta = json.loads(sidecar.read_text())
         if frozenset(meta["lineage"]) & deleted or not sidecar.with_suffix(".safetensors").exists():
             purge_shadow(sidecar, cache)
             purged += 1
+            continue
+        if _is_stale(meta, pool_slices):
+            purge_shadow(sidecar, cache)
+            stale += 1
             continue
         shadows.append(_load_shadow(root, base, sidecar))
     trained = 0
@@ -479,7 +507,9 @@ def open_bank(
         _train_jobs(root, base, data, jobs, config, make_trainer, workers)
         shadows += [_load_shadow(root, base, root / f"{job.name}.json") for job in jobs]
         trained = len(jobs)
-    return ReferenceBank(root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, seconds=time.time() - started, cache=cache)
+    return ReferenceBank(
+        root, shadows, config=config, base_lineage=base_lineage, trained=trained, purged=purged, stale=stale, seconds=time.time() - started, cache=cache
+    )
 
 
 def purge_shadow(sidecar: Path, cache: RowCache | None) -> None:

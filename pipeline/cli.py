@@ -418,7 +418,7 @@ def _cmd_references(args: argparse.Namespace) -> int:
         return 0
     print(
         f"reference bank of v{report.version}: {report.shadows} shadow(s), {report.trained} trained now, {report.purged} purged "
-        f"(trained on a deleted sample), in {report.seconds:.1f} s: {report.path}"
+        f"(trained on a deleted sample), {report.stale} stale (never saw a slice the version learned since), in {report.seconds:.1f} s: {report.path}"
     )
     return 0
 

@@ -297,7 +297,8 @@ class _NoTraining:
         return None
 
 
-def _owner_pool(owners: int, per_owner: int = 3):
+def _owner_pool(owners: int, per_owner: int = 3, slices: tuple[str, ...] = ()):
+    """``owners`` data subjects of ``per_owner`` samples; with ``slices``, the owners are dealt to them in turn."""
     import torch
 
     from pipeline.data import SampleSet
@@ -310,6 +311,7 @@ def _owner_pool(owners: int, per_owner: int = 3):
         sample_ids=tuple(f"s{i}" for i in range(n)),
         groups=("-",) * n,
         owners=tuple(f"o{i // per_owner}" for i in range(n)),
+        slices=tuple(slices[(i // per_owner) % len(slices)] for i in range(n)) if slices else (),
     )
 
 
@@ -481,3 +483,42 @@ def test_no_worker_outlives_a_killed_stage(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not list(root.glob("shadow-*")), "a worker wrote its shadow after its stage was killed"
+
+
+def test_shadows_that_never_saw_a_slice_of_the_pool_are_stale(tmp_path: Path) -> None:
+    """A learn step that brings a new slice makes every shadow planned before it stale (it never saw that look):
+    they are removed and trained again on the whole pool; a deletion (the pool shrinks) makes none stale."""
+    import json
+
+    from behaviors.references import open_bank
+    from pipeline.core.config import ReferenceConfig
+    from pipeline.model.lineage import hash_sample_ids
+    from pipeline.model.net import create_net
+
+    base = create_net("test_resnet", 10, 1).eval()
+    stub = _NoTraining()
+    config = ReferenceConfig(shadows=4, min_shadows=2, min_references=2, epochs=1, replay=0.0)
+    before, grown = _owner_pool(6, slices=("u1",)), _owner_pool(12, slices=("u1", "u3"))
+    after = grown.take([i for i, o in enumerate(grown.owners) if o != "o0"])  # the data layer no longer serves o0
+    kw = {"data": stub, "replay": before.take([]), "config": config, "make_trainer": lambda epochs: stub, "seed": 1}
+    full = open_bank(tmp_path, base, pool=before, deleted=set(), fill=True, **kw)
+    assert full is not None and (full.trained, full.stale) == (4, 0)
+    assert all(json.loads(p.read_text())["slices"] == ["u1"] for p in tmp_path.glob("shadow-*.json"))
+    # an owner of u1 deleted: the pool shrinks, no shadow is stale (the deletion purges the two that saw the owner)
+    deleted = set(hash_sample_ids([s for s, o in zip(before.sample_ids, before.owners, strict=True) if o == "o0"]))
+    gate = open_bank(tmp_path, base, pool=before.take(list(range(3, len(before)))), deleted=deleted, **kw)
+    assert gate is not None and (gate.purged, gate.stale, gate.trained) == (2, 0, 0)
+    # u3 learned since: every shadow left is stale; the gate trains a pair on the new pool, which covers it
+    fresh = open_bank(tmp_path, base, pool=after, deleted=deleted, **kw)
+    assert fresh is not None and (fresh.stale, fresh.trained, len(fresh)) == (2, 2, 2)
+    first, second = (s.lineage for s in fresh.shadows)
+    everyone = frozenset(hash_sample_ids(after.sample_ids))
+    assert not first & second and first | second == everyone
+    assert all(json.loads(p.read_text())["slices"] == ["u1", "u3"] for p in tmp_path.glob("shadow-*.json"))
+    # a shadow of an older bank (no slices recorded) is stale once the pool says which slices it has
+    legacy = next(tmp_path.glob("shadow-*.json"))
+    meta = json.loads(legacy.read_text())
+    del meta["slices"]
+    legacy.write_text(json.dumps(meta))
+    again = open_bank(tmp_path, base, pool=after, deleted=deleted, **kw)
+    assert again is not None and (again.stale, again.trained) == (1, 1)

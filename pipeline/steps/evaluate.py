@@ -209,7 +209,9 @@ def evaluate_and_gate(ctx: StepContext, kind: StepKind, candidate: Candidate, *,
         ws.registry.log_metrics(ctx.run_id, {f"heldout_accuracy.{k}": v for k, v in continual["heldout_accuracy"].items()})
     bank = context.references
     if bank is not None:  # what the per-sample forget check's reference bank cost this gate (0 trained: it was kept ahead)
-        record["reference_bank"] = {"shadows": len(bank), "trained": bank.trained, "purged": bank.purged, "seconds": round(bank.seconds, 2)}
+        record["reference_bank"] = {
+            "shadows": len(bank), "trained": bank.trained, "purged": bank.purged, "stale": bank.stale, "seconds": round(bank.seconds, 2)
+        }  # fmt: skip
     record["world_size"] = ranks.world_size()  # processes that trained this step (DDP), 1 otherwise
     ws.registry.log_metrics(ctx.run_id, {"stage_seconds": record["seconds"]})
     ws.registry.end_run(ctx.run_id)

@@ -4,7 +4,8 @@ The per-sample forget check (:mod:`behaviors.references`) opens the bank of the 
 at every deletion: it purges the shadows that trained on a deleted sample, and trains shadows only when
 fewer than ``min_shadows`` remain. Run after a step (the ``seal`` stage does, by hand, or from cron), this
 command trains the bank back to every shadow, so the next deletion's gate trains nothing: it purges one
-shadow of each complementary pair and scores with the others.
+shadow of each complementary pair and scores with the others. After a learn step that brought a new slice, the
+shadows that never saw it are stale and are trained again here (:func:`behaviors.references.open_bank`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class BankReport:
     seconds: float
     path: str
     note: str = ""  # why there is no bank (nothing to train on)
+    stale: int = 0  # shadows removed because the pool gained a slice they never saw
 
 
 def prepare_references(ws: Workspace, version: int | None = None, *, ahead: bool = False) -> BankReport:
@@ -47,4 +49,4 @@ def prepare_references(ws: Workspace, version: int | None = None, *, ahead: bool
     bank, note = reference_bank(ws, data, manifest, fill=True)
     if bank is None:
         return BankReport(target, 0, 0, 0, 0.0, "", note)
-    return BankReport(target, len(bank), bank.trained, bank.purged, bank.seconds, str(bank.root))
+    return BankReport(target, len(bank), bank.trained, bank.purged, bank.seconds, str(bank.root), stale=bank.stale)
