@@ -400,16 +400,16 @@ def _train_jobs(
     root: Path, base: nn.Module, data: UmeData, jobs: list[_Job], config: ReferenceConfig, make_trainer: Callable[[int], L.Trainer], workers: int
 ) -> None:
     """Train ``jobs``: in this process one after the other, or, with ``workers`` > 1 and more than one job, in
-    forked worker processes, ``workers`` at a time, each on its share of the CPUs (``usable_cpus() // workers``
-    torch threads). The shadows of a bank are independent, and a small network trains faster on one thread
-    than on two (measured on the demo's bank: two shadows in 3.9 s on two one-thread workers, 6.7 s one after
-    the other on two threads). A worker that fails leaves no file of its shadow and fails the whole call."""
+    forked worker processes, ``workers`` at a time, each on one torch thread. The shadows of a bank are
+    independent, and a small network trains faster on one thread than on two (measured on the demo's bank: two
+    shadows in 3.9 s on two one-thread workers, 6.7 s one after the other on two threads); one thread also keeps
+    a shadow's weights independent of how many cores the machine has. A worker that fails leaves no file of its
+    shadow and fails the whole call."""
     if workers <= 1 or len(jobs) <= 1 or not hasattr(os, "fork"):
         for job in jobs:
             _train_and_write(root, base, data, job, config, make_trainer)
         return
     data.batch_size = config.batch_size  # as the in-process path leaves it
-    threads = max(1, usable_cpus() // workers)
     parent = os.getpid()
     failed: list[str] = []
     for start in range(0, len(jobs), workers):
@@ -421,7 +421,7 @@ def _train_jobs(
                     code = 1
                     try:
                         _die_with(parent)
-                        torch.set_num_threads(threads)
+                        torch.set_num_threads(1)
                         _train_and_write(root, base, data, job, config, make_trainer, parent=parent)
                         code = 0
                     except BaseException:

@@ -20,31 +20,31 @@ In one run, in this order:
    (the data layer drops them, an approximately forgotten owner included), test and canary never. It runs
    **in this process** (everything it imports is imported before the clock, as in a child of the warm
    process) and is timed from opening the data to its test accuracy; its end-to-end figure adds the training
-   stage start-up measured in step 4 of this run for the mode the demo ran in (warm unless ``UME_WARM=0``),
+   stage start-up measured in step 6 of this run for the mode the demo ran in (warm unless ``UME_WARM=0``),
    the same start-up every step's end-to-end figure adds to its own seconds. It pays no gate and no registry:
    it is the cheapest retrain a team could run, so the ratios are the least flattering to ume.
-3. **Ratios** with the issue's goals, met or NOT met, every row shown: each learn step, each exact deletion
-   step and the approximate one against the reference; each deletion step against the median learn step
-   (blocked learn steps count: they did the same work); each approximate deletion against the exact path of
-   the same request from the same parent (5.), and against the exact phase that followed it.
-4. **Start-up per command**, cold (``UME_WARM=0``) and warm: ``bench.startup.one_repeat`` in fresh small
-   projects (``ume prepare``, ``ume base``, ``ume step s01``, ``ume status``, ``ume audit``), ``--startup-repeats``
-   times per mode; min and median.
+3. **Compression at batch 1 and 64** of the demo's final champion (cheap, so from this run): its float shadow,
+   then each of its export transforms added in turn (the demo: channel pruning, then int8), latency on one torch
+   thread (minimum of interleaved repeats, as ``ume bench compress`` times), size and test accuracy. The gate
+   over its forward floor costs minutes to measure (``ume bench scale``): it is listed from ``scale.json``,
+   with that file's commit and date, marked as not from this run.
+4. **A deletion in a later ``dvc repro``**, as a request arrives in production: after the demo (whose ``seal`` stage
+   ran ``ume references --ahead`` and so kept the reference bank full), ``ume forget --owner`` of a typical
+   contributor of the first learned slice (the first by name that no request names and that is not one of the
+   data's atypical owners), then ``dvc repro`` timed whole; the step's row says how many shadows its gate had to
+   train again (those that had trained on the owner). ``params.yaml`` is restored afterwards.
 5. **The approximate deletion's counterfactual**: the same request served by the exact path from the same parent
    (``exact_instead``: a copy of the project, the stream cut at the demo's approximate step with its method set to
    ``exact``, ``dvc repro step@<it>``). The approximate step is compared with it (goal ≤ 1×), like for like: the
    exact phase that follows an approximate one in the demo starts from what the approximate step's gate built (the
    shadows it trained), so that ratio is shown too, without a goal.
-6. **A deletion in a later ``dvc repro``**, as a request arrives in production: after the demo (whose ``seal`` stage
-   ran ``ume references --ahead`` and so kept the reference bank full), ``ume forget --owner`` of a typical
-   contributor of the first learned slice (the first by name that no request names and that is not one of the
-   data's atypical owners), then ``dvc repro`` timed whole; the step's row says how many shadows its gate had to
-   train again (those that had trained on the owner). ``params.yaml`` is restored afterwards.
-7. **Compression at batch 1 and 64** of the demo's final champion (cheap, so from this run): its float shadow,
-   then each of its export transforms added in turn (the demo: channel pruning, then int8), latency on one torch
-   thread (minimum of interleaved repeats, as ``ume bench compress`` times), size and test accuracy. The gate
-   over its forward floor costs minutes to measure (``ume bench scale``): it is listed from ``scale.json``,
-   with that file's commit and date, marked as not from this run.
+6. **Start-up per command**, cold (``UME_WARM=0``) and warm: ``bench.startup.one_repeat`` in fresh small
+   projects (``ume prepare``, ``ume base``, ``ume step s01``, ``ume status``, ``ume audit``), ``--startup-repeats``
+   times per mode; min and median.
+7. **Ratios** with the issue's goals, met or NOT met, every row shown: each learn step, each exact deletion
+   step and the approximate one against the reference; each deletion step against the median learn step
+   (blocked learn steps count: they did the same work); each approximate deletion against the exact path of
+   the same request from the same parent (5.), and against the exact phase that followed it.
 
 Writes ``<out>/speed.json`` (with its provenance record) and ``<out>/speed.md``.
 """
