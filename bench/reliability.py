@@ -855,7 +855,7 @@ CASES: list[BadInput] = [
         "trained",
         break_weights("base", "wrong-shape", rehash=True),
         AUDIT,
-        ("store/components/base-", "does not compose", "do not fit"),
+        ("store/components/base-", "were both replaced", "content address"),
         exit_code=1,
     ),
     BadInput(
@@ -863,7 +863,7 @@ CASES: list[BadInput] = [
         "learned",
         break_weights("overlay", "wrong-shape", rehash=True),
         AUDIT,
-        ("store/components/lora-", "does not compose", "size mismatch"),
+        ("store/components/lora-", "were both replaced", "content address"),
         exit_code=1,
     ),
     BadInput("weights-truncated-step", "trained", break_weights("base", "truncate"), STEP, ("store/components/base-", "sha256")),

@@ -39,7 +39,7 @@ In one run, in this order:
    exact phase that follows an approximate one in the demo starts from what the approximate step's gate built (the
    shadows it trained), so that ratio is shown too, without a goal.
 6. **Start-up per command**, cold (``UME_WARM=0``) and warm: ``bench.startup.one_repeat`` in fresh small
-   projects (``ume prepare``, ``ume base``, ``ume step s01``, ``ume status``, ``ume audit``), ``--startup-repeats``
+   projects (``ume prepare``, ``ume base``, ``ume step s01``, ``ume status``, ``ume audit --compose``, ``ume audit``), ``--startup-repeats``
    times per mode; min and median.
 7. **Ratios** with the issue's goals, met or NOT met, every row shown: each learn step, each exact deletion
    step and the approximate one against the reference; each deletion step against the median learn step
@@ -179,8 +179,9 @@ def startup_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[
             "ume step (start-up)": [r["stages"]["s01"]["startup"] for r in mine],
             "ume status": [r["light"]["status"] for r in mine],
             "ume audit": [r["light"]["audit"] for r in mine],
+            "ume audit --compose": [r["light"]["audit --compose"] for r in mine if "audit --compose" in r["light"]],
         }
-        out[mode] = {name: {"min": round(min(v), 3), "median": round(statistics.median(v), 3), "runs": len(v)} for name, v in series.items()}
+        out[mode] = {name: {"min": round(min(v), 3), "median": round(statistics.median(v), 3), "runs": len(v)} for name, v in series.items() if v}
     return out
 
 
@@ -525,11 +526,13 @@ def goal_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         train = max(figures["ume base (start-up)"]["median"], figures["ume step (start-up)"]["median"])
         status, audit = figures["ume status"]["median"], figures["ume audit"]["median"]
         light = max(status, audit)
+        composing = figures.get("ume audit --compose")
+        paid = "" if composing is None else f"; an audit that composes the champion (the first after a new champion or an upgrade): {composing['median']:.2f} s"
         rows.append((f"training-stage start-up ≤ {TRAINING_STARTUP:g} s ({mode}, median)", f"{train:.2f} s", met(train, TRAINING_STARTUP)))
         rows.append(
             (
                 f"`ume status` / `ume audit` ≤ {LIGHT_STARTUP:g} s ({mode}, median, whole process)",
-                f"{light:.2f} s (status {status:.2f} s, audit {audit:.2f} s)",
+                f"{light:.2f} s (status {status:.2f} s, audit {audit:.2f} s{paid})",
                 met(light, LIGHT_STARTUP),
             )
         )

@@ -152,7 +152,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.reports.audit import audit_workspace
 
     ws = Workspace.open(args.params)
-    report = audit_workspace(ws, certificates=[Path(p) for p in args.certificate], require_signatures=args.require_signatures)
+    report = audit_workspace(ws, certificates=[Path(p) for p in args.certificate], require_signatures=args.require_signatures, compose=args.compose)
     for line in report.checked:
         print(f"ok: {line}")
     for line in report.problems:
@@ -479,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-signatures",
         action="store_true",
         help="fail on an anchor, a promoted version or an attestation without a signature (with ledger.public_key set)",
+    )
+    p.add_argument(
+        "--compose",
+        action="store_true",
+        help="compose the champion even where this code composed the same components before (store/cache/<manifest>/composed.json)",
     )
     p.set_defaults(fn=_cmd_audit)
     p = sub.add_parser(

@@ -46,6 +46,31 @@ def test_fast_reads_equal_mlflow_reads(trained_copy: Path, monkeypatch: pytest.M
         registry.version(third)
 
 
+def test_fast_run_params_equal_mlflow_run_params(trained_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs' ledger anchors (``ume audit``) read from the file equal MLflow's ``search_runs``: active runs only, the asked
+    parameters only, the run name from its tag; a deleted run is gone from both, and so is everything of an unknown experiment."""
+    from pipeline.records.anchors import RUN_ANCHOR_PARAM, RUN_SIGNATURE_PARAM
+
+    ws = Workspace.open()
+    registry = ws.registry
+    keys = (RUN_ANCHOR_PARAM, RUN_SIGNATURE_PARAM)
+    extra = registry.start_run("extra-run", {})
+    registry.log_params(extra, {RUN_ANCHOR_PARAM: "1:abc", "other": "x"})
+    registry.end_run(extra)
+    gone = registry.start_run("gone-run", {})
+    registry.log_params(gone, {RUN_ANCHOR_PARAM: "2:def"})
+    registry.client.delete_run(gone)
+    fast = registry.run_params(keys)
+    reader = open_reader(registry.tracking_uri, registry.model_name)
+    assert reader is not None and reader.run_params(registry.config.experiment, keys) == fast  # the reader answered, not MLflow
+    monkeypatch.setattr(registry_module, "open_reader", lambda *_: None)
+    slow = registry.run_params(keys)
+    assert sorted(fast) == sorted(slow) and len(fast) >= 2
+    assert (extra, "extra-run", {RUN_ANCHOR_PARAM: "1:abc"}) in fast and gone not in {run for run, _, _ in fast}
+    assert sum(RUN_ANCHOR_PARAM in params for _, _, params in fast) >= 2  # the base stage's own anchor is among them
+    assert reader.run_params("no-such-experiment", keys) == []
+
+
 def test_fast_reads_of_an_unknown_model_or_version(trained_copy: Path) -> None:
     """No model of that name: no champion and no versions; an unknown version is the same error as MLflow's path."""
     ws = Workspace.open()

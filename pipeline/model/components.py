@@ -178,6 +178,7 @@ class ComponentStore:
             tensors = load(blob)  # the bytes that were hashed, not a second read of the file
         except SafetensorError as exc:
             raise ComponentError(_not_safetensors(blob, exc), file=str(self.weights_path(component_id))) from None
+        self._check_address(component)
         return tensors, component
 
     def verify(self, component_id: str) -> Component:
@@ -186,11 +187,26 @@ class ComponentStore:
         self._checked_bytes(component)
         path = self.weights_path(component_id)
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with safe_open(str(path), framework="numpy") as handle:  # the header only: no torch for a check that reads no tensor
                 handle.keys()
         except SafetensorError as exc:
             raise ComponentError(_not_safetensors(path.read_bytes()[:8], exc), file=str(path)) from None
+        self._check_address(component)
         return component
+
+    def _check_address(self, component: Component) -> None:
+        """The sidecar's SHA-256 is the one the id was made from (``<kind>-<first 16 hex>``): weights and sidecar were not both replaced.
+
+        With this, a component that verifies holds the very bytes it was stored with (a second preimage of 64 bits
+        aside), so whatever was proven of it when it was made (it composed, its gate evaluated it) still holds.
+        """
+        if component.id != f"{component.kind}-{component.sha256[:16]}":
+            raise ComponentError(
+                f"the weights match the sha256 in their sidecar, but the id {component.id!r} was made from another"
+                f" (content address {component.kind}-{component.sha256[:16]}): weights and sidecar were both replaced",
+                file=str(self.sidecar_path(component.id)),
+                field="sha256",
+            )
 
     def exists(self, component_id: str) -> bool:
         """Whether both files of ``component_id`` are present."""

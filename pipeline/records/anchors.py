@@ -186,23 +186,14 @@ def registry_anchors(ws: Workspace) -> list[Anchor]:
 
 def run_anchors(ws: Workspace) -> list[Anchor]:
     """The ledger head each stage's MLflow run holds as a parameter."""
-    exp = ws.registry.client.get_experiment_by_name(ws.params.registry.experiment)
-    if exp is None:
-        return []
     out = []
-    token = None
-    while True:
-        page = ws.registry.client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-        for run in page:
-            value = run.data.params.get(RUN_ANCHOR_PARAM)
-            if value and ":" in value:
-                seq, _, entry_hash = value.partition(":")
-                name = run.data.tags.get("mlflow.runName", run.info.run_id)
-                where = f"MLflow run {name} ({run.info.run_id[:8]}) param {RUN_ANCHOR_PARAM}"
-                out.append(Anchor(where, int(seq), entry_hash, run.data.params.get(RUN_SIGNATURE_PARAM)))
-        token = page.token
-        if not token:
-            return out
+    for run_id, name, params in ws.registry.run_params((RUN_ANCHOR_PARAM, RUN_SIGNATURE_PARAM)):
+        value = params.get(RUN_ANCHOR_PARAM)
+        if value and ":" in value:
+            seq, _, entry_hash = value.partition(":")
+            where = f"MLflow run {name} ({run_id[:8]}) param {RUN_ANCHOR_PARAM}"
+            out.append(Anchor(where, int(seq), entry_hash, params.get(RUN_SIGNATURE_PARAM)))
+    return out
 
 
 @dataclass(frozen=True)

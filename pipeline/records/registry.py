@@ -240,6 +240,28 @@ class Registry:
         """The run's artifact root URI."""
         return self.client.get_run(run_id).info.artifact_uri
 
+    def run_params(self, keys: tuple[str, ...]) -> list[tuple[str, str, dict[str, str]]]:
+        """Each active run of the experiment, newest first: (run id, run name, its parameters among ``keys``).
+
+        Read from the sqlite file when the tracking URI is one (``ume audit`` then never imports MLflow), else from MLflow.
+        """
+        fast = self._fast(lambda reader: (reader.run_params(self.config.experiment, keys),))
+        if fast is not None:
+            return fast[0]
+        exp = self.client.get_experiment_by_name(self.config.experiment)
+        if exp is None:
+            return []
+        out: list[tuple[str, str, dict[str, str]]] = []
+        token = None
+        while True:
+            page = self.client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+            for run in page:
+                params = {k: v for k, v in run.data.params.items() if k in keys}
+                out.append((run.info.run_id, run.data.tags.get("mlflow.runName", run.info.run_id), params))
+            token = page.token
+            if not token:
+                return out
+
     def run_ids(self) -> list[str]:
         """Every run of the experiment (erasure visits their artifacts)."""
         runs = self.client.search_runs([self.experiment_id()], max_results=50000)

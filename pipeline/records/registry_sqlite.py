@@ -1,11 +1,12 @@
 """Read the model registry straight from MLflow's sqlite file, without importing MLflow.
 
-``ume status`` and ``ume audit`` only read the registry: the ``champion`` alias and each version's tags.
+``ume status`` and ``ume audit`` only read the registry: the ``champion`` alias, each version's tags, and
+(``ume audit``'s ledger anchors) the parameters of the experiment's runs.
 Importing MLflow and its SQLAlchemy store costs seconds on a small machine, more than everything else
 these commands do. With the default ``sqlite:///…`` tracking URI this reader answers the same three
-questions (:meth:`champion`, :meth:`version`, :meth:`versions`) from the file MLflow wrote, opened
-read-only, with the filters MLflow's own SQLAlchemy registry store applies (versions marked
-``Deleted_Internal`` do not exist; only the default workspace). Anything it does not recognise (a
+questions (:meth:`champion`, :meth:`version`, :meth:`versions`) and :meth:`run_params` from the file MLflow
+wrote, opened read-only, with the filters MLflow's own SQLAlchemy stores apply (versions marked
+``Deleted_Internal`` do not exist; ``search_runs`` lists active runs only; only the default workspace). Anything it does not recognise (a
 server URI, query options, MLflow workspaces switched on, a schema without the expected tables or
 columns) makes it step aside: :func:`open_reader` returns None, or a read raises :class:`SchemaMismatch`,
 and :class:`pipeline.records.registry.Registry` asks MLflow. Writes always go through MLflow.
@@ -29,6 +30,15 @@ NEEDED = {
     "model_version_tags": {"key", "value", "name", "version"},
     "registered_model_aliases": {"alias", "version", "name"},
 }
+
+RUN_TABLES = {  # what run_params reads (MLflow's tracking store, beside the registry in the same file)
+    "experiments": {"experiment_id", "name"},
+    "runs": {"run_uuid", "experiment_id", "lifecycle_stage", "start_time"},
+    "params": {"key", "value", "run_uuid"},
+    "tags": {"key", "value", "run_uuid"},
+}
+ACTIVE = "active"  # mlflow.entities.LifecycleStage.ACTIVE: what search_runs' default ViewType.ACTIVE_ONLY keeps
+RUN_NAME_TAG = "mlflow.runName"
 
 
 class SchemaMismatch(Exception):
@@ -120,6 +130,44 @@ class SqliteRegistryReader:
                 (self.model_name, alias, DELETED_STAGE),
             )
         return int(rows[0][0]) if rows else None
+
+    def run_params(self, experiment: str, keys: tuple[str, ...]) -> list[tuple[str, str, dict[str, str]]]:
+        """Each active run of ``experiment``, newest first, as (run id, run name, its parameters among ``keys``).
+
+        No file or no such experiment: an empty list (as MLflow's ``get_experiment_by_name`` then ``search_runs`` give).
+        """
+        if not self.path.exists():
+            return []
+        try:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
+                columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in RUN_TABLES}
+                for table, needed in RUN_TABLES.items():
+                    if not needed <= columns[table]:
+                        raise SchemaMismatch(f"{self.path}: table {table} lacks {sorted(needed - columns[table])}")
+                clause, extra = (" AND e.workspace = ?", (DEFAULT_WORKSPACE,)) if "workspace" in columns["experiments"] else ("", ())
+                found = conn.execute(f"SELECT e.experiment_id FROM experiments e WHERE e.name = ?{clause}", (experiment, *extra)).fetchall()
+                if not found:
+                    return []
+                runs = conn.execute(
+                    "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = ? ORDER BY start_time DESC, run_uuid",
+                    (found[0][0], ACTIVE),
+                ).fetchall()
+                marks = ",".join("?" * len(keys))
+                params: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
+                names: dict[str, str] = {}
+                query = (
+                    f"SELECT p.run_uuid, p.key, p.value FROM params p JOIN runs r ON r.run_uuid = p.run_uuid"
+                    f" WHERE r.experiment_id = ? AND p.key IN ({marks})"
+                )
+                for run, key, value in conn.execute(query, (found[0][0], *keys)):
+                    if run in params:
+                        params[run][key] = value
+                query = "SELECT t.run_uuid, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE r.experiment_id = ? AND t.key = ?"
+                for run, value in conn.execute(query, (found[0][0], RUN_NAME_TAG)):
+                    names[run] = value
+        except sqlite3.Error as exc:
+            raise SchemaMismatch(f"{self.path}: {exc}") from None
+        return [(run, names.get(run, run), params[run]) for (run,) in runs]
 
     def version(self, version: int) -> Row | None:
         """One live version's fields, or None."""

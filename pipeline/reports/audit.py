@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.core import signing
 from pipeline.core.canonical import file_sha256
 from pipeline.core.errors import ComponentError, ConfigError, LedgerError
+from pipeline.core.warm import fingerprint
 from pipeline.model.components import ComponentStore
 from pipeline.model.manifest import Manifest
 from pipeline.records.anchors import ATTESTATION_SUFFIX, Anchor, certificate_anchors, check_anchors, is_attestation, reachable_anchors
@@ -20,6 +22,7 @@ from pipeline.records.registry import Registry
 from pipeline.records.served import signed_dir, signed_entries
 from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
 from pipeline.records.workspace import Workspace
+from pipeline.reports.composed import ComposedRecord, read_record, record_path, write_record
 
 
 @dataclass
@@ -28,6 +31,7 @@ class AuditReport:
 
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    composed: ComposedRecord | None = None  # the champion composed by this audit: kept (store/cache) only if the whole audit passes
 
     @property
     def ok(self) -> bool:
@@ -41,8 +45,14 @@ def audit(
     *,
     store: ComponentStore | None = None,
     manifest_of: Callable[[int], Manifest] | None = None,
+    composed_dir: Path | None = None,
+    compose: bool = False,
 ) -> AuditReport:
-    """Verify the chain, every version against its ledger entries, and the champion alias."""
+    """Verify the chain, every version against its ledger entries, and the champion alias.
+
+    With ``store``, every component is verified and the champion composed; with ``composed_dir``, a champion this
+    code composed before is taken from its record (:mod:`pipeline.reports.composed`) unless ``compose``.
+    """
     report = AuditReport()
     try:
         entries = ledger.verify()
@@ -117,7 +127,7 @@ def audit(
             report.problems.append(f"registry version {number}: its weights were erased in the ledger but it is not tagged {ERASED_TAG}")
     if store is not None and manifest_of is not None:
         numbers = sorted(v for v in versions if v in candidates and v not in erasure.versions)
-        unusable = _check_components(report, numbers, actual, store, manifest_of)
+        unusable = _check_components(report, numbers, actual, store, manifest_of, composed_dir=None if compose else composed_dir)
         _check_erased(report, erasure, store)
     if actual is not None and actual in versions and manifest_of is not None and actual not in unusable:
         log = DeletionLog.read(ledger)
@@ -143,14 +153,20 @@ def _check_erased(report: AuditReport, erasure: ErasureLog, store: ComponentStor
 
 
 def _check_components(
-    report: AuditReport, numbers: list[int], champion: int | None, store: ComponentStore, manifest_of: Callable[[int], Manifest]
+    report: AuditReport,
+    numbers: list[int],
+    champion: int | None,
+    store: ComponentStore,
+    manifest_of: Callable[[int], Manifest],
+    *,
+    composed_dir: Path | None = None,
 ) -> set[int]:
-    """Every component of every registered version matches its sidecar (hash, safetensors); the champion composes.
+    """Every component of every registered version matches its sidecar and its id (hash, safetensors); the champion composes.
 
-    Returns the versions that cannot be composed (each reported once).
+    A record in ``composed_dir`` that this code composed the champion's very components stands for composing it
+    again (no torch imported); a champion composed here becomes ``report.composed``. Returns the versions that
+    cannot be composed (each reported once).
     """
-    from pipeline.model.compose import apply_overlay, build_base, compose, is_routed
-
     broken: dict[str, str] = {}
     checked: set[str] = set()
     unusable: set[int] = set()
@@ -175,8 +191,19 @@ def _check_components(
             continue
         if number != champion:
             continue
+        hashes = {c: store.sidecar(c).sha256 for c in manifest.component_ids}
+        code = fingerprint()
+        earlier = read_record(composed_dir, manifest.hash) if composed_dir is not None else None
+        if earlier is not None and earlier.holds_for(manifest.hash, hashes, code):
+            report.checked.append(
+                f"champion version {number} composes: this code composed these very components at {earlier.composed_at}"
+                f" ({record_path(composed_dir, manifest.hash)}; `ume audit --compose` composes it again)"
+            )
+            continue
+        from pipeline.model.compose import apply_overlay, build_base, compose, is_routed
+
         component_id = manifest.base
-        try:  # the served version must compose: tensors that verify can still not fit the network
+        try:  # the served version must compose: tensors that verify can still not fit the network (other code, other packages)
             net = build_base(store, component_id)
             if any(is_routed(store.sidecar(c).meta) for c in manifest.overlays):  # experts and router: only the whole version composes
                 component_id = manifest.overlays[-1]
@@ -194,6 +221,9 @@ def _check_components(
             where = "" if str(store.root) in first else f"{store.weights_path(component_id)}: "
             report.problems.append(f"champion version {number} does not compose: {where}{first}")
             unusable.add(number)
+            continue
+        report.checked.append(f"champion version {number} composes (composed now)")
+        report.composed = ComposedRecord(manifest.hash, hashes, code, datetime.now(UTC).isoformat(timespec="seconds"))
     if checked:
         report.checked.append(f"components: {len(checked) - len(broken)} of {len(checked)} match their sidecars")
     return unusable
@@ -330,7 +360,7 @@ def _check_attestation(ws: Workspace, path: Path, report: AuditReport, require_s
     report.checked.append(f"certificate {path.name}: an in-toto Statement of {len(body['subject'])} weights file(s); {how}")
 
 
-def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require_signatures: bool = False) -> AuditReport:
+def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require_signatures: bool = False, compose: bool = False) -> AuditReport:
     """:func:`audit`, then the ledger against every anchor ume can reach (:mod:`pipeline.records.anchors`).
 
     ``certificates`` are files a data subject or an auditor holds (Markdown, HTML, or the in-toto
@@ -338,9 +368,9 @@ def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require
     ``certificates/*.md`` and ``certificates/*.intoto.json`` beside ``params.yaml`` is checked too.
     Every promoted version's OpenSSF model signature is checked (:func:`_check_signed_versions`).
     ``require_signatures`` fails on an unsigned anchor, promoted version or attestation (with
-    ``ledger.public_key`` set).
+    ``ledger.public_key`` set). The champion is composed unless this code composed it before (``compose``: always).
     """
-    report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of)
+    report = audit(ws.ledger, ws.registry, store=ws.components, manifest_of=ws.manifest_of, composed_dir=ws.store_dir / "cache", compose=compose)
     if any(p.startswith("ledger chain broken") for p in report.problems):
         return report
     explicit = [Path(p) for p in certificates]
@@ -407,4 +437,6 @@ def audit_workspace(ws: Workspace, *, certificates: Sequence[Path] = (), require
         report.checked.append(f"ledger anchors: {signed} signatures verify with {ws.params.public_key_path}; {result.unsigned} anchors unsigned")
     if require_signatures and result.unsigned:
         report.problems.append(f"ledger anchors: {result.unsigned} anchor(s) carry no signature (--require-signatures)")
+    if report.ok and report.composed is not None:  # a failing audit leaves nothing behind
+        write_record(ws.store_dir / "cache", report.composed)
     return report
