@@ -23,7 +23,7 @@ from pipeline.model.manifest import Manifest
 from pipeline.model.net import create_net
 from pipeline.reports import audit as audit_module
 from pipeline.reports.audit import AuditReport, _check_components
-from pipeline.reports.composed import read_record, write_record
+from pipeline.reports.composed import read_record, sidecar_digest, write_record
 
 META = {"arch": "test_resnet", "num_classes": 10, "in_chans": 1, "image_size": 16}
 
@@ -55,14 +55,14 @@ def test_a_champion_that_does_not_compose_fails_the_audit(tmp_path: Path) -> Non
 
 
 def test_the_record_stands_for_composing_only_while_code_and_components_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Composed once, the champion is taken from its record (composing would fail here, so it was not composed); other
-    code composes again, and so does ``--compose``."""
+    """Composed once, the champion is taken from its record (composing would fail here, so it was not composed); an edited
+    sidecar (how the same weights compose) or other code composes again, and so does ``--compose``."""
     store, cache = ComponentStore(tmp_path / "components"), tmp_path / "cache"
     manifest = base_version(store)
     first = check(store, manifest, cache)
     assert first.ok and "champion version 1 composes (composed now)" in first.checked
     record = read_record(cache, manifest.hash)
-    assert record is not None and record.components == {manifest.base: store.sidecar(manifest.base).sha256}
+    assert record is not None and record.components == {manifest.base: sidecar_digest(store.sidecar(manifest.base))}
 
     def broken(*_args: object) -> None:
         raise ComponentError("weights do not fit test_resnet: composing was attempted")
@@ -72,6 +72,14 @@ def test_the_record_stands_for_composing_only_while_code_and_components_are_the_
     assert again.ok and any("this code composed these very components" in line for line in again.checked), again.checked
     forced = check(store, manifest, cache, compose=True)
     assert any("composing was attempted" in p for p in forced.problems), forced.problems
+    sidecar = store.sidecar_path(manifest.base)
+    original = sidecar.read_text()
+    raw = json.loads(original)
+    raw["meta"]["num_classes"] = 7  # how the weights compose, not the weights: their hash and the content address still hold
+    sidecar.write_text(json.dumps(raw))
+    edited = check(store, manifest, cache)
+    assert any("composing was attempted" in p for p in edited.problems), edited.problems
+    sidecar.write_text(original)
     monkeypatch.setattr(audit_module, "fingerprint", lambda: "other-code")
     upgraded = check(store, manifest, cache)
     assert any("composing was attempted" in p for p in upgraded.problems), upgraded.problems

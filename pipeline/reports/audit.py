@@ -22,7 +22,7 @@ from pipeline.records.registry import Registry
 from pipeline.records.served import signed_dir, signed_entries
 from pipeline.records.ui_requests import ALIAS_ENTRY, DROP_ENTRY, REFUSED
 from pipeline.records.workspace import Workspace
-from pipeline.reports.composed import ComposedRecord, read_record, record_path, write_record
+from pipeline.reports.composed import ComposedRecord, read_record, record_path, sidecar_digest, write_record
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _check_components(
             continue
         if number != champion:
             continue
-        hashes = {c: store.sidecar(c).sha256 for c in manifest.component_ids}
+        hashes = {c: sidecar_digest(store.sidecar(c)) for c in manifest.component_ids}
         code = fingerprint()
         earlier = read_record(composed_dir, manifest.hash) if composed_dir is not None else None
         if earlier is not None and earlier.holds_for(manifest.hash, hashes, code):
