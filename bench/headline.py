@@ -199,9 +199,11 @@ def _erasure(d: dict[str, Any]) -> list[Row]:
 
 
 def _ci(d: dict[str, Any]) -> list[Row]:
+    broken = ", ".join(f"{d[k]} {k}" for k in ("failed", "errors") if d.get(k))
+    red = f"**RED** (exit {d['exit_code']}{': ' + broken if broken else ''}), " if d.get("exit_code") or broken else ""
     return _one(
         "`bash .ci/run` on a clean clone (install included)",
-        f"{d['wall_seconds'] / 60:.1f} min, {d['passed']} passed, {d['skipped']} skipped, the suite {d['suite_seconds']:.0f} s (goal ≤ 12 min)",
+        f"{red}{d['wall_seconds'] / 60:.1f} min, {d['passed']} passed, {d['skipped']} skipped, the suite {d['suite_seconds']:.0f} s (goal ≤ 12 min)",
     )
 
 

@@ -204,3 +204,14 @@ def test_lifelong_streams_are_the_default_and_a_class_incremental_one_with_held_
     assert all(len(s.x_eval) == (len(s.x) + len(s.x_eval)) // 4 for s in classes)
     assert [sorted(set(s.y.tolist())) for s in classes] == [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]
     assert looks[1].x.mean() > 0.5 > looks[0].x.mean()  # u1: inverted, a background the base never saw
+
+
+def test_a_red_ci_run_reads_red_in_the_readme_row() -> None:
+    """bench.ci records a red run too (its figures are still figures); the README's CI row must not read it as green."""
+    from bench.headline import _ci
+
+    green = {"exit_code": 0, "wall_seconds": 480.0, "passed": 511, "skipped": 0, "failed": 0, "errors": 0, "suite_seconds": 400.0}
+    ((_, text),) = _ci(green)
+    assert "RED" not in text and "511 passed" in text
+    ((_, text),) = _ci({**green, "exit_code": 1, "passed": 510, "failed": 1})
+    assert text.startswith("**RED** (exit 1: 1 failed)") and "510 passed" in text
