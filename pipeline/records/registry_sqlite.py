@@ -80,21 +80,27 @@ class SqliteRegistryReader:
         Yields ``query(sql, args)``: ``sql`` ends its WHERE clause with ``{workspace}``, which on a schema with
         MLflow's ``workspace`` columns becomes a filter on the default workspace (table alias ``v``), else nothing.
         """
+        with self._checked(NEEDED) as (conn, columns):
+            with_workspace = ["workspace" in cols for cols in columns.values()]
+            if any(with_workspace) and not all(with_workspace):
+                raise SchemaMismatch(f"{self.path}: only some tables have a workspace column")
+            clause, extra = (" AND v.workspace = ?", (DEFAULT_WORKSPACE,)) if all(with_workspace) else ("", ())
+
+            def query(sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return conn.execute(sql.format(workspace=clause), (*args, *extra)).fetchall()
+
+            yield query
+
+    @contextmanager
+    def _checked(self, tables: dict[str, set[str]]) -> Iterator[tuple[sqlite3.Connection, dict[str, set[str]]]]:
+        """A read-only connection and the columns of ``tables``, each holding the columns it must; any sqlite error is a SchemaMismatch."""
         try:
             with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
-                columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in NEEDED}
-                for table, needed in NEEDED.items():
+                columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+                for table, needed in tables.items():
                     if not needed <= columns[table]:
                         raise SchemaMismatch(f"{self.path}: table {table} lacks {sorted(needed - columns[table])}")
-                with_workspace = ["workspace" in cols for cols in columns.values()]
-                if any(with_workspace) and not all(with_workspace):
-                    raise SchemaMismatch(f"{self.path}: only some tables have a workspace column")
-                clause, extra = (" AND v.workspace = ?", (DEFAULT_WORKSPACE,)) if all(with_workspace) else ("", ())
-
-                def query(sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-                    return conn.execute(sql.format(workspace=clause), (*args, *extra)).fetchall()
-
-                yield query
+                yield conn, columns
         except sqlite3.Error as exc:
             raise SchemaMismatch(f"{self.path}: {exc}") from None
 
@@ -138,35 +144,25 @@ class SqliteRegistryReader:
         """
         if not self.path.exists():
             return []
-        try:
-            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)) as conn:
-                columns = {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in RUN_TABLES}
-                for table, needed in RUN_TABLES.items():
-                    if not needed <= columns[table]:
-                        raise SchemaMismatch(f"{self.path}: table {table} lacks {sorted(needed - columns[table])}")
-                clause, extra = (" AND e.workspace = ?", (DEFAULT_WORKSPACE,)) if "workspace" in columns["experiments"] else ("", ())
-                found = conn.execute(f"SELECT e.experiment_id FROM experiments e WHERE e.name = ?{clause}", (experiment, *extra)).fetchall()
-                if not found:
-                    return []
-                runs = conn.execute(
-                    "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = ? ORDER BY start_time DESC, run_uuid",
-                    (found[0][0], ACTIVE),
-                ).fetchall()
-                marks = ",".join("?" * len(keys))
-                params: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
-                names: dict[str, str] = {}
-                query = (
-                    f"SELECT p.run_uuid, p.key, p.value FROM params p JOIN runs r ON r.run_uuid = p.run_uuid"
-                    f" WHERE r.experiment_id = ? AND p.key IN ({marks})"
-                )
-                for run, key, value in conn.execute(query, (found[0][0], *keys)):
-                    if run in params:
-                        params[run][key] = value
-                query = "SELECT t.run_uuid, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE r.experiment_id = ? AND t.key = ?"
-                for run, value in conn.execute(query, (found[0][0], RUN_NAME_TAG)):
-                    names[run] = value
-        except sqlite3.Error as exc:
-            raise SchemaMismatch(f"{self.path}: {exc}") from None
+        with self._checked(RUN_TABLES) as (conn, columns):
+            clause, extra = (" AND e.workspace = ?", (DEFAULT_WORKSPACE,)) if "workspace" in columns["experiments"] else ("", ())
+            found = conn.execute(f"SELECT e.experiment_id FROM experiments e WHERE e.name = ?{clause}", (experiment, *extra)).fetchall()
+            if not found:
+                return []
+            runs = conn.execute(
+                "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = ? ORDER BY start_time DESC, run_uuid",
+                (found[0][0], ACTIVE),
+            ).fetchall()
+            marks = ",".join("?" * len(keys))
+            params: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
+            names: dict[str, str] = {}
+            query = f"SELECT p.run_uuid, p.key, p.value FROM params p JOIN runs r ON r.run_uuid = p.run_uuid WHERE r.experiment_id = ? AND p.key IN ({marks})"
+            for run, key, value in conn.execute(query, (found[0][0], *keys)):
+                if run in params:
+                    params[run][key] = value
+            query = "SELECT t.run_uuid, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE r.experiment_id = ? AND t.key = ?"
+            for run, value in conn.execute(query, (found[0][0], RUN_NAME_TAG)):
+                names[run] = value
         return [(run, names.get(run, run), params[run]) for (run,) in runs]
 
     def version(self, version: int) -> Row | None:
