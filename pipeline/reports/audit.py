@@ -191,10 +191,10 @@ def _check_components(
             continue
         if number != champion:
             continue
-        hashes = {c: sidecar_digest(store.sidecar(c)) for c in manifest.component_ids}
+        digests = {c: sidecar_digest(store.sidecar(c)) for c in manifest.component_ids}
         code = fingerprint()
         earlier = read_record(composed_dir, manifest.hash) if composed_dir is not None else None
-        if earlier is not None and earlier.holds_for(manifest.hash, hashes, code):
+        if earlier is not None and earlier.holds_for(manifest.hash, digests, code):
             report.checked.append(
                 f"champion version {number} composes: this code composed these very components at {earlier.composed_at}"
                 f" ({record_path(composed_dir, manifest.hash)}; `ume audit --compose` composes it again)"
@@ -223,7 +223,7 @@ def _check_components(
             unusable.add(number)
             continue
         report.checked.append(f"champion version {number} composes (composed now)")
-        report.composed = ComposedRecord(manifest.hash, hashes, code, datetime.now(UTC).isoformat(timespec="seconds"))
+        report.composed = ComposedRecord(manifest.hash, digests, code, datetime.now(UTC).isoformat(timespec="seconds"))
     if checked:
         report.checked.append(f"components: {len(checked) - len(broken)} of {len(checked)} match their sidecars")
     return unusable

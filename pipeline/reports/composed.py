@@ -29,7 +29,7 @@ RECORD = "composed.json"
 
 @dataclass(frozen=True)
 class ComposedRecord:
-    """One champion that composed: its manifest hash, each component's SHA-256, the code's fingerprint and when."""
+    """One champion that composed: its manifest hash, each component's sidecar digest, the code's fingerprint and when."""
 
     manifest_hash: str
     components: dict[str, str]  # component id -> sidecar_digest
